@@ -1,0 +1,315 @@
+"""``discover``: the one console script (DESIGN §3).
+
+Every subcommand takes ``--config FILE``, ``--set key.path=value`` and ``--json`` (one-line JSON
+summary on stdout). Errors a user can cause print one ``error:`` line and exit 2; ``--debug``
+shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import DiscoverError
+
+log = logging.getLogger("discover")
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+# -- shared plumbing --------------------------------------------------------------------------
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", type=Path, help="deployment YAML file")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set edge.codec.quality=60 (repeatable)")
+    g.add_argument("--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (broker.url)")
+    g.add_argument("--prefix", help="topic prefix (default: discover)")
+    g.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def load_deployment(a: argparse.Namespace, extra: dict[str, Any] | None = None):  # noqa: ANN201
+    from discover.config import Deployment
+    from sdk.config import load_config
+
+    overrides = {"broker.url": a.broker, "prefix": a.prefix, **(extra or {})}
+    return load_config(Deployment, a.config, a.sets, overrides)
+
+
+def _progress(a: argparse.Namespace, label: str):  # noqa: ANN202
+    from discover.progress import Progress
+
+    return Progress(label, enabled=not a.quiet)
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
+    from edge.agent import run_edge
+
+    extra: dict[str, Any] = {}
+    if a.source:
+        extra["edge.cameras"] = [{"id": a.camera or "cam0", "source": a.source,
+                                  "tasks": a.task or ["detection"]}]
+    if a.grounder:
+        extra["edge.grounder"] = {"type": a.grounder}
+    if a.codec:
+        extra["edge.codec"] = {"type": a.codec}
+    dep = load_deployment(a, extra)
+    for cam in dep.edge.cameras:
+        if not a.source and a.task:
+            cam.tasks = a.task
+        if a.max_frames is not None:
+            cam.max_frames = a.max_frames
+        if a.realtime:
+            cam.realtime = True
+        if a.rest_interval is not None:
+            cam.rest_interval = a.rest_interval
+    prog = _progress(a, "edge")
+    counts: dict[str, int] = {}
+
+    def on_frame(cam: str, index: int) -> None:
+        counts[cam] = index + 1
+        prog.update(lambda: ", ".join(f"{c}: {n} frames" for c, n in counts.items()))
+
+    timings = open(a.timings, "w") if a.timings else None  # noqa: SIM115
+    try:
+        summaries = run_edge(dep.edge, dep.broker, dep.prefix, timings=timings, on_frame=on_frame)
+    finally:
+        prog.done()
+        if timings:
+            timings.close()
+    if len(summaries) == 1:
+        return summaries[0]
+    return {"cameras": summaries, "frames": sum(s["frames"] for s in summaries),
+            "dropped": sum(s["dropped"] for s in summaries),
+            "bytes": sum(s["bytes"] for s in summaries)}
+
+
+def _sink_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    return {"sink.camera": a.camera, "sink.tasks": a.task, "sink.out": a.out,
+            "sink.composer": {"type": a.composer} if a.composer else None,
+            "sink.rest": True if a.rest else None, "sink.output": a.output,
+            "sink.max_frames": a.max_frames, "sink.idle_timeout_s": a.idle_timeout,
+            "sink.shard": a.shard, "sink.frame_timeout_s": a.frame_timeout}
+
+
+def _add_sink_args(p: argparse.ArgumentParser, camera: bool = True) -> None:
+    if camera:
+        p.add_argument("--camera", help="camera id or + for all (sink.camera)")
+    p.add_argument("--task", action="append", help="task substream to take (repeatable)")
+    p.add_argument("--out", type=Path, help="folder for frames and results")
+    p.add_argument("--composer", help="composer backend (sink.composer.type), e.g. direct")
+    p.add_argument("--rest", action="store_true", help="also take the rest substream")
+    p.add_argument("--output", choices=["png", "mp4", "none"], help="how frames are written")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--idle-timeout", type=float, help="stop after S seconds without data")
+    p.add_argument("--frame-timeout", type=float, help="seconds to wait for a frame's substreams")
+    p.add_argument("--shard", help="I/N: take the cameras hashing to I of N workers")
+
+
+def _frame_progress(a: argparse.Namespace, label: str):  # noqa: ANN202
+    prog = _progress(a, label)
+    count = [0]
+
+    def on_frame(cam: str, index: int, image: Any) -> None:
+        count[0] += 1
+        prog.update(f"{count[0]} frames (last: {cam} #{index})")
+
+    return prog, on_frame
+
+
+def cmd_sink(a: argparse.Namespace) -> dict[str, Any]:
+    from sink.runner import run_sink
+
+    dep = load_deployment(a, _sink_overrides(a))
+    prog, on_frame = _frame_progress(a, "sink")
+    timings = open(a.timings, "w") if a.timings else None  # noqa: SIM115
+    try:
+        return run_sink(dep.sink, dep.broker, dep.prefix, timings=timings, on_frame=on_frame)
+    finally:
+        prog.done()
+        if timings:
+            timings.close()
+
+
+def cmd_record(a: argparse.Namespace) -> dict[str, Any]:
+    from discover.replay import record
+
+    dep = load_deployment(a)
+    prog = _progress(a, "record")
+    try:
+        return record(dep.broker, dep.prefix, a.camera, a.out, idle_timeout_s=a.idle_timeout,
+                      duration_s=a.duration,
+                      progress=lambda n, b: prog.update(f"{n} messages, {b / 1e6:.2f} MB"))
+    finally:
+        prog.done()
+
+
+def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
+    from discover.replay import replay_to_broker, replay_to_sink
+    from sdk.recording import read_recording
+
+    next(iter(read_recording(a.file)), None)  # fail early on a file that is not a recording
+    speed = None if a.asap else a.speed
+    if a.sink:
+        if a.broker:
+            raise DiscoverError("replay takes --broker URL or --sink, not both")
+        dep = load_deployment(a, _sink_overrides(a))
+        prog, on_frame = _frame_progress(a, "replay")
+        try:
+            return replay_to_sink(a.file, dep.sink, dep.prefix, speed=speed, on_frame=on_frame)
+        finally:
+            prog.done()
+    if not a.broker and not a.config:
+        raise DiscoverError("replay needs a target: --broker URL, or --sink --task T --out DIR")
+    dep = load_deployment(a)
+    prog = _progress(a, "replay")
+    try:
+        return replay_to_broker(a.file, dep.broker, speed=speed,
+                                progress=lambda n: prog.update(f"{n} messages"))
+    finally:
+        prog.done()
+
+
+def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
+    from discover.demo import run_demo
+
+    return run_demo(out=a.out, max_frames=a.max_frames, broker_url=a.broker,
+                    broker_kind=a.local_broker, quiet=a.quiet)
+
+
+def cmd_config(a: argparse.Namespace) -> dict[str, Any]:
+    from discover.config import Deployment
+
+    if a.schema:
+        print(json.dumps(Deployment.model_json_schema(), indent=2))
+        return {}
+    dep = load_deployment(a)
+    print(json.dumps(dep.model_dump(mode="json"), indent=2))
+    return {}
+
+
+def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
+    from tools.bench_stream import run_bench_stream
+
+    if a.what != "stream":
+        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream")
+    return run_bench_stream(source=a.source, max_frames=a.max_frames, out=a.out,
+                            broker_url=a.broker, quiet=a.quiet)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = argparse.ArgumentParser(
+        prog="discover",
+        description="DISCOVER edge-camera SDK: send only what the task needs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", parents=[common], help="broker + edge + sinks on the sample clip")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    d.add_argument("--max-frames", type=int, default=None, help="frames of the clip to use")
+    d.add_argument("--local-broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("edge", parents=[common], help="run the edge agent")
+    e.add_argument("--source", help="video file, RTSP/HTTP URL, webcam index or image folder")
+    e.add_argument("--camera", help="camera id (default cam0)")
+    e.add_argument("--task", action="append", help="task to serve (repeatable)")
+    e.add_argument("--max-frames", type=int)
+    e.add_argument("--realtime", action="store_true", help="pace files at their frame rate")
+    e.add_argument("--rest-interval", type=int, help="send rest every N frames (0: never)")
+    e.add_argument("--grounder", help="grounder backend (edge.grounder.type)")
+    e.add_argument("--codec", help="codec backend (edge.codec.type)")
+    e.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")
+    e.set_defaults(func=cmd_edge)
+
+    s = sub.add_parser("sink", parents=[common], help="run a sink worker")
+    _add_sink_args(s)
+    s.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")
+    s.set_defaults(func=cmd_sink)
+
+    r = sub.add_parser("record", parents=[common], help="record a camera's stream to a file")
+    r.add_argument("--camera", required=True, help="camera id or + for all")
+    r.add_argument("--out", type=Path, required=True, help="recording file to write")
+    r.add_argument("--idle-timeout", type=float, help="stop after S seconds without messages")
+    r.add_argument("--duration", type=float, help="stop after S seconds")
+    r.set_defaults(func=cmd_record)
+
+    rp = sub.add_parser("replay", parents=[common], help="replay a recording")
+    rp.add_argument("file", type=Path)
+    rp.add_argument("--speed", type=float, default=1.0, help="pace factor (default 1: original)")
+    rp.add_argument("--asap", action="store_true", help="as fast as possible")
+    rp.add_argument("--sink", action="store_true", help="feed a sink in-process, no broker")
+    _add_sink_args(rp)
+    rp.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
+    c.add_argument("--schema", action="store_true", help="print the JSON schema")
+    c.set_defaults(func=cmd_config)
+
+    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream)")
+    b.add_argument("what", choices=["stream"])
+    b.add_argument("--source", help="video (default: the bundled sample clip)")
+    b.add_argument("--max-frames", type=int)
+    b.add_argument("--out", type=Path, default=Path("out/bench"))
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def _print_human(summary: dict[str, Any]) -> None:
+    for k, v in summary.items():
+        if isinstance(v, dict | list) and not v:
+            continue
+        print(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(a.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not a.debug:
+        def quiet_hook(args: threading.ExceptHookArgs) -> None:
+            log.error("thread %s failed: %s: %s", getattr(args.thread, "name", "?"),
+                      args.exc_type.__name__, args.exc_value)
+        threading.excepthook = quiet_hook
+    try:
+        summary = a.func(a)
+    except DiscoverError as e:
+        if a.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the one place an unexpected error becomes a line, not a traceback
+        if a.debug:
+            raise
+        print(f"error: internal error ({type(e).__name__}: {e}); rerun with --debug and "
+              "report it", file=sys.stderr)
+        return 1
+    if summary:
+        if a.json:
+            print(json.dumps(summary, separators=(",", ":")))
+        else:
+            _print_human(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

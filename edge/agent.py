@@ -1,0 +1,252 @@
+"""The edge agent: per camera, source -> grounder -> codec -> packets -> MQTT.
+
+::
+
+    source --frame--> grounder(labels of the camera's tasks) --boxes--> pad, snap, assign tasks
+        --regions--> codec.compress --> frame_messages --> FramePublisher (bounded) --> broker
+
+Each camera runs in its own thread with its own MQTT connection (its own last will).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from edge.config import CameraConfig, EdgeSection
+from edge.sources import open_source, paced
+from sdk.codecs import CODECS
+from sdk.errors import DiscoverError
+from sdk.framing import frame_messages
+from sdk.grounders import ANY_OBJECT, GROUNDERS
+from sdk.profiles import load_profile
+from sdk.regions import Region, area_share, pad_and_clip
+from sdk.stream import StreamMeta
+from sdk.topics import topic
+from sdk.transport.broker import BrokerConfig
+from sdk.transport.mqtt import FramePublisher, MqttLink, Will
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EdgeStats:
+    camera: str
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    fps_nominal: float = 0.0
+    bytes: Counter[str] = field(default_factory=Counter)
+    regions: int = 0
+    area_share_sum: float = 0.0
+    ground_s: float = 0.0
+    encode_s: float = 0.0
+    packetize_s: float = 0.0
+    wall_s: float = 0.0
+    publisher: Counter[str] = field(default_factory=Counter)
+    link: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.frames, 1)
+        total = sum(self.bytes.values())
+        px = n * self.width * self.height
+        dur = self.frames / self.fps_nominal if self.fps_nominal else 0.0
+        return {
+            "camera": self.camera,
+            "frames": self.frames,
+            "published": self.publisher["frames_published"],
+            "dropped": self.publisher["frames_dropped"] + self.publisher["frames_partial"],
+            "bytes": total,
+            "bytes_by_substream": dict(self.bytes),
+            "bpp": round(total * 8 / px, 5) if px else 0.0,
+            "kbps": round(total * 8 / 1000 / dur, 2) if dur else 0.0,
+            "task_area_share": round(self.area_share_sum / n, 4),
+            "regions_per_frame": round(self.regions / n, 2),
+            "ground_ms": round(1000 * self.ground_s / n, 2),
+            "encode_ms": round(1000 * self.encode_s / n, 2),
+            "packetize_ms": round(1000 * self.packetize_s / n, 3),
+            "fps": round(self.frames / self.wall_s, 2) if self.wall_s else 0.0,
+            "reconnects": max(0, self.link["connects"] - 1),
+        }
+
+
+class CameraAgent:
+    """Runs one camera until its source ends, ``max_frames``, or ``stop`` is set."""
+
+    def __init__(self, cam: CameraConfig, edge: EdgeSection, broker: BrokerConfig, prefix: str,
+                 *, timings: TextIO | None = None) -> None:
+        self.cam, self.edge, self.broker, self.prefix = cam, edge, broker, prefix
+        self.profiles = {t: load_profile(t) for t in cam.tasks}
+        self.task_labels = {t: set(p.labels) for t, p in self.profiles.items()}
+        self.labels = sorted(set().union(*self.task_labels.values()))
+        self.source = open_source(cam.source, fps=cam.fps)
+        self.grounder = GROUNDERS.create(edge.grounder_for(cam))
+        self.codec = CODECS.create(edge.codec_for(cam))
+        self.meta = StreamMeta(
+            camera=cam.id, width=self.source.width, height=self.source.height,
+            fps=self.source.fps, tasks=list(cam.tasks), labels=[ANY_OBJECT, *self.labels],
+            codec=self.codec.descriptor(), grounder=self.grounder.describe(),
+            rest_interval=cam.rest_interval)
+        self.stats = EdgeStats(cam.id, width=self.source.width, height=self.source.height,
+                               fps_nominal=self.source.fps)
+        self.timings = timings
+        self._timing_lock = threading.Lock()
+        self._pending_times: dict[int, dict[str, float]] = {}
+
+    # -- regions ------------------------------------------------------------------------------
+
+    def regions(self, dets: list, width: int, height: int) -> list[Region]:
+        g = self.edge.grounder_for(self.cam)
+        out: list[Region] = []
+        for d in sorted(dets, key=lambda d: -d.score):
+            if d.score < g.min_score or len(out) >= self.edge.max_regions:
+                continue
+            tasks = tuple(t for t in self.cam.tasks
+                          if d.label == ANY_OBJECT or d.label in self.task_labels[t])
+            if not tasks:
+                continue
+            box = pad_and_clip(d.box, g.margin, width, height, self.codec.align)
+            if box is not None:
+                label = d.label if d.label in self.task_labels_all else ANY_OBJECT
+                out.append(Region(len(out), box, label, d.score, tasks))
+        return out
+
+    @property
+    def task_labels_all(self) -> set[str]:
+        return set(self.labels)
+
+    # -- MQTT ---------------------------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, "camera": self.cam.id, "session": self.meta.session,
+                           "time": time.time()}).encode()
+
+    def _on_connect(self, link: MqttLink) -> None:
+        link.publish(topic(self.prefix, self.cam.id, "meta"), self.meta.to_json(), retain=True)
+        link.publish(topic(self.prefix, self.cam.id, "status"), self._status("online"), retain=True)
+
+    def _published(self, index: int, t: float) -> None:
+        if self.timings is None:
+            return
+        with self._timing_lock:
+            rec = self._pending_times.pop(index, None)
+            if rec is not None:
+                rec["t_published"] = t
+                self.timings.write(json.dumps(rec) + "\n")
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None,
+            on_frame: Callable[[int], None] | None = None) -> dict[str, Any]:
+        stop = stop or threading.Event()
+        link = MqttLink(self.broker, client_id=f"discover-edge-{self.cam.id}",
+                        will=Will(topic(self.prefix, self.cam.id, "status"),
+                                  self._status("offline")),
+                        on_connect=[self._on_connect])
+        link.start()
+        pub = FramePublisher(link, queue_frames=self.edge.queue_frames,
+                             max_unacked=self.edge.max_unacked)
+        pub.on_published = self._published
+        s = self.stats
+        t_start = time.monotonic()
+        warned = False
+        try:
+            for fr in paced(self.source, realtime=self.cam.realtime, max_frames=self.cam.max_frames):
+                if stop.is_set():
+                    break
+                if not link.connected.is_set():
+                    waited = time.monotonic() - t_start
+                    if link.counters["connects"] == 0 and waited > self.edge.connect_timeout_s:
+                        raise DiscoverError(
+                            f"broker {self.broker.describe()} unreachable for "
+                            f"{self.edge.connect_timeout_s:g} s; check --broker and that the "
+                            "broker is running")
+                    if not warned:
+                        log.warning("camera %s: broker %s not reachable yet; keeping the newest "
+                                    "%d frames", self.cam.id, self.broker.describe(),
+                                    self.edge.queue_frames)
+                        warned = True
+                h, w = fr.image.shape[:2]
+                t0 = time.perf_counter()
+                dets = self.grounder.ground(fr.image, self.labels)
+                regions = self.regions(dets, w, h)
+                t1 = time.perf_counter()
+                send_rest = self.cam.rest_interval > 0 and fr.index % self.cam.rest_interval == 0
+                coded = self.codec.compress(fr.image, regions, send_rest)
+                t2 = time.perf_counter()
+                msgs = frame_messages(self.prefix, self.meta, fr.index, fr.capture_us, regions,
+                                      coded, max_packet=self.edge.max_packet, intra=True)
+                t3 = time.perf_counter()
+                for tp, payload in msgs:
+                    s.bytes[tp.rsplit("/", 1)[-1] if "/task/" not in tp else "task"] += len(payload)
+                s.frames += 1
+                s.regions += len(regions)
+                s.area_share_sum += area_share(regions, w, h)
+                s.ground_s += t1 - t0
+                s.encode_s += t2 - t1
+                s.packetize_s += t3 - t2
+                if self.timings is not None:
+                    with self._timing_lock:
+                        self._pending_times[fr.index] = {
+                            "camera": self.cam.id, "frame": fr.index, "capture_us": fr.capture_us,
+                            "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
+                            "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
+                pub.submit(fr.index, msgs)
+                if on_frame is not None:
+                    on_frame(fr.index)
+            s.wall_s = time.monotonic() - t_start
+        finally:
+            pub.close(timeout=30.0 if link.connected.is_set() else 0.5)
+            if link.connected.is_set():
+                info = link.client.publish(topic(self.prefix, self.cam.id, "status"),
+                                           self._status("offline"), qos=1, retain=True)
+                info.wait_for_publish(5.0)
+            link.stop()
+            self.source.close()
+            s.publisher, s.link = pub.counters, link.counters
+        return s.summary()
+
+
+def run_edge(edge: EdgeSection, broker: BrokerConfig, prefix: str, *,
+             stop: threading.Event | None = None, timings: TextIO | None = None,
+             on_frame: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+    """Run every camera of the section (one thread each) and return their summaries."""
+    if not edge.cameras:
+        raise DiscoverError("no camera configured; pass --source and --camera or list cameras "
+                            "under edge.cameras in the config")
+    agents = [CameraAgent(c, edge, broker, prefix, timings=timings) for c in edge.cameras]
+    stop = stop or threading.Event()
+    if len(agents) == 1:
+        cb = (lambda i: on_frame(agents[0].cam.id, i)) if on_frame else None
+        return [agents[0].run(stop, cb)]
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def work(a: CameraAgent) -> None:
+        try:
+            cb = (lambda i: on_frame(a.cam.id, i)) if on_frame else None
+            results[a.cam.id] = a.run(stop, cb)
+        except BaseException as e:  # surfaced after the other cameras stop
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(a,), name=f"edge-{a.cam.id}") for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return [results[a.cam.id] for a in agents if a.cam.id in results]

@@ -1,0 +1,64 @@
+"""The edge section of a deployment file: cameras, grounder, codec, queueing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sdk.codecs import CODECS
+from sdk.grounders import GROUNDERS
+from sdk.packet import DEFAULT_MAX_PACKET
+from sdk.topics import check_name
+
+GrounderChoice = GROUNDERS.config_union()
+CodecChoice = CODECS.config_union()
+
+
+class CameraConfig(BaseModel):
+    """One camera: where frames come from and which tasks it serves."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="camera id, used in topics")
+    source: str = Field(description="video file, RTSP/HTTP URL, webcam index or image folder")
+    tasks: list[str] = Field(default_factory=lambda: ["detection"], min_length=1)
+    realtime: bool = Field(False, description="pace files at their frame rate (live sources "
+                                              "are always real time)")
+    fps: float | None = Field(None, gt=0, description="override the source's frame rate")
+    max_frames: int | None = Field(None, ge=1)
+    rest_interval: int = Field(10, ge=0, description="send rest every N frames (0: never)")
+    grounder: GrounderChoice | None = Field(None, description="per-camera grounder override")
+    codec: CodecChoice | None = Field(None, description="per-camera codec override")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_name(v, "camera id")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        return [check_name(t, "task name") for t in dict.fromkeys(v)]
+
+
+class EdgeSection(BaseModel):
+    """Everything the edge agent needs besides the broker."""
+
+    model_config = ConfigDict(extra="forbid")
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    grounder: GrounderChoice = Field(default_factory=lambda: GROUNDERS.parse_config("motion"))
+    codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config("classical"))
+    max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, le=256 * 1024 * 1024,
+                            description="largest MQTT message; payloads fragment under it")
+    queue_frames: int = Field(32, ge=1, description="frames waiting to publish before the "
+                                                    "oldest is dropped")
+    max_unacked: int = Field(256, ge=1, description="QoS 1 messages in flight before waiting")
+    max_regions: int = Field(256, ge=1, le=65535)
+    connect_timeout_s: float = Field(30.0, gt=0, description="give up if the broker was never "
+                                                             "reached in this time")
+
+    def grounder_for(self, cam: CameraConfig) -> Any:
+        return cam.grounder or self.grounder
+
+    def codec_for(self, cam: CameraConfig) -> Any:
+        return cam.codec or self.codec

@@ -1,0 +1,135 @@
+"""Deployment configuration plumbing: one YAML file, then ``DISCOVER_*`` environment variables,
+then command-line ``--set key.path=value`` (and named flags), validated by a pydantic model with
+one-line errors.
+
+Environment keys nest with double underscores: ``DISCOVER_BROKER__URL`` sets ``broker.url``,
+``DISCOVER_EDGE__CAMERAS__0__SOURCE`` sets ``edge.cameras[0].source``. Only keys that exist in
+the model are taken, so other ``DISCOVER_*`` variables (e.g. ``DISCOVER_BROKER_PASSWORD``, which
+is a secret and never a config key) pass untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sdk.errors import DiscoverError
+from sdk.registry import first_error
+
+M = TypeVar("M", bound=BaseModel)
+ENV_PREFIX = "DISCOVER_"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise DiscoverError(f"cannot read config {p}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise DiscoverError(f"config {p} is not valid YAML{where}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DiscoverError(f"config {p} must be a mapping of keys to values")
+    return data
+
+
+def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Set ``data[a][b][0][c] = value`` creating mappings (and extending lists) on the way."""
+    node: Any = data
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            idx = int(key)
+            while len(node) <= idx:
+                node.append({})
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if last:
+            node[key] = value
+        else:
+            nxt = node.get(key)
+            if not isinstance(nxt, dict | list):
+                nxt = [] if path[i + 1].isdigit() else {}
+                node[key] = nxt
+            node = nxt
+
+
+def _has_path(model: type[BaseModel], path: Sequence[str]) -> bool:
+    """Whether a dotted path names a field of the model (lists by index, unions loosely)."""
+    from typing import get_args, get_origin
+
+    tp: Any = model
+    for key in path:
+        origin = get_origin(tp)
+        if origin in (list, tuple) and key.isdigit():
+            tp = get_args(tp)[0]
+            continue
+        models = [t for t in (get_args(tp) or (tp,)) if isinstance(t, type)
+                  and issubclass(t, BaseModel)]
+        if not models and get_origin(tp) is not None:  # Annotated[Union[...]] and friends
+            models = [t for a in get_args(tp) for t in (get_args(a) or (a,))
+                      if isinstance(t, type) and issubclass(t, BaseModel)]
+        fields = [m.model_fields[key] for m in models if key in m.model_fields]
+        if not fields:
+            return False
+        tp = fields[0].annotation
+    return True
+
+
+def parse_value(text: str) -> Any:
+    """Command-line and environment values are YAML scalars or flow lists."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    out = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if _has_path(model, path):
+            out.append((path, parse_value(value)))
+    return out
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    sets: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> M:
+    """File < environment < ``--set k=v`` < named flags (``overrides``, dotted keys)."""
+    data = read_yaml(path) if path else {}
+    for p, v in env_overrides(model, os.environ if environ is None else environ):
+        set_path(data, p, v)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DiscoverError(f"bad --set {item!r}: use --set key.path=value")
+        if not _has_path(model, key.split(".")):
+            raise DiscoverError(f"unknown config key {key!r} in --set; see 'discover config --schema'")
+        set_path(data, key.split("."), parse_value(value))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_path(data, key.split("."), value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        src = f" in {path}" if path else ""
+        raise DiscoverError(f"bad config{src}: {first_error(e)}") from None

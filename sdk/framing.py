@@ -1,0 +1,73 @@
+"""Frames <-> MQTT messages: turn one coded frame into the side/task/rest packets of DESIGN §2,
+and turn a reassembled frame back into the codec's ``decompress`` input.
+
+A region that serves several tasks is carried in each of those tasks' substreams, so every task
+substream decodes on its own (given side).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdk.errors import PacketError
+from sdk.packet import FLAG_INTRA, Kind, fragment
+from sdk.reassembly import AssembledFrame
+from sdk.regions import Region
+from sdk.stream import SideInfo, StreamMeta, pack_items, unpack_items
+from sdk.topics import substream_topic
+
+
+def frame_messages(
+    prefix: str,
+    meta: StreamMeta,
+    frame_index: int,
+    capture_us: int,
+    regions: list[Region],
+    coded: dict[str, Any],
+    *,
+    max_packet: int,
+    intra: bool = False,
+) -> list[tuple[str, bytes]]:
+    """The ``(topic, packet)`` list of one frame: side first, then each task, then rest."""
+    by_task: dict[str, dict[int, bytes]] = {t: {} for t in meta.tasks}
+    for r in regions:
+        blob = coded["regions"].get(r.rid)
+        if blob is None:
+            continue
+        for t in r.tasks:
+            by_task[t][r.rid] = blob
+    tasks_sent = tuple(t for t in meta.tasks if by_task[t])
+    rest = coded.get("rest")
+    side = SideInfo(meta.width, meta.height, tasks_sent, rest is not None, regions,
+                    coded["side"], intra).encode(meta)
+    flags = FLAG_INTRA if intra else 0
+    cam = meta.camera
+
+    def packets(kind: Kind, name: str, payload: bytes) -> list[tuple[str, bytes]]:
+        topic = substream_topic(prefix, cam, f"task/{name}" if kind is Kind.TASK else kind.name.lower())
+        return [(topic, p) for p in fragment(cam, frame_index, capture_us, kind, name, payload,
+                                             flags=flags, max_packet=max_packet)]
+
+    out = packets(Kind.SIDE, "", side)
+    for t in tasks_sent:
+        out += packets(Kind.TASK, t, pack_items(by_task[t]))
+    if rest is not None:
+        out += packets(Kind.REST, "", rest)
+    return out
+
+
+def codec_input(frame: AssembledFrame, meta: StreamMeta) -> tuple[dict[str, Any], SideInfo]:
+    """What ``Codec.decompress`` takes, from a reassembled frame (which must have side).
+
+    Region payloads from every task substream that arrived are merged; region ids the side
+    table does not know are passed on so the codec reports them as errors.
+    """
+    if frame.side is None:
+        raise PacketError("no_side")
+    side = SideInfo.decode(frame.side, meta)
+    regions: dict[int, bytes] = {}
+    for payload in frame.tasks.values():
+        regions.update(unpack_items(payload))
+    coded = {"side": side.codec_data, "regions": regions, "rest": frame.rest,
+             "table": side.regions, "size": (side.width, side.height)}
+    return coded, side

@@ -1,0 +1,155 @@
+"""What a stream says about itself: the retained ``meta`` descriptor and each frame's ``side``
+header (manifest of substreams sent, region table, codec side data), plus the task substream
+container. Binary layouts are documented in docs/packet-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.errors import PacketError
+from sdk.regions import Region
+
+STREAM_FORMAT = "discover-stream"
+STREAM_VERSION = 1
+MAX_TASKS = 16
+
+SIDE_FLAG_REST = 0x01
+SIDE_FLAG_INTRA = 0x02
+
+_SIDE_HEAD = struct.Struct(">BBHHHH")  # version, flags, width, height, task bits sent, n_regions
+_REGION = struct.Struct(">HHHHHHBH")  # rid, x0, y0, x1, y1, label index, score*255, task bits
+_ITEM = struct.Struct(">HI")  # rid, payload length
+
+
+@dataclass
+class StreamMeta:
+    """The retained per-camera stream descriptor (JSON on ``<prefix>/<camera>/meta``)."""
+
+    camera: str
+    width: int
+    height: int
+    fps: float
+    tasks: list[str]
+    labels: list[str]
+    codec: dict[str, Any]
+    grounder: dict[str, Any] = field(default_factory=dict)
+    rest_interval: int = 0
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if len(self.tasks) > MAX_TASKS:
+            raise ValueError(f"at most {MAX_TASKS} tasks per camera")
+
+    def to_json(self) -> bytes:
+        body = {"format": STREAM_FORMAT, "version": STREAM_VERSION, **self.__dict__}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StreamMeta:
+        try:
+            obj = json.loads(data)
+            if obj.pop("format") != STREAM_FORMAT or obj.pop("version") != STREAM_VERSION:
+                raise ValueError("not a version 1 DISCOVER stream descriptor")
+            return cls(**obj)
+        except (ValueError, KeyError, TypeError) as e:
+            raise PacketError("bad_meta", str(e)) from None
+
+    def task_bits(self, tasks: Sequence[str]) -> int:
+        bits = 0
+        for t in tasks:
+            bits |= 1 << self.tasks.index(t)
+        return bits
+
+    def tasks_of(self, bits: int) -> tuple[str, ...]:
+        return tuple(t for i, t in enumerate(self.tasks) if bits >> i & 1)
+
+
+@dataclass
+class SideInfo:
+    """Decoded ``side`` payload: what was sent for this frame, where the regions are, and the
+    codec's side data (e.g. the hyperprior z or a thumbnail)."""
+
+    width: int
+    height: int
+    tasks_sent: tuple[str, ...]
+    rest_sent: bool
+    regions: list[Region]
+    codec_data: bytes
+    intra: bool = False
+
+    def encode(self, meta: StreamMeta) -> bytes:
+        flags = (SIDE_FLAG_REST if self.rest_sent else 0) | (SIDE_FLAG_INTRA if self.intra else 0)
+        label_ix = {label: i for i, label in enumerate(meta.labels)}
+        parts = [_SIDE_HEAD.pack(1, flags, self.width, self.height,
+                                 meta.task_bits(self.tasks_sent), len(self.regions))]
+        for r in self.regions:
+            parts.append(_REGION.pack(r.rid, *r.box, label_ix[r.label],
+                                      round(min(max(r.score, 0.0), 1.0) * 255),
+                                      meta.task_bits(r.tasks)))
+        parts.append(self.codec_data)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, data: bytes, meta: StreamMeta) -> SideInfo:
+        try:
+            version, flags, w, h, sent, n = _SIDE_HEAD.unpack_from(data)
+            if version != 1:
+                raise ValueError(f"side version {version}")
+            regions = []
+            pos = _SIDE_HEAD.size
+            for _ in range(n):
+                rid, x0, y0, x1, y1, li, score, bits = _REGION.unpack_from(data, pos)
+                pos += _REGION.size
+                if not (x0 < x1 <= w and y0 < y1 <= h):
+                    raise ValueError(f"region {rid} box outside the frame")
+                regions.append(Region(rid, (x0, y0, x1, y1), meta.labels[li], score / 255,
+                                      meta.tasks_of(bits)))
+            return cls(w, h, meta.tasks_of(sent), bool(flags & SIDE_FLAG_REST), regions,
+                       bytes(data[pos:]), bool(flags & SIDE_FLAG_INTRA))
+        except (struct.error, IndexError, ValueError) as e:
+            raise PacketError("bad_side", str(e)) from None
+
+
+def peek_manifest(side: bytes, tasks: Sequence[str]) -> tuple[set[str], bool]:
+    """Substreams a side payload says were sent (task names, rest?) without the full parse."""
+    try:
+        _, flags, _, _, sent, _ = _SIDE_HEAD.unpack_from(side)
+    except struct.error:
+        raise PacketError("bad_side", "short side header") from None
+    return {t for i, t in enumerate(tasks) if sent >> i & 1}, bool(flags & SIDE_FLAG_REST)
+
+
+def pack_items(items: Mapping[int, bytes]) -> bytes:
+    """Task substream container: ``u16 count`` then ``(u16 region id, u32 length, bytes)``."""
+    out = [struct.pack(">H", len(items))]
+    for rid, blob in items.items():
+        out.append(_ITEM.pack(rid, len(blob)))
+        out.append(blob)
+    return b"".join(out)
+
+
+def unpack_items(data: bytes) -> dict[int, bytes]:
+    """Inverse of :func:`pack_items`; raises PacketError on a malformed container."""
+    try:
+        (n,) = struct.unpack_from(">H", data)
+        pos, items = 2, {}
+        for _ in range(n):
+            rid, length = _ITEM.unpack_from(data, pos)
+            pos += _ITEM.size
+            if pos + length > len(data):
+                raise ValueError("item runs past the end")
+            items[rid] = bytes(data[pos : pos + length])
+            pos += length
+        if pos != len(data):
+            raise ValueError("trailing bytes")
+        return items
+    except (struct.error, ValueError) as e:
+        raise PacketError("bad_task_payload", str(e)) from None

@@ -1,0 +1,68 @@
+"""The sink section of a deployment file: what to take, how to compose, where results go."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sdk.topics import check_name
+from sink.composers import COMPOSERS
+from sink.tasks import TASK_MODELS
+
+ComposerChoice = COMPOSERS.config_union()
+TaskModelChoice = TASK_MODELS.config_union()
+
+
+class SinkSection(BaseModel):
+    """Everything a sink worker needs besides the broker."""
+
+    model_config = ConfigDict(extra="forbid")
+    camera: str = Field("+", description="camera id, or '+' for every camera")
+    tasks: list[str] = Field(default_factory=lambda: ["detection"], min_length=1,
+                             description="task substreams to take")
+    rest: bool = Field(False, description="also take the rest substream (full human view)")
+    composer: ComposerChoice = Field(default_factory=lambda: COMPOSERS.parse_config("direct"))
+    task_models: dict[str, TaskModelChoice] = Field(
+        default_factory=dict, description="task -> model; tasks not listed use 'regions'")
+    out: Path | None = Field(None, description="folder for frames and results (none: no files)")
+    output: Literal["png", "mp4", "none"] = Field("png", description="how frames are written")
+    publish_results: bool = Field(True, description="publish results to <prefix>/<camera>/results/<task>")
+    frame_timeout_s: float = Field(2.0, gt=0, description="wait this long for a frame's "
+                                                         "substreams, then decode what came")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
+    idle_timeout_s: float | None = Field(None, gt=0, description="stop after this long without data")
+    connect_timeout_s: float = Field(30.0, gt=0)
+    shard: str = Field("0/1", pattern=r"^\d+/\d+$",
+                       description="I/N: take only cameras whose id hashes to I mod N, so N "
+                                   "workers split the cameras with no coordination")
+    max_pending_frames: int = Field(64, ge=1, description="per camera, before eviction")
+    max_pending_mb: float = Field(256.0, gt=0, description="all cameras, before eviction")
+
+    @field_validator("camera")
+    @classmethod
+    def _camera(cls, v: str) -> str:
+        return v if v == "+" else check_name(v, "camera id")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        return [check_name(t, "task name") for t in dict.fromkeys(v)]
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        i, n = (int(x) for x in v.split("/"))
+        if n < 1 or i >= n:
+            raise ValueError("shard I/N needs 0 <= I < N")
+        return v
+
+    def in_shard(self, camera: str) -> bool:
+        i, n = (int(x) for x in self.shard.split("/"))
+        return zlib.crc32(camera.encode()) % n == i
+
+    @property
+    def wants_rest(self) -> bool:
+        return self.rest or COMPOSERS.get(self.composer.type).needs_rest

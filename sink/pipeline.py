@@ -1,0 +1,245 @@
+"""The sink pipeline, independent of where packets come from (MQTT or a recording).
+
+::
+
+    feed(topic, payload) --meta--> stream descriptor per camera (checked: codec, checkpoint)
+                         --side/task/rest--> Reassembler
+    process_ready() --frames in order--> codec.decompress --> composer --> task models
+                                    --> frame writer, results JSON files, results topic
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import numpy as np
+
+from sdk.codecs import CODECS, Codec
+from sdk.errors import DiscoverError, PacketError
+from sdk.framing import codec_input
+from sdk.reassembly import AssembledFrame, Reassembler
+from sdk.stream import StreamMeta
+from sdk.topics import parse_topic, topic
+from sink.composers import COMPOSERS, Composer
+from sink.config import SinkSection
+from sink.tasks import TASK_MODELS, TaskModel
+from sink.writers import FrameWriter, make_writer
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], None]
+
+
+class _Camera:
+    """Per-camera decode state, built from its stream descriptor."""
+
+    def __init__(self, meta: StreamMeta, codec: Codec, composer: Composer,
+                 writer: FrameWriter) -> None:
+        self.meta, self.codec, self.composer, self.writer = meta, codec, composer, writer
+        self.frames = 0
+        self.bytes = 0
+
+
+class SinkPipeline:
+    """Reassemble, decode, compose, run tasks and write results for any number of cameras."""
+
+    def __init__(self, section: SinkSection, prefix: str, *, publish: Publish | None = None,
+                 timings: TextIO | None = None,
+                 on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> None:
+        self.section, self.prefix = section, prefix
+        self.publish = publish if section.publish_results else None
+        self.timings = timings
+        self.on_frame = on_frame
+        self.metas: dict[str, StreamMeta] = {}
+        self.cameras: dict[str, _Camera] = {}
+        self.refused: dict[str, str] = {}
+        self.models: dict[str, TaskModel] = {
+            t: TASK_MODELS.create(section.task_models.get(t, "regions")) for t in section.tasks}
+        self.reasm = Reassembler(
+            self.metas.get, tasks=section.tasks, rest=section.wants_rest,
+            timeout_s=section.frame_timeout_s, max_frames=section.max_pending_frames,
+            max_bytes=int(section.max_pending_mb * 1024 * 1024))
+        self.counters: Counter[str] = Counter()
+        self.latencies_ms: list[float] = []
+        self.frames_out = 0
+        self.first_out: float | None = None
+        self.last_out: float | None = None
+        self.last_input = time.monotonic()
+        self._lock = threading.Lock()
+
+    # -- intake (any thread) ------------------------------------------------------------------
+
+    def wants_camera(self, camera: str) -> bool:
+        s = self.section
+        return (s.camera == "+" or s.camera == camera) and s.in_shard(camera)
+
+    def feed(self, topic_name: str, payload: bytes) -> None:
+        """Take one message from the broker or a recording."""
+        self.last_input = time.monotonic()
+        parts = parse_topic(self.prefix, topic_name)
+        if parts is None or not self.wants_camera(parts.camera):
+            self.counters["ignored_messages"] += 1
+            return
+        ch = parts.channel
+        if ch == "meta":
+            self._on_meta(parts.camera, payload)
+        elif ch in ("side", "rest") or ch.startswith("task/"):
+            self.reasm.push(payload, parts.camera, ch)
+        else:
+            self.counters["ignored_messages"] += 1
+
+    def _on_meta(self, camera: str, payload: bytes) -> None:
+        if not payload:  # retained meta cleared
+            return
+        try:
+            meta = StreamMeta.from_json(payload)
+        except PacketError as e:
+            self.counters["bad_meta"] += 1
+            log.warning("camera %s: ignoring malformed stream descriptor (%s)", camera, e)
+            return
+        if meta.camera != camera:
+            self.counters["bad_meta"] += 1
+            return
+        with self._lock:
+            old = self.metas.get(camera)
+            if old is not None and old.session == meta.session:
+                return
+            if old is not None:
+                self.reasm.reset_camera(camera)
+                self.counters["stream_restarts"] += 1
+            self.metas[camera] = meta
+
+    # -- processing (one thread) --------------------------------------------------------------
+
+    def _camera(self, name: str) -> _Camera | None:
+        meta = self.metas[name]
+        cam = self.cameras.get(name)
+        if cam is not None and cam.meta is meta:
+            return cam
+        if cam is not None:
+            cam.writer.close()
+        try:
+            codec = CODECS.create(meta.codec.get("config") or meta.codec.get("type", "?"))
+            want = meta.codec.get("checkpoint")
+            have = codec.checkpoint_hash()
+            if want != have:
+                raise DiscoverError(
+                    f"camera {name} streams with codec checkpoint {want}, this sink has {have}; "
+                    "install the same checkpoint on the sink (see 'discover train' / README)")
+        except DiscoverError as e:
+            if self.refused.get(name) != str(e):
+                log.error("%s", e)
+            self.refused[name] = str(e)
+            return None
+        self.refused.pop(name, None)
+        cam = _Camera(meta, codec, COMPOSERS.create(self.section.composer),
+                      make_writer(self.section.output, self.section.out, name, meta.fps))
+        self.cameras[name] = cam
+        return cam
+
+    def process_ready(self, flush: bool = False) -> int:
+        """Decode and deliver every frame that is ready; returns how many."""
+        n = 0
+        for frame in self.reasm.pop_ready(flush=flush):
+            if self.section.max_frames is not None and self.frames_out >= self.section.max_frames:
+                self.counters["frames_after_max"] += 1
+                continue
+            cam = self._camera(frame.camera)
+            if cam is None:
+                self.counters["frames_refused"] += 1
+                continue
+            self._process(cam, frame)
+            n += 1
+        return n
+
+    def _process(self, cam: _Camera, frame: AssembledFrame) -> None:
+        t_assembled = time.time()
+        try:
+            coded, side = codec_input(frame, cam.meta)
+        except PacketError as e:
+            self.counters["frames_undecodable"] += 1
+            self.counters[f"undecodable_{e.reason}"] += 1
+            return
+        decoded = cam.codec.decompress(coded)
+        errors = decoded.get("errors", {})
+        self.counters["region_errors"] += sum(1 for k in errors if k >= 0)
+        info = {"camera": cam.meta.camera, "frame": frame.frame_index,
+                "capture_us": frame.capture_us, "regions": side.regions, "region_errors": errors,
+                "complete": frame.complete, "meta": cam.meta}
+        image = cam.composer.compose(decoded, info)
+        results = {}
+        for task, model in self.models.items():
+            res = model.run(image, {**info, "task": task})
+            results[task] = res
+            if self.publish is not None:
+                body = {"camera": cam.meta.camera, "frame": frame.frame_index,
+                        "capture_us": frame.capture_us, "task": task, **res}
+                self.publish(topic(self.prefix, cam.meta.camera, "results", task),
+                             json.dumps(body).encode())
+        cam.writer.write(frame.frame_index, image)
+        if self.section.out is not None:
+            d = self.section.out / cam.meta.camera / "results"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{frame.frame_index:06d}.json").write_text(json.dumps({
+                "camera": cam.meta.camera, "frame": frame.frame_index,
+                "capture_us": frame.capture_us, "complete": frame.complete,
+                "has_rest": bool(decoded.get("has_rest")),
+                "regions": [r.to_json() for r in side.regions], "tasks": results}))
+        t_done = time.time()
+        self.latencies_ms.append((t_done * 1e6 - frame.capture_us) / 1000)
+        cam.frames += 1
+        cam.bytes += frame.wire_bytes
+        self.frames_out += 1
+        now = time.monotonic()
+        self.first_out = self.first_out or now
+        self.last_out = now
+        if self.timings is not None:
+            self.timings.write(json.dumps({
+                "camera": cam.meta.camera, "frame": frame.frame_index,
+                "capture_us": frame.capture_us, "t_assembled": t_assembled,
+                "t_decoded": t_done, "wire_bytes": frame.wire_bytes,
+                "complete": frame.complete}) + "\n")
+        if self.on_frame is not None:
+            self.on_frame(cam.meta.camera, frame.frame_index, image)
+
+    def close(self) -> None:
+        for cam in self.cameras.values():
+            cam.writer.close()
+
+    # -- summary ------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        rc = self.reasm.counters
+        pixels = sum(c.frames * c.meta.width * c.meta.height for c in self.cameras.values())
+        seconds = sum(c.frames / c.meta.fps for c in self.cameras.values() if c.meta.fps)
+        total = sum(c.bytes for c in self.cameras.values())
+        lat = np.array(self.latencies_ms) if self.latencies_ms else None
+        span = (self.last_out - self.first_out) if self.first_out and self.last_out else 0.0
+        drops = {k[5:]: v for k, v in rc.items() if k.startswith("drop_")}
+        return {
+            "frames": self.frames_out,
+            "complete": rc["frames_complete"],
+            "partial": rc["frames_partial"],
+            "dropped": rc["frames_dropped"] + rc["frames_evicted"]
+            + self.counters["frames_refused"] + self.counters["frames_undecodable"],
+            "bytes": total,
+            "bytes_by_substream": {k[6:]: v for k, v in rc.items() if k.startswith("bytes_")},
+            "bpp": round(total * 8 / pixels, 5) if pixels else 0.0,
+            "kbps": round(total * 8 / 1000 / seconds, 2) if seconds else 0.0,
+            "fps": round((self.frames_out - 1) / span, 2) if span > 0 else 0.0,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat is not None else None,
+            "packets": rc["packets"],
+            "dropped_packets": rc["dropped_packets"],
+            "drop_reasons": drops,
+            "duplicates": rc["duplicates"],
+            "region_errors": self.counters["region_errors"],
+            "cameras": sorted(self.cameras),
+            "refused": dict(self.refused),
+        }

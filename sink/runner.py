@@ -1,0 +1,90 @@
+"""Run a sink worker on an MQTT broker until ``max_frames``, ``idle_timeout_s`` or stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import numpy as np
+
+from sdk.errors import DiscoverError
+from sdk.topics import parse_topic, sink_topics, topic
+from sdk.transport.broker import BrokerConfig
+from sdk.transport.mqtt import MqttLink
+from sink.config import SinkSection
+from sink.pipeline import SinkPipeline
+
+log = logging.getLogger(__name__)
+
+
+def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
+             stop: threading.Event | None = None, ready: threading.Event | None = None,
+             timings: TextIO | None = None,
+             on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> dict[str, Any]:
+    """Subscribe, process frames as they complete, return the summary.
+
+    With ``camera: +`` the worker first subscribes to every camera's ``meta`` only and takes a
+    camera's substreams once its descriptor arrives and the camera falls in this worker's shard,
+    so N workers with shards 0/N..N-1/N split the cameras and each receives only its own.
+    """
+    stop = stop or threading.Event()
+    link_box: list[MqttLink] = []
+    subscribed: set[str] = set()
+    sub_lock = threading.Lock()
+
+    def publish(t: str, payload: bytes) -> None:
+        link_box[0].publish(t, payload, qos=0)
+
+    pipe = SinkPipeline(section, prefix, publish=publish, timings=timings, on_frame=on_frame)
+
+    def take_camera(link: MqttLink, camera: str) -> None:
+        with sub_lock:
+            if camera in subscribed:
+                return
+            subscribed.add(camera)
+            topics = sink_topics(prefix, camera, section.tasks, section.wants_rest)
+            topics = [t for t in topics if not t.endswith("/meta")]
+            link.subscriptions.extend(topics)
+        for t in topics:
+            link.client.subscribe(t, qos=broker.qos)
+
+    def on_message(t: str, payload: bytes, retained: bool) -> None:
+        parts = parse_topic(prefix, t)
+        if section.camera == "+" and parts is not None and parts.channel == "meta" \
+                and pipe.wants_camera(parts.camera) and payload:
+            take_camera(link_box[0], parts.camera)
+        pipe.feed(t, payload)
+
+    if section.camera == "+":
+        subs = [topic(prefix, "+", "meta")]
+    else:
+        subs = sink_topics(prefix, section.camera, section.tasks, section.wants_rest)
+    link = MqttLink(broker, client_id=None, subscriptions=subs, on_message=on_message)
+    link_box.append(link)
+    link.start(wait_s=section.connect_timeout_s)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            n = pipe.process_ready()
+            if section.max_frames is not None and pipe.frames_out >= section.max_frames:
+                break
+            idle = time.monotonic() - pipe.last_input
+            if section.idle_timeout_s is not None and idle > section.idle_timeout_s \
+                    and pipe.reasm.pending_frames == 0:
+                break
+            if n == 0:
+                time.sleep(0.002)
+        pipe.process_ready(flush=True)
+    except KeyboardInterrupt:
+        pipe.process_ready(flush=True)
+    finally:
+        pipe.close()
+        link.stop()
+    summary = pipe.summary()
+    if pipe.refused and not pipe.frames_out:
+        raise DiscoverError(next(iter(pipe.refused.values())))
+    return summary
