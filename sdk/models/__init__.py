@@ -1,0 +1,1 @@
+"""Bundled offline models (ONNX) and their thin runtime wrappers."""
