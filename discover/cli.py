@@ -277,6 +277,13 @@ def _print_human(summary: dict[str, Any]) -> None:
         print(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -304,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "report it", file=sys.stderr)
         return 1
     if summary:
+        summary["peak_rss_mb"] = peak_rss_mb()
         if a.json:
             print(json.dumps(summary, separators=(",", ":")))
         else:

@@ -25,6 +25,7 @@ from sdk.codecs import CODECS
 from sdk.errors import DiscoverError
 from sdk.framing import frame_messages
 from sdk.grounders import ANY_OBJECT, GROUNDERS
+from sdk.packet import header_size
 from sdk.profiles import load_profile
 from sdk.regions import Region, area_share, pad_and_clip
 from sdk.stream import StreamMeta
@@ -43,6 +44,8 @@ class EdgeStats:
     height: int = 0
     fps_nominal: float = 0.0
     bytes: Counter[str] = field(default_factory=Counter)
+    packets: int = 0
+    header_bytes: int = 0
     regions: int = 0
     area_share_sum: float = 0.0
     ground_s: float = 0.0
@@ -64,6 +67,8 @@ class EdgeStats:
             "dropped": self.publisher["frames_dropped"] + self.publisher["frames_partial"],
             "bytes": total,
             "bytes_by_substream": dict(self.bytes),
+            "packets": self.packets,
+            "packet_overhead": round(self.header_bytes / max(1, total - self.header_bytes), 5),
             "bpp": round(total * 8 / px, 5) if px else 0.0,
             "kbps": round(total * 8 / 1000 / dur, 2) if dur else 0.0,
             "task_area_share": round(self.area_share_sum / n, 4),
@@ -184,7 +189,10 @@ class CameraAgent:
                                       coded, max_packet=self.edge.max_packet, intra=True)
                 t3 = time.perf_counter()
                 for tp, payload in msgs:
-                    s.bytes[tp.rsplit("/", 1)[-1] if "/task/" not in tp else "task"] += len(payload)
+                    task = tp.rsplit("/task/", 1)[1] if "/task/" in tp else ""
+                    s.bytes["task" if task else tp.rsplit("/", 1)[-1]] += len(payload)
+                    s.header_bytes += header_size(self.cam.id, task)
+                s.packets += len(msgs)
                 s.frames += 1
                 s.regions += len(regions)
                 s.area_share_sum += area_share(regions, w, h)

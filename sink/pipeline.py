@@ -71,6 +71,7 @@ class SinkPipeline:
         self.first_out: float | None = None
         self.last_out: float | None = None
         self.last_input = time.monotonic()
+        self.arrived = threading.Event()  # set on every message; the worker loop waits on it
         self._lock = threading.Lock()
 
     # -- intake (any thread) ------------------------------------------------------------------
@@ -91,6 +92,7 @@ class SinkPipeline:
             self._on_meta(parts.camera, payload)
         elif ch in ("side", "rest") or ch.startswith("task/"):
             self.reasm.push(payload, parts.camera, ch)
+            self.arrived.set()
         else:
             self.counters["ignored_messages"] += 1
 

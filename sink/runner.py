@@ -65,10 +65,12 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
     link = MqttLink(broker, client_id=None, subscriptions=subs, on_message=on_message)
     link_box.append(link)
     link.start(wait_s=section.connect_timeout_s)
+    log.info("sink ready: subscribed to %s on %s", ", ".join(subs), broker.describe())
     if ready is not None:
         ready.set()
     try:
         while not stop.is_set():
+            pipe.arrived.clear()  # before popping, so a packet landing meanwhile is not missed
             n = pipe.process_ready()
             if section.max_frames is not None and pipe.frames_out >= section.max_frames:
                 break
@@ -77,7 +79,8 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
                     and pipe.reasm.pending_frames == 0:
                 break
             if n == 0:
-                time.sleep(0.002)
+                # wake on the next packet, or in time to expire a frame that never completes
+                pipe.arrived.wait(0.05)
         pipe.process_ready(flush=True)
     except KeyboardInterrupt:
         pipe.process_ready(flush=True)
