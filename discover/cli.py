@@ -186,8 +186,10 @@ def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
     from discover.demo import run_demo
 
+    dep = load_deployment(a)  # the demo honours edge.grounder / edge.codec settings
     return run_demo(out=a.out, max_frames=a.max_frames, broker_url=a.broker,
-                    broker_kind=a.local_broker, quiet=a.quiet)
+                    broker_kind=a.local_broker, quiet=a.quiet, grounder=dep.edge.grounder,
+                    codec=dep.edge.codec)
 
 
 def cmd_config(a: argparse.Namespace) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def preview(original: dict[int, np.ndarray], task_only: dict[int, np.ndarray],
 
 def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
              broker_url: str | None = None, broker_kind: str = "auto",
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, grounder: Any = None, codec: Any = None) -> dict[str, Any]:
     if not SAMPLE_CLIP.is_file():
         raise DiscoverError(f"sample clip {SAMPLE_CLIP} is missing; restore it with "
                             "'git checkout sdk/assets/sample' or 'python tools/make_sample_clip.py'")
@@ -114,6 +114,10 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
         edge = EdgeSection(cameras=[CameraConfig(id=CAMERA, source=str(SAMPLE_CLIP),
                                                  tasks=["detection"], rest_interval=rest_interval,
                                                  max_frames=n)])
+        if grounder is not None:
+            edge.grounder = grounder
+        if codec is not None:
+            edge.codec = codec
         edge_summary = run_edge(edge, broker, PREFIX,
                                 on_frame=lambda c, i: prog.update(f"edge {i + 1}/{n} frames"))[0]
         for t in threads:
@@ -155,6 +159,7 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
         "regions_per_frame": edge_summary["regions_per_frame"],
         "fps_edge": edge_summary["fps"], "fps_sink": det["fps"],
         "latency_ms_p50": det["latency_ms_p50"],
+        "grounder": edge.grounder.type, "codec": edge.codec.type,
         "broker": local.kind if local is not None else broker.describe(),
         "seconds": round(time.monotonic() - t_start, 2),
         "out": str(out), "preview": str(out / "preview.png"),

@@ -1,0 +1,104 @@
+"""``nanodet``: COCO-80 detection (NanoDet, ONNX Runtime) with the profile's labels mapped onto
+the detector's classes through ``configs/label-maps/coco80.yaml``.
+
+::
+
+    frame -> NanoDet (416x416, 80 class scores per cell) -> boxes of classes some profile label
+          maps to -> labelled with that profile label
+
+Needs no download: the converted model ships in ``sdk/models/weights``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import Field
+
+from sdk.errors import DiscoverError
+from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from sdk.regions import Detection
+
+log = logging.getLogger(__name__)
+LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label-maps" / "coco80.yaml"
+
+
+class NanoDetConfig(GrounderConfig):
+    type: Literal["nanodet"] = "nanodet"
+    weights: Path | None = Field(None, description="ONNX file (default: the bundled one)")
+    label_map: Path = Field(LABEL_MAP, description="COCO class -> profile label synonyms")
+    score_threshold: float = Field(0.3, ge=0, le=1, description="low on purpose: a missed "
+                                   "object is never sent, a false box only costs bits")
+    iou_threshold: float = Field(0.6, gt=0, le=1)
+    max_detections: int = Field(100, ge=1)
+    threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
+
+
+def load_label_map(path: Path, classes: Sequence[str]) -> dict[str, int]:
+    """synonym or class name -> class index."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise DiscoverError(f"cannot read label map {path} ({e.__class__.__name__}); "
+                            "fix it or point grounder.label_map at a valid file") from None
+    index = {c: i for i, c in enumerate(classes)}
+    out = dict(index)
+    for cls, synonyms in raw.items():
+        if cls not in index or not isinstance(synonyms, list):
+            raise DiscoverError(f"label map {path}: '{cls}' is not a detector class with a "
+                                "list of synonyms")
+        for s in synonyms:
+            out.setdefault(" ".join(str(s).lower().split()), index[cls])
+    return out
+
+
+@GROUNDERS.register
+class NanoDetGrounder(Grounder):
+    key = "nanodet"
+    Config = NanoDetConfig
+    config: NanoDetConfig
+
+    def __init__(self, config: NanoDetConfig) -> None:
+        super().__init__(config)
+        from sdk.models.nanodet import COCO80_LABELS, NanoDet
+
+        self.model = NanoDet(config.weights, intra_op_num_threads=config.threads)
+        self.classes = COCO80_LABELS
+        self.synonyms = load_label_map(config.label_map, COCO80_LABELS)
+        self._plan_for: tuple[str, ...] | None = None
+        self._plan: dict[int, str] = {}
+
+    def _class_plan(self, labels: Sequence[str]) -> dict[int, str]:
+        """class index -> the profile label its boxes carry (first label mapping to it)."""
+        key = tuple(labels)
+        if key != self._plan_for:
+            plan: dict[int, str] = {}
+            unmapped = []
+            for label in labels:
+                c = self.synonyms.get(label)
+                if c is None:
+                    unmapped.append(label)
+                else:
+                    plan.setdefault(c, label)
+            if unmapped:
+                log.warning("nanodet grounder: %d profile labels have no COCO-80 class and will "
+                            "not be grounded: %s", len(unmapped), ", ".join(unmapped))
+            self._plan_for, self._plan = key, plan
+        return self._plan
+
+    def ground(self, frame: np.ndarray, labels: Sequence[str]) -> list[Detection]:
+        plan = self._class_plan(labels)
+        c = self.config
+        d = self.model.detect(frame, score_threshold=c.score_threshold,
+                              iou_threshold=c.iou_threshold, max_detections=c.max_detections)
+        out = []
+        for box, score, cls in zip(d.boxes, d.scores, d.class_ids, strict=True):
+            label = plan.get(int(cls))
+            if label is not None:
+                out.append(Detection(tuple(float(v) for v in box), label, float(score)))
+        return out

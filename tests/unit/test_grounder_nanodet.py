@@ -1,0 +1,66 @@
+"""nanodet grounder: profile labels mapped onto COCO-80 classes, real model on the real clip."""
+
+from __future__ import annotations
+
+import logging
+
+import av
+import pytest
+
+from sdk.assets import SAMPLE_CLIP
+from sdk.errors import DiscoverError
+from sdk.grounders import GROUNDERS
+from sdk.grounders.nanodet import load_label_map
+from sdk.models.nanodet import COCO80_LABELS
+
+
+@pytest.fixture(scope="module")
+def frame0():
+    with av.open(str(SAMPLE_CLIP)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="bgr24")
+
+
+@pytest.fixture(scope="module")
+def grounder():
+    return GROUNDERS.create({"type": "nanodet"})
+
+
+def test_label_map_synonyms_and_class_names():
+    m = load_label_map(GROUNDERS.get("nanodet").Config().label_map, COCO80_LABELS)
+    assert COCO80_LABELS[m["pedestrian"]] == "person"
+    assert COCO80_LABELS[m["van"]] == "truck"
+    assert COCO80_LABELS[m["car"]] == "car"  # class names map to themselves
+    assert "unicorn" not in m
+
+
+def test_boxes_carry_the_profile_label(grounder, frame0):
+    dets = grounder.ground(frame0, ["pedestrian"])
+    assert len(dets) >= 3  # three people walk in frame 0
+    assert {d.label for d in dets} == {"pedestrian"}
+    h, w = frame0.shape[:2]
+    for d in dets:
+        x0, y0, x1, y1 = d.box
+        assert -1 <= x0 < x1 <= w + 1 and -1 <= y0 < y1 <= h + 1
+        assert d.score >= grounder.config.score_threshold
+
+
+def test_only_requested_classes(grounder, frame0):
+    people = grounder.ground(frame0, ["person"])
+    both = grounder.ground(frame0, ["person", "car", "truck"])
+    assert len(both) > len(people)
+    assert {d.label for d in both} <= {"person", "car", "truck"}
+
+
+def test_unmapped_labels_reported_once(grounder, frame0, caplog):
+    with caplog.at_level(logging.WARNING):
+        grounder.ground(frame0, ["person", "zeppelin"])
+        grounder.ground(frame0, ["person", "zeppelin"])
+    hits = [r for r in caplog.records if "zeppelin" in r.getMessage()]
+    assert len(hits) == 1
+
+
+def test_bad_label_map_is_one_clear_error(tmp_path):
+    bad = tmp_path / "map.yaml"
+    bad.write_text("not_a_class: [x]\n")
+    with pytest.raises(DiscoverError, match="not a detector class"):
+        GROUNDERS.create({"type": "nanodet", "label_map": str(bad)})
