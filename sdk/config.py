@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import yaml
@@ -31,6 +31,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text())
     except OSError as e:
         raise DiscoverError(f"cannot read config {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DiscoverError(f"config {p} is not UTF-8 text; pass a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -66,26 +68,64 @@ def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
             node = nxt
 
 
-def _has_path(model: type[BaseModel], path: Sequence[str]) -> bool:
-    """Whether a dotted path names a field of the model (lists by index, unions loosely)."""
+_MISSING = object()
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    """The types a field annotation allows: ``Annotated`` and unions (``X | None``) flattened."""
+    from types import UnionType
+    from typing import Annotated, Union, get_args, get_origin
+
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _alternatives(get_args(tp)[0])
+    if origin is Union or origin is UnionType:
+        return [t for a in get_args(tp) for t in _alternatives(a)]
+    return [tp]
+
+
+def _field_type(model: type[BaseModel], path: Sequence[str]) -> Any:
+    """The annotation a dotted path leads to (lists by index, dicts by any key, unions
+    loosely), or ``_MISSING`` if it names no field of the model."""
     from typing import get_args, get_origin
 
     tp: Any = model
     for key in path:
-        origin = get_origin(tp)
-        if origin in (list, tuple) and key.isdigit():
-            tp = get_args(tp)[0]
-            continue
-        models = [t for t in (get_args(tp) or (tp,)) if isinstance(t, type)
-                  and issubclass(t, BaseModel)]
-        if not models and get_origin(tp) is not None:  # Annotated[Union[...]] and friends
-            models = [t for a in get_args(tp) for t in (get_args(a) or (a,))
-                      if isinstance(t, type) and issubclass(t, BaseModel)]
-        fields = [m.model_fields[key] for m in models if key in m.model_fields]
-        if not fields:
-            return False
-        tp = fields[0].annotation
-    return True
+        nxt: Any = _MISSING
+        for alt in _alternatives(tp):
+            origin = get_origin(alt)
+            if isinstance(alt, type) and issubclass(alt, BaseModel):
+                if key in alt.model_fields:
+                    nxt = alt.model_fields[key].annotation
+                    break
+            elif origin in (list, tuple) and key.isdigit() and get_args(alt):
+                nxt = get_args(alt)[0]
+                break
+            elif origin is dict and get_args(alt):
+                nxt = get_args(alt)[1]
+                break
+        if nxt is _MISSING:
+            return _MISSING
+        tp = nxt
+    return tp
+
+
+def _has_path(model: type[BaseModel], path: Sequence[str]) -> bool:
+    """Whether a dotted path names a field of the model (lists by index, unions loosely)."""
+    return _field_type(model, path) is not _MISSING
+
+
+def _parse_for(model: type[BaseModel], path: Sequence[str], text: str) -> Any:
+    """Parse a command-line / environment value; a field that only takes text (``str``,
+    paths) keeps it as written, so ``source=0`` (a webcam) or ``camera=42`` stay strings."""
+    value = parse_value(text)
+    alts = _alternatives(_field_type(model, path))
+    if value is None and type(None) in alts:
+        return None
+    if all(isinstance(a, type) and issubclass(a, str | PurePath)
+           for a in alts if a is not type(None)):
+        return text
+    return value
 
 
 def parse_value(text: str) -> Any:
@@ -103,7 +143,7 @@ def env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> list[tu
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         if _has_path(model, path):
-            out.append((path, parse_value(value)))
+            out.append((path, _parse_for(model, path, value)))
     return out
 
 
@@ -124,7 +164,7 @@ def load_config(
             raise DiscoverError(f"bad --set {item!r}: use --set key.path=value")
         if not _has_path(model, key.split(".")):
             raise DiscoverError(f"unknown config key {key!r} in --set; see 'discover config --schema'")
-        set_path(data, key.split("."), parse_value(value))
+        set_path(data, key.split("."), _parse_for(model, key.split("."), value))
     for key, value in (overrides or {}).items():
         if value is not None:
             set_path(data, key.split("."), value)

@@ -91,6 +91,8 @@ def encode_packet(p: Packet) -> bytes:
     """Serialise one packet."""
     cam = _check_name(p.camera, "camera id", allow_empty=False)
     name = _check_name(p.name, "substream name", allow_empty=True)
+    if (p.kind is Kind.TASK) != bool(name):
+        raise ValueError("task packets carry a task name, side and rest packets none")
     if not 0 <= p.fragment_index < p.fragment_count <= MAX_FRAGMENTS:
         raise ValueError("fragment index must be in [0, fragment_count)")
     head = _FIXED.pack(

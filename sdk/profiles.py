@@ -56,6 +56,9 @@ def load_profile_file(path: Path) -> TaskProfile:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
         raise DiscoverError(f"cannot read task profile {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DiscoverError(f"task profile {path} is not UTF-8 text; "
+                            "fix the file or regenerate it with 'discover profile'") from None
     except yaml.YAMLError as e:
         raise DiscoverError(f"task profile {path} is not valid YAML ({e.__class__.__name__}); "
                             "fix the file or regenerate it with 'discover profile'") from None

@@ -146,13 +146,16 @@ class Reassembler:
     def _store(self, p: Packet, wire: int) -> bool:
         now = self.clock()
         last = self._last.get(p.camera)
-        if last is not None and p.frame_index <= last:
+        frames = self._pending.setdefault(p.camera, {})
+        # a frame still pending below ``last`` (a later frame was evicted for memory) is not late
+        if last is not None and p.frame_index <= last and p.frame_index not in frames:
             if last - p.frame_index <= self.reorder_window:
                 return self._drop("late")
             # far behind what we delivered: the edge restarted its numbering
+            self.counters["frames_dropped"] += len(frames)  # the old stream's unfinished frames
             self._reset(p.camera)
             self.counters["stream_restarts"] += 1
-        frames = self._pending.setdefault(p.camera, {})
+            frames = self._pending.setdefault(p.camera, {})
         f = frames.get(p.frame_index)
         if f is None:
             f = frames[p.frame_index] = _Frame(p.capture_us, now, now)
@@ -239,7 +242,7 @@ class Reassembler:
                         break
                     del frames[index]
                     self._stored -= f.stored
-                    self._last[camera] = index
+                    self._last[camera] = max(index, self._last.get(camera, index))
                     usable = complete or (f.payload("side") is not None
                                           and self.meta_for(camera) is not None)
                     if usable:

@@ -28,6 +28,14 @@ _REGION = struct.Struct(">HHHHHHBH")  # rid, x0, y0, x1, y1, label index, score*
 _ITEM = struct.Struct(">HI")  # rid, payload length
 
 
+def _is_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 0xFFFF
+
+
+def _is_strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
 @dataclass
 class StreamMeta:
     """The retained per-camera stream descriptor (JSON on ``<prefix>/<camera>/meta``)."""
@@ -56,9 +64,17 @@ class StreamMeta:
     def from_json(cls, data: bytes) -> StreamMeta:
         try:
             obj = json.loads(data)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
             if obj.pop("format") != STREAM_FORMAT or obj.pop("version") != STREAM_VERSION:
                 raise ValueError("not a version 1 DISCOVER stream descriptor")
-            return cls(**obj)
+            meta = cls(**obj)
+            if not (isinstance(meta.camera, str) and _is_size(meta.width)
+                    and _is_size(meta.height) and isinstance(meta.fps, int | float)
+                    and _is_strs(meta.tasks) and _is_strs(meta.labels)
+                    and isinstance(meta.codec, dict) and isinstance(meta.grounder, dict)):
+                raise ValueError("fields of the wrong type")
+            return meta
         except (ValueError, KeyError, TypeError) as e:
             raise PacketError("bad_meta", str(e)) from None
 

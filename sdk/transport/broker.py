@@ -80,16 +80,24 @@ def parse_url(url: str) -> tuple[str, str, int, str | None]:
     """(scheme, host, port, username) of a broker URL; DiscoverError with the fix if bad."""
     fix = "use mqtt://host:port (or mqtts://host:port for TLS)"
     raw = url if "://" in url else f"mqtt://{url}"
+    shown = redact(url)
     try:
         u = urlsplit(raw)
         port = u.port
     except ValueError:
-        raise DiscoverError(f"bad broker URL {url!r}: {fix}") from None
+        raise DiscoverError(f"bad broker URL {shown!r}: {fix}") from None
     scheme = {"mqtt": "mqtt", "tcp": "mqtt", "mqtts": "mqtts", "ssl": "mqtts"}.get(u.scheme)
     if scheme is None or not u.hostname or u.path not in ("", "/"):
-        raise DiscoverError(f"bad broker URL {url!r}: {fix}")
+        raise DiscoverError(f"bad broker URL {shown!r}: {fix}")
     if u.password:
         raise DiscoverError(
             f"broker URL must not hold a password: set {PASSWORD_ENV} or broker.password_file"
         )
     return scheme, u.hostname, port or (8883 if scheme == "mqtts" else 1883), u.username
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages)."""
+    import re
+
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
