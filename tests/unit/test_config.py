@@ -293,10 +293,10 @@ def test_deployment_errors_are_one_line(sets, match):
 
 
 def test_deployment_unknown_backend_type_in_file_names_the_choices(tmp_path):
-    f = write(tmp_path, "edge:\n  grounder: {type: grounding-dino}\n")
+    f = write(tmp_path, "edge:\n  grounder: {type: yolo-nas}\n")
     with pytest.raises(DiscoverError, match="motion") as e:
         load_config(Deployment, f, environ={})
-    assert "grounding-dino" in str(e.value) and str(f) in str(e.value)
+    assert "yolo-nas" in str(e.value) and str(f) in str(e.value)
 
 
 # -- broker URLs ------------------------------------------------------------------------------
