@@ -58,6 +58,11 @@ def _progress(a: argparse.Namespace, label: str):  # noqa: ANN202
 def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
     from edge.agent import run_edge
 
+    # these are set on the validated cameras below, so check them here
+    if a.max_frames is not None and a.max_frames < 1:
+        raise DiscoverError(f"--max-frames must be at least 1 (got {a.max_frames})")
+    if a.rest_interval is not None and a.rest_interval < 0:
+        raise DiscoverError(f"--rest-interval must be 0 (never) or more (got {a.rest_interval})")
     extra: dict[str, Any] = {}
     if a.source:
         extra["edge.cameras"] = [{"id": a.camera or "cam0", "source": a.source,
@@ -162,6 +167,9 @@ def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
     from sdk.recording import read_recording
 
     next(iter(read_recording(a.file)), None)  # fail early on a file that is not a recording
+    if not a.asap and a.speed <= 0:
+        raise DiscoverError(f"--speed must be above 0 (got {a.speed:g}); use --asap for as fast "
+                            "as possible")
     speed = None if a.asap else a.speed
     if a.sink:
         if a.broker:

@@ -80,7 +80,12 @@ def replay_to_broker(path: Path, broker: BrokerConfig, *, speed: float | None = 
             while not link.wait_unacked_below(256, 5.0):
                 if not link.connected.wait(30.0):
                     raise DiscoverError(f"lost broker {broker.describe()} during replay")
-            link.publish(r.topic, r.payload, retain=r.retain)
+            # meta and status are retained on a live stream; a recorder subscribed before the
+            # edge started got them live (retain flag cleared), so restore it
+            parts = r.topic.split("/")
+            retain = r.retain or (parts[-1] in ("meta", "status") and len(parts) > 2
+                                  and parts[-2] not in ("task", "results"))
+            link.publish(r.topic, r.payload, retain=retain)
             sent += 1
             if progress is not None:
                 progress(sent)

@@ -145,6 +145,11 @@ class CameraAgent:
                 rec["t_published"] = t
                 self.timings.write(json.dumps(rec) + "\n")
 
+    def _unreachable(self) -> DiscoverError:
+        return DiscoverError(f"broker {self.broker.describe()} unreachable for "
+                             f"{self.edge.connect_timeout_s:g} s; check --broker and that the "
+                             "broker is running")
+
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None,
@@ -160,6 +165,8 @@ class CameraAgent:
         pub.on_published = self._published
         s = self.stats
         t_start = time.monotonic()
+        # give the first connection a moment, so a healthy broker is not reported unreachable
+        link.connected.wait(min(1.0, self.edge.connect_timeout_s))
         warned = False
         try:
             for fr in paced(self.source, realtime=self.cam.realtime, max_frames=self.cam.max_frames):
@@ -168,10 +175,7 @@ class CameraAgent:
                 if not link.connected.is_set():
                     waited = time.monotonic() - t_start
                     if link.counters["connects"] == 0 and waited > self.edge.connect_timeout_s:
-                        raise DiscoverError(
-                            f"broker {self.broker.describe()} unreachable for "
-                            f"{self.edge.connect_timeout_s:g} s; check --broker and that the "
-                            "broker is running")
+                        raise self._unreachable()
                     if not warned:
                         log.warning("camera %s: broker %s not reachable yet; keeping the newest "
                                     "%d frames", self.cam.id, self.broker.describe(),
@@ -209,6 +213,12 @@ class CameraAgent:
                 if on_frame is not None:
                     on_frame(fr.index)
             s.wall_s = time.monotonic() - t_start
+            if link.counters["connects"] == 0 and not stop.is_set():
+                # a short source can end before the first connection: wait for it (up to the
+                # connect timeout) so the queued frames go out, and fail if it never comes
+                left = self.edge.connect_timeout_s - (time.monotonic() - t_start)
+                if not link.connected.wait(max(0.0, left)):
+                    raise self._unreachable()
         finally:
             pub.close(timeout=30.0 if link.connected.is_set() else 0.5)
             if link.connected.is_set():

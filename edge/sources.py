@@ -68,6 +68,8 @@ class AvSource(Source):
             vs = self._c.streams.video
             if not vs:
                 raise DiscoverError(f"{self.spec!r} has no video stream; {SOURCE_HELP}")
+            if self._c.format.name == "tty":  # FFmpeg renders any .txt/.nfo file as ANSI art
+                raise DiscoverError(f"{self.spec!r} is a text file, not a video; {SOURCE_HELP}")
             self._s = vs[0]
             self._s.thread_type = "AUTO"
             self.width, self.height = self._s.codec_context.width, self._s.codec_context.height

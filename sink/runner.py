@@ -26,9 +26,10 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
              on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Subscribe, process frames as they complete, return the summary.
 
-    With ``camera: +`` the worker first subscribes to every camera's ``meta`` only and takes a
-    camera's substreams once its descriptor arrives and the camera falls in this worker's shard,
-    so N workers with shards 0/N..N-1/N split the cameras and each receives only its own.
+    With ``camera: +`` and a shard I/N with N > 1 the worker first subscribes to every camera's
+    ``meta`` only and takes a camera's substreams once its descriptor arrives and the camera
+    falls in this worker's shard, so N workers with shards 0/N..N-1/N split the cameras and each
+    receives only its own. With N = 1 it subscribes to every camera's substreams at once.
     """
     stop = stop or threading.Event()
     link_box: list[MqttLink] = []
@@ -51,14 +52,18 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
         for t in topics:
             link.client.subscribe(t, qos=broker.qos)
 
+    # a sharded "+" worker takes a camera once its meta arrives (packets of it sent before the
+    # subscription lands are lost); one worker for every camera subscribes with wildcards at once
+    per_camera = section.camera == "+" and int(section.shard.split("/")[1]) > 1
+
     def on_message(t: str, payload: bytes, retained: bool) -> None:
         parts = parse_topic(prefix, t)
-        if section.camera == "+" and parts is not None and parts.channel == "meta" \
+        if per_camera and parts is not None and parts.channel == "meta" \
                 and pipe.wants_camera(parts.camera) and payload:
             take_camera(link_box[0], parts.camera)
         pipe.feed(t, payload)
 
-    if section.camera == "+":
+    if per_camera:
         subs = [topic(prefix, "+", "meta")]
     else:
         subs = sink_topics(prefix, section.camera, section.tasks, section.wants_rest)
