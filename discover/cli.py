@@ -200,6 +200,16 @@ def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
                     codec=dep.edge.codec)
 
 
+def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
+    from sdk.profile_maker import get_or_make_profile, profile_path
+
+    path = profile_path(a.task, a.out)
+    cached = path.is_file() and not a.force
+    p = get_or_make_profile(a.task, a.description, force=a.force, out=a.out, model=a.model)
+    return {"task": p.task, "labels": len(p.labels), "path": str(p.path), "cached": cached,
+            "made_by": p.made_by.get("method"), "model": p.made_by.get("model")}
+
+
 def cmd_config(a: argparse.Namespace) -> dict[str, Any]:
     from discover.config import Deployment
 
@@ -266,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sink", action="store_true", help="feed a sink in-process, no broker")
     _add_sink_args(rp)
     rp.set_defaults(func=cmd_replay)
+
+    pf = sub.add_parser("profile", parents=[common],
+                        help="make a task's label list with GPT-4o (once; cached on disk)")
+    pf.add_argument("--task", required=True, help="task name, e.g. detection")
+    pf.add_argument("--description", help="what the task needs (default: the model writes one)")
+    pf.add_argument("--model", default="gpt-4o", help="chat model (default gpt-4o)")
+    pf.add_argument("--out", type=Path, help="file or folder (default configs/profiles/)")
+    pf.add_argument("--force", action="store_true", help="ask the model even if cached")
+    pf.set_defaults(func=cmd_profile)
 
     c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")

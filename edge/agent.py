@@ -89,7 +89,10 @@ class CameraAgent:
         self.cam, self.edge, self.broker, self.prefix = cam, edge, broker, prefix
         self.profiles = {t: load_profile(t) for t in cam.tasks}
         self.task_labels = {t: set(p.labels) for t, p in self.profiles.items()}
-        self.labels = sorted(set().union(*self.task_labels.values()))
+        # profile order (the first task's first): grounders that map several labels onto one
+        # class name the box after the earliest of them
+        self.labels = list(dict.fromkeys(lb for t in cam.tasks for lb in self.profiles[t].labels))
+        self._label_set = set(self.labels)
         self.source = open_source(cam.source, fps=cam.fps)
         self.grounder = GROUNDERS.create(edge.grounder_for(cam))
         self.codec = CODECS.create(edge.codec_for(cam))
@@ -107,24 +110,22 @@ class CameraAgent:
     # -- regions ------------------------------------------------------------------------------
 
     def regions(self, dets: list, width: int, height: int) -> list[Region]:
+        """Keep the boxes some task wants (by label or alias), padded and snapped, best first."""
         g = self.edge.grounder_for(self.cam)
         out: list[Region] = []
         for d in sorted(dets, key=lambda d: -d.score):
             if d.score < g.min_score or len(out) >= self.edge.max_regions:
                 continue
+            names = {d.label, *d.aliases}
             tasks = tuple(t for t in self.cam.tasks
-                          if d.label == ANY_OBJECT or d.label in self.task_labels[t])
+                          if d.label == ANY_OBJECT or names & self.task_labels[t])
             if not tasks:
                 continue
             box = pad_and_clip(d.box, g.margin, width, height, self.codec.align)
             if box is not None:
-                label = d.label if d.label in self.task_labels_all else ANY_OBJECT
+                label = d.label if d.label in self._label_set else ANY_OBJECT
                 out.append(Region(len(out), box, label, d.score, tasks))
         return out
-
-    @property
-    def task_labels_all(self) -> set[str]:
-        return set(self.labels)
 
     # -- MQTT ---------------------------------------------------------------------------------
 

@@ -10,11 +10,16 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One grounded object: pixel box, label from the task profile, confidence in [0, 1]."""
+    """One grounded object: pixel box, label from the task profile, confidence in [0, 1].
+
+    ``aliases`` are the other profile labels the same box answers for (a detector class that
+    several labels map onto, e.g. person for "pedestrian" and "cyclist"), so a task listing any
+    of them takes the box."""
 
     box: tuple[float, float, float, float]
     label: str
     score: float
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ class _Camera:
         self.meta, self.codec, self.composer, self.writer = meta, codec, composer, writer
         self.frames = 0
         self.bytes = 0
+        self.last_index: int | None = None
 
 
 class SinkPipeline:
@@ -195,6 +196,10 @@ class SinkPipeline:
                 "regions": [r.to_json() for r in side.regions], "tasks": results}))
         t_done = time.time()
         self.latencies_ms.append((t_done * 1e6 - frame.capture_us) / 1000)
+        if cam.last_index is not None and frame.frame_index > cam.last_index + 1:
+            # never seen at all (lost in a broker restart, before subscribing, ...)
+            self.counters["frames_missing"] += frame.frame_index - cam.last_index - 1
+        cam.last_index = frame.frame_index
         cam.frames += 1
         cam.bytes += frame.wire_bytes
         self.frames_out += 1
@@ -230,6 +235,7 @@ class SinkPipeline:
             "partial": rc["frames_partial"],
             "dropped": rc["frames_dropped"] + rc["frames_evicted"]
             + self.counters["frames_refused"] + self.counters["frames_undecodable"],
+            "missing": self.counters["frames_missing"],
             "bytes": total,
             "bytes_by_substream": {k[6:]: v for k, v in rc.items() if k.startswith("bytes_")},
             "bpp": round(total * 8 / pixels, 5) if pixels else 0.0,

@@ -71,24 +71,27 @@ class NanoDetGrounder(Grounder):
         self.classes = COCO80_LABELS
         self.synonyms = load_label_map(config.label_map, COCO80_LABELS)
         self._plan_for: tuple[str, ...] | None = None
-        self._plan: dict[int, str] = {}
+        self._plan: dict[int, tuple[str, ...]] = {}
 
-    def _class_plan(self, labels: Sequence[str]) -> dict[int, str]:
-        """class index -> the profile label its boxes carry (first label mapping to it)."""
+    def _class_plan(self, labels: Sequence[str]) -> dict[int, tuple[str, ...]]:
+        """class index -> the profile labels its boxes answer for, the box's label first: the
+        class's own name when the profile has it, else the earliest synonym in profile order."""
         key = tuple(labels)
         if key != self._plan_for:
-            plan: dict[int, str] = {}
+            plan: dict[int, list[str]] = {}
             unmapped = []
             for label in labels:
                 c = self.synonyms.get(label)
                 if c is None:
                     unmapped.append(label)
+                elif label == self.classes[c]:
+                    plan.setdefault(c, []).insert(0, label)
                 else:
-                    plan.setdefault(c, label)
+                    plan.setdefault(c, []).append(label)
             if unmapped:
                 log.warning("nanodet grounder: %d profile labels have no COCO-80 class and will "
                             "not be grounded: %s", len(unmapped), ", ".join(unmapped))
-            self._plan_for, self._plan = key, plan
+            self._plan_for, self._plan = key, {c: tuple(v) for c, v in plan.items()}
         return self._plan
 
     def ground(self, frame: np.ndarray, labels: Sequence[str]) -> list[Detection]:
@@ -98,7 +101,8 @@ class NanoDetGrounder(Grounder):
                               iou_threshold=c.iou_threshold, max_detections=c.max_detections)
         out = []
         for box, score, cls in zip(d.boxes, d.scores, d.class_ids, strict=True):
-            label = plan.get(int(cls))
-            if label is not None:
-                out.append(Detection(tuple(float(v) for v in box), label, float(score)))
+            names = plan.get(int(cls))
+            if names:
+                out.append(Detection(tuple(float(v) for v in box), names[0], float(score),
+                                     names[1:]))
         return out

@@ -161,3 +161,18 @@ def test_demo(tmp_path):
         assert [f.name for f in frames] == [f"{i:06d}.png" for i in range(20)], sink
         assert len(list((out / sink / "street" / "results").glob("*.json"))) == 20
     assert json.loads((out / "summary.json").read_text())["frames"] == 20
+
+
+def test_profile_cached_needs_no_network_or_key():
+    p = run("profile", "--task", "vehicles", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["cached"] is True and out["labels"] >= 100 and out["task"] == "vehicles"
+
+
+def test_profile_new_task_without_key_is_one_error_line(tmp_path):
+    p = subprocess.run([*CLI, "profile", "--task", "dogs", "--description", "count dogs",
+                        "--out", str(tmp_path)], env={**cli_env(), "OPENAI_API_KEY": ""},
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert_one_error_line(p, "OPENAI_API_KEY")
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -64,3 +64,38 @@ def test_bad_label_map_is_one_clear_error(tmp_path):
     bad.write_text("not_a_class: [x]\n")
     with pytest.raises(DiscoverError, match="not a detector class"):
         GROUNDERS.create({"type": "nanodet", "label_map": str(bad)})
+
+
+def test_box_label_prefers_class_name_then_profile_order(grounder, frame0):
+    dets = grounder.ground(frame0, ["cyclist", "pedestrian", "person"])
+    people = [d for d in dets if "pedestrian" in (d.label, *d.aliases)]
+    assert len(people) >= 3
+    assert {d.label for d in people} == {"person"}  # the class's own name wins
+    assert all(set(d.aliases) == {"cyclist", "pedestrian"} for d in people)
+    dets = grounder.ground(frame0, ["pedestrian", "cyclist"])
+    assert {d.label for d in dets} == {"pedestrian"}  # else the earliest synonym
+
+
+def test_edge_routes_boxes_to_every_task_whose_labels_match(tmp_path, monkeypatch, frame0):
+    """A person box serves a task listing 'person' and one listing only 'pedestrian'."""
+    from edge.agent import CameraAgent
+    from edge.config import CameraConfig, EdgeSection
+    from sdk.transport.broker import BrokerConfig
+
+    for task, labels in {"people": ["person"], "walkers": ["pedestrian"], "cars": ["car"]}.items():
+        (tmp_path / f"{task}.yaml").write_text(
+            f"format: discover-task-profile\nversion: 1\ntask: {task}\nlabels: {labels}\n")
+    monkeypatch.setenv("DISCOVER_PROFILES_DIR", str(tmp_path))
+    edge = EdgeSection(grounder={"type": "nanodet"},
+                       cameras=[CameraConfig(id="c", source=str(SAMPLE_CLIP),
+                                             tasks=["walkers", "people", "cars"])])
+    agent = CameraAgent(edge.cameras[0], edge, BrokerConfig(), "discover")
+    try:
+        dets = agent.grounder.ground(frame0, agent.labels)
+        regions = agent.regions(dets, frame0.shape[1], frame0.shape[0])
+    finally:
+        agent.source.close()
+    people = [r for r in regions if r.label == "person"]
+    assert len(people) >= 3
+    assert all(set(r.tasks) == {"walkers", "people"} for r in people)
+    assert all(r.tasks == ("cars",) for r in regions if r.label == "car")
