@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,9 @@ def wait_port(port: int, timeout: float) -> bool:
 class LocalBroker:
     """Start with :meth:`start`, stop with :meth:`stop` (restartable on the same port)."""
 
-    def __init__(self, kind: str = "auto", port: int | None = None) -> None:
+    def __init__(self, kind: str = "auto", port: int | None = None,
+                 extra_conf: str = "") -> None:
+        """``extra_conf``: more Mosquitto config lines for this listener (auth, TLS)."""
         if kind not in ("auto", "mosquitto", "amqtt"):
             raise DiscoverError(f"unknown local broker {kind!r}; use auto, mosquitto or amqtt")
         exe = find_mosquitto()
@@ -51,6 +54,7 @@ class LocalBroker:
                                 "or use the embedded amqtt broker")
         self.kind = "mosquitto" if kind == "mosquitto" or (kind == "auto" and exe) else "amqtt"
         self.exe = exe
+        self.extra_conf = extra_conf
         self.port = port or free_port()
         self._proc: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="discover-broker-")
@@ -65,7 +69,12 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> LocalBroker:
         if self.kind == "mosquitto":
             conf = Path(self._dir.name) / "mosquitto.conf"
-            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            anonymous = "" if "allow_anonymous" in self.extra_conf else "allow_anonymous true\n"
+            # as root Mosquitto drops to its own user, which cannot read files (password file,
+            # certificates) under a private temp dir: this local broker stays the caller's user
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                anonymous += "user root\n"
+            conf.write_text(f"listener {self.port} 127.0.0.1\n{anonymous}{self.extra_conf}\n"
                             "persistence false\nmessage_size_limit 0\nmax_queued_messages 100000\n"
                             "log_dest none\n")
             self._proc = subprocess.Popen([self.exe, "-c", str(conf)],

@@ -30,6 +30,7 @@ from sdk.profiles import load_profile
 from sdk.regions import Region, area_share, pad_and_clip
 from sdk.stream import StreamMeta
 from sdk.topics import topic
+from sdk.tracking import TrackingGrounder
 from sdk.transport.broker import BrokerConfig
 from sdk.transport.mqtt import FramePublisher, MqttLink, Will
 
@@ -48,6 +49,7 @@ class EdgeStats:
     header_bytes: int = 0
     regions: int = 0
     area_share_sum: float = 0.0
+    grounded_frames: int = 0
     ground_s: float = 0.0
     encode_s: float = 0.0
     packetize_s: float = 0.0
@@ -73,6 +75,7 @@ class EdgeStats:
             "kbps": round(total * 8 / 1000 / dur, 2) if dur else 0.0,
             "task_area_share": round(self.area_share_sum / n, 4),
             "regions_per_frame": round(self.regions / n, 2),
+            "grounded_frames": self.grounded_frames,
             "ground_ms": round(1000 * self.ground_s / n, 2),
             "encode_ms": round(1000 * self.encode_s / n, 2),
             "packetize_ms": round(1000 * self.packetize_s / n, 3),
@@ -95,11 +98,13 @@ class CameraAgent:
         self._label_set = set(self.labels)
         self.source = open_source(cam.source, fps=cam.fps)
         self.grounder = GROUNDERS.create(edge.grounder_for(cam))
+        # grounds every edge.tracking.every frames (default: every frame), tracks in between
+        self.tracker = TrackingGrounder(self.grounder, edge.tracking_for(cam))
         self.codec = CODECS.create(edge.codec_for(cam))
         self.meta = StreamMeta(
             camera=cam.id, width=self.source.width, height=self.source.height,
             fps=self.source.fps, tasks=list(cam.tasks), labels=[ANY_OBJECT, *self.labels],
-            codec=self.codec.descriptor(), grounder=self.grounder.describe(),
+            codec=self.codec.descriptor(), grounder=self.tracker.describe(),
             rest_interval=cam.rest_interval)
         self.stats = EdgeStats(cam.id, width=self.source.width, height=self.source.height,
                                fps_nominal=self.source.fps)
@@ -166,13 +171,15 @@ class CameraAgent:
         pub.on_published = self._published
         s = self.stats
         t_start = time.monotonic()
-        # give the first connection a moment, so a healthy broker is not reported unreachable
-        link.connected.wait(min(1.0, self.edge.connect_timeout_s))
         warned = False
         try:
+            # give the first connection a moment, so a healthy broker is not reported unreachable
+            link.wait_connected(min(1.0, self.edge.connect_timeout_s))
             for fr in paced(self.source, realtime=self.cam.realtime, max_frames=self.cam.max_frames):
                 if stop.is_set():
                     break
+                if link.refused.is_set():
+                    raise link.refusal_error()
                 if not link.connected.is_set():
                     waited = time.monotonic() - t_start
                     if link.counters["connects"] == 0 and waited > self.edge.connect_timeout_s:
@@ -184,7 +191,7 @@ class CameraAgent:
                         warned = True
                 h, w = fr.image.shape[:2]
                 t0 = time.perf_counter()
-                dets = self.grounder.ground(fr.image, self.labels)
+                dets = self.tracker.ground(fr.image, self.labels)
                 regions = self.regions(dets, w, h)
                 t1 = time.perf_counter()
                 send_rest = self.cam.rest_interval > 0 and fr.index % self.cam.rest_interval == 0
@@ -200,6 +207,7 @@ class CameraAgent:
                 s.packets += len(msgs)
                 s.frames += 1
                 s.regions += len(regions)
+                s.grounded_frames = self.tracker.grounded
                 s.area_share_sum += area_share(regions, w, h)
                 s.ground_s += t1 - t0
                 s.encode_s += t2 - t1
@@ -208,6 +216,7 @@ class CameraAgent:
                     with self._timing_lock:
                         self._pending_times[fr.index] = {
                             "camera": self.cam.id, "frame": fr.index, "capture_us": fr.capture_us,
+                            "grounded": self.tracker.last_grounded,
                             "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
                             "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
                 pub.submit(fr.index, msgs)
@@ -218,7 +227,7 @@ class CameraAgent:
                 # a short source can end before the first connection: wait for it (up to the
                 # connect timeout) so the queued frames go out, and fail if it never comes
                 left = self.edge.connect_timeout_s - (time.monotonic() - t_start)
-                if not link.connected.wait(max(0.0, left)):
+                if not link.wait_connected(max(0.0, left)):
                     raise self._unreachable()
         finally:
             pub.close(timeout=30.0 if link.connected.is_set() else 0.5)

@@ -27,6 +27,9 @@ from sdk.transport.broker import BrokerConfig
 
 log = logging.getLogger(__name__)
 
+# CONNACK codes (3.1.1 and 5) that mean our credentials or client id are not accepted
+_CREDENTIAL_REFUSALS = {2, 4, 5, 133, 134, 135, 138}
+
 MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 
 
@@ -60,6 +63,7 @@ class MqttLink:
         self.on_message = on_message
         self.on_connect_hooks = list(on_connect)
         self.connected = threading.Event()
+        self.refused = threading.Event()  # the broker rejected our credentials or identity
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
         self._unacked = 0
@@ -103,7 +107,10 @@ class MqttLink:
         if reason.is_failure:
             self.last_error = str(reason)
             self.counters["connect_failures"] += 1
-            log.warning("broker %s refused the connection: %s", self.broker.describe(), reason)
+            log.info("broker %s refused the connection: %s", self.broker.describe(), reason)
+            if reason.value in _CREDENTIAL_REFUSALS:
+                self.refused.set()  # retrying cannot help: stop and say why
+                client.disconnect()
             return
         self.counters["connects"] += 1
         for t in self.subscriptions:
@@ -148,14 +155,37 @@ class MqttLink:
         except (OSError, ValueError) as e:
             raise DiscoverError(f"cannot reach broker {self.broker.describe()}: {e}") from None
         self.client.loop_start()
-        if wait_s is not None and not self.connected.wait(wait_s):
+        if wait_s is None:
+            return self
+        try:
+            ok = self.wait_connected(wait_s)
+        except DiscoverError:
+            self.stop()
+            raise
+        if not ok:
             self.stop()
             why = f" ({self.last_error})" if self.last_error else ""
             raise DiscoverError(
                 f"broker {self.broker.describe()} unreachable after {wait_s:g} s{why}; "
-                "check --broker and that the broker is running"
-            )
+                "check --broker and that the broker is running")
         return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait for a connection; False on timeout, the refusal error if credentials failed."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self.refused.is_set():
+                raise self.refusal_error()
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def refusal_error(self) -> DiscoverError:
+        """The one-line error for a broker that rejected our credentials."""
+        return DiscoverError(
+            f"broker {self.broker.describe()} refused the connection ({self.last_error}); "
+            "check broker.username and the password (DISCOVER_BROKER_PASSWORD or "
+            "broker.password_file)")
 
     def publish(self, topic: str, payload: bytes, *, qos: int | None = None,
                 retain: bool = False) -> bool:
