@@ -16,9 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+# before anything imports torch: spinning OpenMP waiters make torch on 2 busy cores tens of
+# times slower (the product sets the same in discover/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import pytest  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "sdk" / "assets" / "sample" / "street.mp4"
