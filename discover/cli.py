@@ -221,11 +221,33 @@ def cmd_config(a: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def cmd_ground(a: argparse.Namespace) -> dict[str, Any]:
+    from discover.ground import ground_image, ground_video
+
+    extra = {"edge.grounder": {"type": a.grounder}} if a.grounder else {}
+    dep = load_deployment(a, extra)
+    tasks = a.task or ["detection"]
+    if a.image is not None:
+        return ground_image(a.image, tasks, dep.edge.grounder, a.annotate)
+    prog = _progress(a, "ground")
+    try:
+        return ground_video(a.source, tasks, dep.edge.grounder, dep.edge.tracking, a.max_frames,
+                            a.annotate, a.annotate_frame,
+                            progress=lambda n: prog.update(f"{n} frames"))
+    finally:
+        prog.done()
+
+
 def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
     from tools.bench_stream import run_bench_stream
 
+    if a.what == "ground":
+        from tools.bench_ground import run_bench_ground
+
+        return run_bench_ground(source=a.source, max_frames=a.max_frames, out=a.out,
+                                start=a.start, quiet=a.quiet)
     if a.what != "stream":
-        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream")
+        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=a.out,
                             broker_url=a.broker, quiet=a.quiet)
 
@@ -290,10 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
     c.set_defaults(func=cmd_config)
 
-    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream)")
-    b.add_argument("what", choices=["stream"])
+    g = sub.add_parser("ground", parents=[common],
+                       help="boxes a task's labels find in an image or video (JSON + picture)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, help="image file")
+    src.add_argument("--source", help="video file, URL, webcam index or image folder")
+    g.add_argument("--task", action="append", help="task profile (repeatable; default detection)")
+    g.add_argument("--grounder", help="grounder backend (edge.grounder.type)")
+    g.add_argument("--max-frames", type=int, help="video: stop after N frames")
+    g.add_argument("--annotate", type=Path, metavar="OUT.png", help="write the boxes drawn on "
+                   "the image (video: on the last frame, or --annotate-frame)")
+    g.add_argument("--annotate-frame", type=int, metavar="I", help="video: frame to annotate")
+    g.set_defaults(func=cmd_ground)
+
+    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream, ground)")
+    b.add_argument("what", choices=["stream", "ground"])
     b.add_argument("--source", help="video (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)
+    b.add_argument("--start", type=int, default=0, help="ground: first frame of the source "
+                   "(vtest.avi's evaluation split starts at 500)")
     b.add_argument("--out", type=Path, default=Path("out/bench"))
     b.set_defaults(func=cmd_bench)
     return p

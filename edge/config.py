@@ -10,6 +10,7 @@ from sdk.codecs import CODECS
 from sdk.grounders import GROUNDERS
 from sdk.packet import DEFAULT_MAX_PACKET
 from sdk.topics import check_name
+from sdk.tracking import TrackingConfig
 
 GrounderChoice = GROUNDERS.config_union()
 CodecChoice = CODECS.config_union()
@@ -29,6 +30,8 @@ class CameraConfig(BaseModel):
     rest_interval: int = Field(10, ge=0, description="send rest every N frames (0: never)")
     grounder: GrounderChoice | None = Field(None, description="per-camera grounder override")
     codec: CodecChoice | None = Field(None, description="per-camera codec override")
+    tracking: TrackingConfig | None = Field(None, description="per-camera override of "
+                                            "edge.tracking (a whole section)")
 
     @field_validator("id")
     @classmethod
@@ -48,6 +51,9 @@ class EdgeSection(BaseModel):
     cameras: list[CameraConfig] = Field(default_factory=list)
     grounder: GrounderChoice = Field(default_factory=lambda: GROUNDERS.parse_config("motion"))
     codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config("classical"))
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="ground every "
+                                     "N-th frame and track boxes in between (default: ground "
+                                     "every frame)")
     max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, le=256 * 1024 * 1024,
                             description="largest MQTT message; payloads fragment under it")
     queue_frames: int = Field(32, ge=1, description="frames waiting to publish before the "
@@ -62,3 +68,6 @@ class EdgeSection(BaseModel):
 
     def codec_for(self, cam: CameraConfig) -> Any:
         return cam.codec or self.codec
+
+    def tracking_for(self, cam: CameraConfig) -> TrackingConfig:
+        return cam.tracking or self.tracking

@@ -1,0 +1,179 @@
+"""COCO-style average precision for labelled boxes (seed §4: detection AP).
+
+The same numbers as ``pycocotools``' bounding-box evaluation with its defaults (all areas, no
+crowd regions, at most ``max_detections`` per frame and class), computed on plain Python lists
+so neither COCO JSON files nor pycocotools are needed::
+
+    preds = [[((x0, y0, x1, y1), "person", 0.9), ...], ...]   # one list per frame
+    refs  = [[((x0, y0, x1, y1), "person"), ...], ...]        # same frames, same order
+    average_precision(preds, refs).map          # mAP@0.5 over the classes in refs
+    coco_map(preds, refs)["map_50_95"]          # mAP@[.5:.95]
+
+Per class and IoU threshold: predictions of every frame are ranked by score; in each frame a
+prediction (best score first) takes the unmatched reference of its class with the highest IoU
+if that IoU is at least the threshold (a true positive), else it is a false positive. The
+precision/recall curve is made monotonic and sampled at 101 recall points (0, 0.01, ..., 1;
+precision 0 past the highest recall reached); AP is their mean. A class with no reference has
+no AP and is left out of the mean; a class with references but no predictions has AP 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BoxLike = Sequence[float]
+Prediction = tuple[BoxLike, str, float]
+"""(box x0, y0, x1, y1 in pixels; label; score)"""
+Reference = tuple[BoxLike, str]
+"""(box x0, y0, x1, y1 in pixels; label)"""
+
+#: COCO's IoU thresholds for mAP@[.5:.95]
+COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
+#: COCO's recall sampling points
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass(frozen=True)
+class APResult:
+    """AP at one IoU threshold: per class (classes with references only) and their mean."""
+
+    iou_threshold: float
+    per_class: dict[str, float]
+    references: dict[str, int]
+
+    @property
+    def map(self) -> float:
+        """Mean AP over the classes present in the references (0.0 if there are none)."""
+        return float(np.mean(list(self.per_class.values()))) if self.per_class else 0.0
+
+    def to_json(self) -> dict:
+        return {"iou_threshold": self.iou_threshold, "map": round(self.map, 6),
+                "per_class": {k: round(v, 6) for k, v in sorted(self.per_class.items())},
+                "references": dict(sorted(self.references.items()))}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), x0 y0 x1 y1."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    iw, ih = np.clip(iw, 0, None), np.clip(ih, 0, None)
+    inter = iw * ih
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _match(pred_boxes: np.ndarray, ref_boxes: np.ndarray,
+           thresholds: np.ndarray) -> np.ndarray:
+    """Greedy COCO matching in one frame and class; predictions already best first.
+    Returns a (thresholds x predictions) bool array: true positive or not."""
+    t_count, n = len(thresholds), len(pred_boxes)
+    tp = np.zeros((t_count, n), dtype=bool)
+    if n == 0 or len(ref_boxes) == 0:
+        return tp
+    ious = box_iou(pred_boxes, ref_boxes)
+    for ti, t in enumerate(thresholds):
+        taken = np.zeros(len(ref_boxes), dtype=bool)
+        for d in range(n):
+            cand = np.where(taken, -1.0, ious[d])
+            # the best unmatched reference, the last one on ties (as pycocotools); COCO starts
+            # from min(t, 1 - 1e-10) and keeps IoU >= it, so IoU equal to the threshold matches
+            g = len(cand) - 1 - int(np.argmax(cand[::-1]))
+            if cand[g] >= min(t, 1 - 1e-10):
+                taken[g] = True
+                tp[ti, d] = True
+    return tp
+
+
+def _ap(scores: np.ndarray, tp: np.ndarray, n_refs: int) -> float:
+    """101-point interpolated AP of one class at one threshold (pycocotools' accumulate)."""
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="mergesort")
+    hits = tp[order]
+    tps = np.cumsum(hits, dtype=np.float64)
+    recall = tps / n_refs
+    # pycocotools adds machine epsilon to the denominator, which is never 0 here (one
+    # prediction per rank): without it a perfect result is exactly 1.0, not 1 - 2e-16
+    precision = tps / np.arange(1, len(tps) + 1)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotonic from the right
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def _evaluate(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]],
+              thresholds: Sequence[float], max_detections: int | None,
+              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """class -> AP per threshold (classes with references only), and reference counts."""
+    if len(preds) != len(refs):
+        raise ValueError(f"preds has {len(preds)} frames but refs has {len(refs)}; "
+                         "pass one list per frame for both")
+    th = np.asarray(thresholds, dtype=np.float64)
+    scores: dict[str, list[np.ndarray]] = {}
+    hits: dict[str, list[np.ndarray]] = {}
+    n_refs: dict[str, int] = {}
+    for frame_preds, frame_refs in zip(preds, refs, strict=True):
+        by_class_p: dict[str, list[tuple[BoxLike, float]]] = {}
+        by_class_r: dict[str, list[BoxLike]] = {}
+        for box, label, score in frame_preds:
+            by_class_p.setdefault(label, []).append((box, float(score)))
+        for box, label in frame_refs:
+            by_class_r.setdefault(label, []).append(box)
+        for label, rs in by_class_r.items():
+            n_refs[label] = n_refs.get(label, 0) + len(rs)
+        for label, ps in by_class_p.items():
+            s = np.array([p[1] for p in ps], dtype=np.float64)
+            order = np.argsort(-s, kind="mergesort")
+            if max_detections is not None:
+                order = order[:max_detections]
+            boxes = np.array([ps[i][0] for i in order], dtype=np.float64).reshape(-1, 4)
+            r = np.array(by_class_r.get(label, []), dtype=np.float64).reshape(-1, 4)
+            scores.setdefault(label, []).append(s[order])
+            hits.setdefault(label, []).append(_match(boxes, r, th))
+    out: dict[str, np.ndarray] = {}
+    for label, n in n_refs.items():
+        if label not in scores:
+            out[label] = np.zeros(len(th))
+            continue
+        s = np.concatenate(scores[label])
+        h = np.concatenate(hits[label], axis=1)
+        out[label] = np.array([_ap(s, h[ti], n) for ti in range(len(th))])
+    return out, n_refs
+
+
+def average_precision(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]],
+                      iou_threshold: float = 0.5, *, max_detections: int | None = 100,
+                      ) -> APResult:
+    """Per-class AP and mAP at one IoU threshold over a list of frames.
+
+    ``preds[i]`` and ``refs[i]`` are frame i's predictions ``(box, label, score)`` and
+    references ``(box, label)``; boxes are ``x0, y0, x1, y1``. ``max_detections`` keeps the
+    best-scoring predictions per frame and class (COCO: 100; None keeps all)."""
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1] (got {iou_threshold})")
+    per, n_refs = _evaluate(preds, refs, [iou_threshold], max_detections)
+    return APResult(iou_threshold, {k: float(v[0]) for k, v in per.items()}, n_refs)
+
+
+def coco_map(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]], *,
+             max_detections: int | None = 100) -> dict:
+    """COCO's headline box figures: mAP@0.5, mAP@0.75, mAP@[.5:.95] (mean over the ten
+    thresholds 0.5, 0.55, ..., 0.95 and the classes in ``refs``), and per-class AP@0.5 and
+    AP@[.5:.95]."""
+    per, n_refs = _evaluate(preds, refs, COCO_IOU_THRESHOLDS, max_detections)
+    if not per:
+        return {"map_50": 0.0, "map_75": 0.0, "map_50_95": 0.0, "per_class_50": {},
+                "per_class_50_95": {}, "references": {}}
+    table = np.stack([per[k] for k in sorted(per)])  # classes x thresholds
+    return {"map_50": float(table[:, 0].mean()), "map_75": float(table[:, 5].mean()),
+            "map_50_95": float(table.mean()),
+            "per_class_50": {k: float(per[k][0]) for k in sorted(per)},
+            "per_class_50_95": {k: float(per[k].mean()) for k in sorted(per)},
+            "references": dict(sorted(n_refs.items()))}
