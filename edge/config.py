@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sdk.codecs import CODECS
 from sdk.grounders import GROUNDERS
@@ -62,6 +62,28 @@ class EdgeSection(BaseModel):
     max_regions: int = Field(256, ge=1, le=65535)
     connect_timeout_s: float = Field(30.0, gt=0, description="give up if the broker was never "
                                                              "reached in this time")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _camera_overrides_inherit_type(cls, data: Any) -> Any:
+        """A ``codec``/``grounder`` without ``type`` tunes the default backend, and a per-camera
+        one the section's (``--set edge.cameras.0.codec.quality=90``), instead of failing for
+        want of a type."""
+        if not isinstance(data, dict):
+            return data
+        defaults = {"codec": "classical", "grounder": "motion"}
+        for key, fallback in defaults.items():
+            section = data.get(key)
+            if isinstance(section, dict) and "type" not in section:
+                data[key] = section = {"type": fallback, **section}
+            kind = section.get("type") if isinstance(section, dict) else \
+                getattr(section, "type", None)
+            cameras = data.get("cameras")
+            for cam in cameras if isinstance(cameras, list) else []:
+                if isinstance(cam, dict) and isinstance(cam.get(key), dict) \
+                        and "type" not in cam[key]:
+                    cam[key] = {"type": kind or fallback, **cam[key]}
+        return data
 
     def grounder_for(self, cam: CameraConfig) -> Any:
         return cam.grounder or self.grounder

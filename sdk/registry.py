@@ -36,6 +36,7 @@ class Backend:
 
 
 B = TypeVar("B", bound=Backend)
+_BACKEND_KEYS: set[str] = set()  # pydantic puts the union tag in error paths; we drop it
 
 
 class Registry(Generic[B]):
@@ -54,6 +55,7 @@ class Registry(Generic[B]):
         if type_field is None or type_field.default != key:
             raise RuntimeError(f"{cls.__name__}.Config.type must default to '{key}'")
         self._items[key] = cls
+        _BACKEND_KEYS.add(key)
         return cls
 
     def keys(self) -> list[str]:
@@ -98,7 +100,10 @@ class Registry(Generic[B]):
 def first_error(e: ValidationError) -> str:
     """One line for a pydantic error: the dotted field path and what is wrong with it."""
     err = e.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+    loc = [p for p in err.get("loc", ()) if not (isinstance(p, str) and p in _BACKEND_KEYS)]
+    where = ".".join(str(p) for p in loc) or "value"
+    if err.get("type") == "union_tag_not_found":
+        return f"{where}: needs a 'type' naming the backend"
     return f"{where}: {err.get('msg', 'invalid')}" + (
         f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     )

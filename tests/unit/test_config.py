@@ -408,3 +408,21 @@ def test_binary_profile_is_a_discover_error(tmp_path, monkeypatch):
     monkeypatch.setenv(PROFILES_ENV, str(tmp_path))
     with pytest.raises(DiscoverError, match="broken.yaml"):
         load_profile("broken")
+
+
+def test_backend_options_without_type_tune_the_default_or_section_backend(tmp_path):
+    d = load_config(Deployment, sets=["edge.codec.quality=60"], environ={})
+    assert (d.edge.codec.type, d.edge.codec.quality) == ("classical", 60)
+    f = write(tmp_path, "edge:\n  grounder: {type: nanodet, score_threshold: 0.5}\n"
+                        "  cameras:\n    - {id: a, source: x.mp4, grounder: {margin: 0.3}}\n")
+    d = load_config(Deployment, f, environ={})
+    cam = d.edge.cameras[0]
+    assert cam.grounder.type == "nanodet" and cam.grounder.margin == 0.3
+    assert cam.grounder.score_threshold != 0.5  # an override is a whole config, not a merge
+
+
+def test_union_errors_name_the_field_not_the_tag():
+    with pytest.raises(DiscoverError) as e:
+        load_config(Deployment, sets=["edge.codec.type=classical", "edge.codec.quality=0"],
+                    environ={})
+    assert "edge.codec.quality" in str(e.value) and "classical.quality" not in str(e.value)
