@@ -66,23 +66,24 @@ class EdgeSection(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _camera_overrides_inherit_type(cls, data: Any) -> Any:
-        """A ``codec``/``grounder`` without ``type`` tunes the default backend, and a per-camera
-        one the section's (``--set edge.cameras.0.codec.quality=90``), instead of failing for
-        want of a type."""
+        """A ``codec``/``grounder`` without ``type`` tunes the default backend; a per-camera one
+        of the section's type (or none) starts from the section's settings, so
+        ``--set edge.cameras.0.codec.quality=90`` changes only the quality of that camera."""
         if not isinstance(data, dict):
             return data
         defaults = {"codec": "classical", "grounder": "motion"}
         for key, fallback in defaults.items():
             section = data.get(key)
-            if isinstance(section, dict) and "type" not in section:
-                data[key] = section = {"type": fallback, **section}
-            kind = section.get("type") if isinstance(section, dict) else \
-                getattr(section, "type", None)
+            if isinstance(section, BaseModel):
+                section = section.model_dump()
+            if not isinstance(section, dict):
+                section = {}
+            section = data[key] = {"type": fallback, **section}
             cameras = data.get("cameras")
             for cam in cameras if isinstance(cameras, list) else []:
-                if isinstance(cam, dict) and isinstance(cam.get(key), dict) \
-                        and "type" not in cam[key]:
-                    cam[key] = {"type": kind or fallback, **cam[key]}
+                own = cam.get(key) if isinstance(cam, dict) else None
+                if isinstance(own, dict) and own.get("type", section["type"]) == section["type"]:
+                    cam[key] = {**section, **own}  # same backend: tune the section's settings
         return data
 
     def grounder_for(self, cam: CameraConfig) -> Any:

@@ -418,7 +418,11 @@ def test_backend_options_without_type_tune_the_default_or_section_backend(tmp_pa
     d = load_config(Deployment, f, environ={})
     cam = d.edge.cameras[0]
     assert cam.grounder.type == "nanodet" and cam.grounder.margin == 0.3
-    assert cam.grounder.score_threshold != 0.5  # an override is a whole config, not a merge
+    assert cam.grounder.score_threshold == 0.5  # the section's settings, tuned
+    f = write(tmp_path, "edge:\n  grounder: {type: nanodet, score_threshold: 0.5}\n"
+                        "  cameras:\n    - {id: a, source: x.mp4, grounder: {type: motion}}\n")
+    cam = load_config(Deployment, f, environ={}).edge.cameras[0]
+    assert cam.grounder.type == "motion"  # another backend: its own defaults
 
 
 def test_union_errors_name_the_field_not_the_tag():
