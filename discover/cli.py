@@ -210,6 +210,13 @@ def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
             "made_by": p.made_by.get("method"), "model": p.made_by.get("model")}
 
 
+def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
+    """``discover train codec ...``: the options are tools/train_codec.py's own."""
+    from tools.train_codec import main as train_codec
+
+    raise SystemExit(train_codec(a.args))
+
+
 def cmd_config(a: argparse.Namespace) -> dict[str, Any]:
     from discover.config import Deployment
 
@@ -307,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--out", type=Path, help="file or folder (default configs/profiles/)")
     pf.add_argument("--force", action="store_true", help="ask the model even if cached")
     pf.set_defaults(func=cmd_profile)
+
+    tr = sub.add_parser("train", help="train the learned codec (discover train codec --help)")
+    tr.add_argument("what", choices=["codec"])
+    tr.add_argument("args", nargs=argparse.REMAINDER, help="options of tools/train_codec.py")
+    tr.set_defaults(func=cmd_train, quiet=False, verbose=0, debug=False, json=False)
 
     c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")

@@ -1,0 +1,104 @@
+"""Train the learned region codec (seed §3.4): stage I rate-distortion, stage II masked latents.
+
+Defaults train the shipped small model, one checkpoint per lambda, into
+``sdk/codecs/learned/checkpoints/small-q1..q3``, on frames 0-499 of OpenCV's vtest.avi
+(``apt-get install opencv-doc``) plus scikit-image's photos when it is installed. vtest.avi
+frames 500 on are the evaluation split and are never read, whatever --last says.
+
+    python tools/train_codec.py --size small --steps1 20000 --steps2 5000
+    python tools/train_codec.py --stages II --init sdk/codecs/learned/checkpoints/small-q2 \\
+        --lmbda 0.0035 --name small-q2
+    python tools/train_codec.py --size tiny --steps1 200 --steps2 50 --crop 64 --out /tmp/ck
+
+Progress lines go to stderr; ``--json`` prints a one-line summary on stdout at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT
+    from sdk.codecs.learned.training import DEFAULT_LAMBDAS, VTEST
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="small", choices=["tiny", "small", "paper"])
+    ap.add_argument("--lmbda", type=float, action="append",
+                    help=f"rate-distortion trade-off, repeat for several rate points "
+                         f"(default {' '.join(map(str, DEFAULT_LAMBDAS))})")
+    ap.add_argument("--name", action="append", help="checkpoint folder name per lambda "
+                    "(default <size>-q1.. in increasing lambda)")
+    ap.add_argument("--stages", default="I,II", help="I, II or I,II (default)")
+    ap.add_argument("--steps1", type=int, default=20000, help="stage I steps")
+    ap.add_argument("--steps2", type=int, default=5000, help="stage II steps")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=256, help="crop size, a multiple of 64")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr2", type=float, default=5e-5, help="stage II learning rate")
+    ap.add_argument("--mask-max", type=float, default=0.5,
+                    help="stage II masks up to this share of the latent (default 0.5)")
+    ap.add_argument("--init", type=Path, help="start from this checkpoint folder")
+    ap.add_argument("--out", type=Path, default=CHECKPOINT_ROOT)
+    ap.add_argument("--video", type=Path, action="append",
+                    help=f"training video (default {VTEST}, frames 0-499)")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--last", type=int, default=499,
+                    help="last frame (vtest.avi is capped at 499: 500 on is the evaluation split)")
+    ap.add_argument("--stride", type=int, default=2, help="take every n-th frame")
+    ap.add_argument("--images", type=Path, action="append", help="folder of extra stills")
+    ap.add_argument("--no-skimage", action="store_true", help="leave out scikit-image's photos")
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--json", action="store_true", help="one-line JSON summary on stdout")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sdk.errors import DiscoverError
+
+    try:
+        from sdk.codecs.learned.training import (
+            DEFAULT_LAMBDAS,
+            VTEST,
+            TrainConfig,
+            VideoSource,
+            train_codec,
+        )
+    except ImportError as e:
+        print(f"error: training needs torch and compressai ({e}): "
+              "pip install 'discover-sdk[sink]'", file=sys.stderr)
+        return 2
+    videos = [VideoSource(p, args.first, args.last, args.stride) for p in (args.video or [VTEST])]
+    cfg = TrainConfig(
+        size=args.size, lambdas=tuple(args.lmbda or DEFAULT_LAMBDAS),
+        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
+        steps_stage1=args.steps1, steps_stage2=args.steps2, batch=args.batch, crop=args.crop,
+        lr=args.lr, lr_stage2=args.lr2, mask_max=args.mask_max, out=args.out,
+        names=tuple(args.name) if args.name else None, init=args.init,
+        save_every=args.save_every, log_every=args.log_every, seed=args.seed,
+        device=args.device, threads=args.threads, videos=videos, images=args.images or [],
+        use_skimage=not args.no_skimage)
+    try:
+        results = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except DiscoverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(json.dumps({"checkpoints": [{k: v for k, v in r.items() if k != "history"}
+                                          for r in results]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
