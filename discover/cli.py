@@ -256,7 +256,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=a.out,
-                            broker_url=a.broker, quiet=a.quiet)
+                            broker_url=a.broker, quiet=a.quiet, grounder=a.grounder)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", parents=[common], help="benchmarks (stream, ground)")
     b.add_argument("what", choices=["stream", "ground"])
+    b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured one)")
     b.add_argument("--source", help="video (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)
     b.add_argument("--start", type=int, default=0, help="ground: first frame of the source "

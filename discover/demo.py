@@ -3,7 +3,7 @@
 ::
 
     local broker (Mosquitto if installed, else amqtt in-process)
-      edge "street" on the bundled clip: motion grounder, classical region codec
+      edge "street" on the bundled clip: nanodet grounder (default), classical region codec
         -> side + task/detection every frame, rest every 10th frame
       sink "detection": side + task/detection only (never receives rest)
       sink "viewer":    side + task/detection + rest

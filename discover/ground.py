@@ -89,11 +89,16 @@ def draw_detections(image: np.ndarray, dets: Sequence[Detection]) -> np.ndarray:
     return out
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write a PNG/JPEG/...; one DiscoverError line if the path or format is bad."""
-    if not cv2.haveImageWriter(str(path)):
+def check_image_path(path: Path | None) -> None:
+    """Refuse an --annotate name OpenCV cannot write, before any work is done."""
+    if path is not None and not cv2.haveImageWriter(str(path)):
         raise DiscoverError(f"cannot write {str(path)!r}: unknown image type; give --annotate a "
                             ".png or .jpg file name")
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write a PNG/JPEG/...; one DiscoverError line if the path or format is bad."""
+    check_image_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         ok = cv2.imwrite(str(path), image)
@@ -117,6 +122,7 @@ def ground_image(path: Path, tasks: Sequence[str], grounder_cfg: Any,
     """Ground one image with the tasks' labels; optionally write it annotated."""
     from sdk.grounders import GROUNDERS
 
+    check_image_path(annotate)
     img = read_image(path)
     labels = task_labels(tasks)
     grounder = GROUNDERS.create(grounder_cfg)
@@ -149,6 +155,7 @@ def ground_video(source: str, tasks: Sequence[str], grounder_cfg: Any, tracking:
 
     if max_frames is not None and max_frames < 1:
         raise DiscoverError(f"--max-frames must be at least 1 (got {max_frames})")
+    check_image_path(annotate)
     if annotate_frame is not None and annotate_frame < 0:
         raise DiscoverError(f"--annotate-frame must be 0 or more (got {annotate_frame})")
     if annotate_frame is not None and max_frames is not None and annotate_frame >= max_frames:

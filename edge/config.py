@@ -13,6 +13,7 @@ from sdk.topics import check_name
 from sdk.tracking import TrackingConfig
 
 GrounderChoice = GROUNDERS.config_union()
+DEFAULT_GROUNDER = "nanodet"
 CodecChoice = CODECS.config_union()
 
 
@@ -49,7 +50,10 @@ class EdgeSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     cameras: list[CameraConfig] = Field(default_factory=list)
-    grounder: GrounderChoice = Field(default_factory=lambda: GROUNDERS.parse_config("motion"))
+    grounder: GrounderChoice = Field(
+        default_factory=lambda: GROUNDERS.parse_config(DEFAULT_GROUNDER),
+        description="the offline default is nanodet (COCO-80, shipped); motion needs no model; "
+                    "grounding-dino is open-vocabulary but needs its weights")
     codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config("classical"))
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="ground every "
                                      "N-th frame and track boxes in between (default: ground "
@@ -71,7 +75,7 @@ class EdgeSection(BaseModel):
         ``--set edge.cameras.0.codec.quality=90`` changes only the quality of that camera."""
         if not isinstance(data, dict):
             return data
-        defaults = {"codec": "classical", "grounder": "motion"}
+        defaults = {"codec": "classical", "grounder": DEFAULT_GROUNDER}
         for key, fallback in defaults.items():
             section = data.get(key)
             if isinstance(section, BaseModel):

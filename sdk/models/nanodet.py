@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
+from sdk.models import require_onnxruntime
 
 COCO80_LABELS: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -89,7 +90,7 @@ class NanoDet:
                 "sdk/models/weights/NOTICE.md) or pass the path of an existing "
                 "nanodet_coco80.onnx."
             )
-        import onnxruntime as ort  # lazy: importing the SDK must not require onnxruntime
+        ort = require_onnxruntime()
 
         if providers is None:
             available = ort.get_available_providers()

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
+from sdk.models import require_onnxruntime
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "selfie_segmentation.onnx"
 CONVERT_COMMAND = "python tools/convert_person_mask.py"
@@ -54,7 +55,7 @@ class PersonMask:
                 "sdk/models/weights/NOTICE.md) or pass the path of an existing "
                 "selfie_segmentation.onnx."
             )
-        import onnxruntime as ort  # lazy: importing the SDK must not require onnxruntime
+        ort = require_onnxruntime()
 
         if providers is None:
             available = ort.get_available_providers()
