@@ -64,6 +64,9 @@ class EdgeSection(BaseModel):
                                                     "oldest is dropped")
     max_unacked: int = Field(256, ge=1, description="QoS 1 messages in flight before waiting")
     max_regions: int = Field(256, ge=1, le=65535)
+    dedupe_iou: float = Field(0.6, ge=0, le=1, description="boxes overlapping a better one by "
+                              "more than this IoU are one object (coded once, serving both "
+                              "boxes' tasks); 0 keeps every box")
     connect_timeout_s: float = Field(30.0, gt=0, description="give up if the broker was never "
                                                              "reached in this time")
 

@@ -59,6 +59,17 @@ def pad_and_clip(box: Sequence[float], margin: float, width: int, height: int,
     return (ix0, iy0, ix1, iy1)
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two x0, y0, x1, y1 boxes."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def area_share(regions: Sequence[Region], width: int, height: int) -> float:
     """Share of the frame covered by the union of the regions' boxes."""
     if not regions or width <= 0 or height <= 0:

@@ -99,3 +99,31 @@ def test_edge_routes_boxes_to_every_task_whose_labels_match(tmp_path, monkeypatc
     assert len(people) >= 3
     assert all(set(r.tasks) == {"walkers", "people"} for r in people)
     assert all(r.tasks == ("cars",) for r in regions if r.label == "car")
+
+
+def test_edge_codes_one_object_once_serving_every_task(tmp_path, monkeypatch):
+    """A van found as truck (task 'trucks') and car (task 'cars') is one region for both."""
+    from edge.agent import CameraAgent
+    from edge.config import CameraConfig, EdgeSection
+    from sdk.regions import Detection
+    from sdk.transport.broker import BrokerConfig
+
+    for task, labels in {"trucks": ["truck"], "cars": ["car"]}.items():
+        (tmp_path / f"{task}.yaml").write_text(
+            f"format: discover-task-profile\nversion: 1\ntask: {task}\nlabels: {labels}\n")
+    monkeypatch.setenv("DISCOVER_PROFILES_DIR", str(tmp_path))
+    dets = [Detection((100, 100, 200, 160), "car", 0.4),
+            Detection((102, 98, 201, 161), "truck", 0.8),   # the same van, better score
+            Detection((400, 100, 450, 150), "car", 0.5)]     # another car
+    for iou, expected in ((0.6, 2), (0.0, 3)):
+        edge = EdgeSection(grounder={"type": "motion"}, dedupe_iou=iou,
+                           cameras=[CameraConfig(id="c", source=str(SAMPLE_CLIP),
+                                                 tasks=["trucks", "cars"])])
+        agent = CameraAgent(edge.cameras[0], edge, BrokerConfig(), "discover")
+        agent.source.close()
+        regions = agent.regions(dets, 768, 576)
+        assert len(regions) == expected
+        if iou:
+            van = regions[0]
+            assert van.label == "truck" and van.tasks == ("trucks", "cars")
+            assert regions[1].tasks == ("cars",)
