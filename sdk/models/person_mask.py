@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
-from sdk.models import require_onnxruntime
+from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "selfie_segmentation.onnx"
 CONVERT_COMMAND = "python tools/convert_person_mask.py"
@@ -48,32 +48,11 @@ class PersonMask:
         providers: list[str] | None = None,
     ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_WEIGHTS
-        if not path.is_file():
-            raise DiscoverError(
-                f"person-mask weights not found: {path}. Create them with `{CONVERT_COMMAND}` "
-                "(converts selfie_segmentation.tflite from the PyPI wheel mediapipe==0.10.14; see "
-                "sdk/models/weights/NOTICE.md) or pass the path of an existing "
-                "selfie_segmentation.onnx."
-            )
-        ort = require_onnxruntime()
-
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [
-                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-            ] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_num_threads)
-        options.inter_op_num_threads = 1
         self.model_path = path
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DiscoverError(
-                f"cannot load person-mask weights {path} ({type(exc).__name__}); the file is "
-                f"damaged or not ONNX: recreate it with `{CONVERT_COMMAND}`."
-            ) from exc
+        self.session = open_session(
+            path, what="person-mask",
+            origin="selfie_segmentation.tflite from the PyPI wheel mediapipe==0.10.14",
+            convert_command=CONVERT_COMMAND, threads=intra_op_num_threads, providers=providers)
         inp = self.session.get_inputs()[0]
         shape = inp.shape
         if len(shape) != 4 or shape[-1] != 3 or not all(isinstance(v, int) for v in shape[1:3]):

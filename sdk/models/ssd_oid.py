@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
-from sdk.models import require_onnxruntime
+from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 #: the package's ``object_detection_oidv4_labelmap.txt``; index = output column, 0 = background
 OID_LABELS: tuple[str, ...] = (
@@ -64,10 +64,6 @@ _MIN_SCALE, _MAX_SCALE = 0.2, 0.95
 # TensorsToDetectionsCalculatorOptions of the package's graph.
 _XY_SCALE, _WH_SCALE = 10.0, 5.0
 _PRE_NMS_TOP_K = 2000
-
-
-class ModelWeightsNotFoundError(DiscoverError, FileNotFoundError):
-    """The ONNX weights file is missing; the message names it and the command that makes it."""
 
 
 @dataclass(frozen=True)
@@ -137,32 +133,11 @@ class SsdOid:
         providers: list[str] | None = None,
     ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_WEIGHTS
-        if not path.is_file():
-            raise ModelWeightsNotFoundError(
-                f"SSD Open Images weights not found: {path}. Create them with "
-                f"`{CONVERT_COMMAND}` (converts the npm package @mediapipe/objectron; see "
-                "sdk/models/weights/NOTICE.md) or pass the path of an existing "
-                "ssd_oid_mobilenetv2.onnx."
-            )
-        ort = require_onnxruntime()
-
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [
-                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-            ] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_num_threads)
-        options.inter_op_num_threads = 1
         self.model_path = path
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DiscoverError(
-                f"cannot load SSD Open Images weights {path} ({type(exc).__name__}); the file "
-                f"is damaged or not ONNX: recreate it with `{CONVERT_COMMAND}`."
-            ) from exc
+        self.session = open_session(
+            path, what="SSD Open Images",
+            origin="the npm package @mediapipe/objectron",
+            convert_command=CONVERT_COMMAND, threads=intra_op_num_threads, providers=providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         shapes = {o.name: tuple(o.shape[1:]) for o in outputs}
         boxes = [n for n, s in shapes.items() if s == (NUM_ANCHORS, 4)]
