@@ -11,20 +11,17 @@ Needs no download: the converted model ships in ``sdk/models/weights``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import Field
 
-from sdk.errors import DiscoverError
 from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from sdk.grounders.label_map import LabelPlan, load_label_map
 from sdk.regions import Detection
 
-log = logging.getLogger(__name__)
 LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label-maps" / "coco80.yaml"
 
 
@@ -44,24 +41,6 @@ class NanoDetConfig(GrounderConfig):
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
 
 
-def load_label_map(path: Path, classes: Sequence[str]) -> dict[str, int]:
-    """synonym or class name -> class index."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise DiscoverError(f"cannot read label map {path} ({e.__class__.__name__}); "
-                            "fix it or point grounder.label_map at a valid file") from None
-    index = {c: i for i, c in enumerate(classes)}
-    out = dict(index)
-    for cls, synonyms in raw.items():
-        if cls not in index or not isinstance(synonyms, list):
-            raise DiscoverError(f"label map {path}: '{cls}' is not a detector class with a "
-                                "list of synonyms")
-        for s in synonyms:
-            out.setdefault(" ".join(str(s).lower().split()), index[cls])
-    return out
-
-
 @GROUNDERS.register
 class NanoDetGrounder(Grounder):
     key = "nanodet"
@@ -74,33 +53,11 @@ class NanoDetGrounder(Grounder):
 
         self.model = NanoDet(config.weights, intra_op_num_threads=config.threads)
         self.classes = COCO80_LABELS
-        self.synonyms = load_label_map(config.label_map, COCO80_LABELS)
-        self._plan_for: tuple[str, ...] | None = None
-        self._plan: dict[int, tuple[str, ...]] = {}
-
-    def _class_plan(self, labels: Sequence[str]) -> dict[int, tuple[str, ...]]:
-        """class index -> the profile labels its boxes answer for, the box's label first: the
-        class's own name when the profile has it, else the earliest synonym in profile order."""
-        key = tuple(labels)
-        if key != self._plan_for:
-            plan: dict[int, list[str]] = {}
-            unmapped = []
-            for label in labels:
-                c = self.synonyms.get(label)
-                if c is None:
-                    unmapped.append(label)
-                elif label == self.classes[c]:
-                    plan.setdefault(c, []).insert(0, label)
-                else:
-                    plan.setdefault(c, []).append(label)
-            if unmapped:
-                log.warning("nanodet grounder: %d profile labels have no COCO-80 class and will "
-                            "not be grounded: %s", len(unmapped), ", ".join(unmapped))
-            self._plan_for, self._plan = key, {c: tuple(v) for c, v in plan.items()}
-        return self._plan
+        self.plan = LabelPlan(load_label_map(config.label_map, COCO80_LABELS), COCO80_LABELS,
+                              self.key)
 
     def ground(self, frame: np.ndarray, labels: Sequence[str]) -> list[Detection]:
-        plan = self._class_plan(labels)
+        plan = self.plan(labels)
         c = self.config
         d = self.model.detect(frame, score_threshold=c.score_threshold,
                               iou_threshold=c.iou_threshold, max_detections=c.max_detections)

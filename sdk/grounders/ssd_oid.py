@@ -13,7 +13,6 @@ Needs no download: the converted model ships in ``sdk/models/weights``. Compared
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,10 +21,9 @@ import numpy as np
 from pydantic import Field
 
 from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
-from sdk.grounders.nanodet import load_label_map
+from sdk.grounders.label_map import LabelPlan, load_label_map
 from sdk.regions import Detection
 
-log = logging.getLogger(__name__)
 LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label-maps" / "oid24.yaml"
 
 
@@ -58,41 +56,12 @@ class SsdOidGrounder(Grounder):
         self.model = SsdOid(config.weights, intra_op_num_threads=config.threads)
         self.classes = tuple(c.lower() for c in OID_LABELS)
         synonyms = load_label_map(config.label_map, self.classes)
-        self.synonyms = {k: v for k, v in synonyms.items() if v != BACKGROUND}
-        self.parents = {OID_LABELS.index(c): OID_LABELS.index(p) for c, p in OID_PARENTS.items()}
-        self._plan_for: tuple[str, ...] | None = None
-        self._plan: dict[int, tuple[str, ...]] = {}
-
-    def _class_plan(self, labels: Sequence[str]) -> dict[int, tuple[str, ...]]:
-        """class index -> the profile labels its boxes answer for, the box's label first: the
-        class's own name when the profile has it, else the earliest synonym in profile order;
-        then the labels of its parent class (a Car box answers for 'vehicle')."""
-        key = tuple(labels)
-        if key != self._plan_for:
-            plan: dict[int, list[str]] = {}
-            unmapped = []
-            for label in labels:
-                c = self.synonyms.get(" ".join(label.lower().split()))
-                if c is None:
-                    unmapped.append(label)
-                elif label.lower() == self.classes[c]:
-                    plan.setdefault(c, []).insert(0, label)
-                else:
-                    plan.setdefault(c, []).append(label)
-            for child, parent in self.parents.items():
-                for label in plan.get(parent, ()):
-                    names = plan.setdefault(child, [])
-                    if label not in names:
-                        names.append(label)
-            if unmapped:
-                log.warning("ssd-oid grounder: %d profile labels have no Open Images class of "
-                            "this detector and will not be grounded: %s", len(unmapped),
-                            ", ".join(unmapped))
-            self._plan_for, self._plan = key, {c: tuple(v) for c, v in plan.items()}
-        return self._plan
+        self.plan = LabelPlan(
+            {k: v for k, v in synonyms.items() if v != BACKGROUND}, self.classes, self.key,
+            parents={OID_LABELS.index(c): OID_LABELS.index(p) for c, p in OID_PARENTS.items()})
 
     def ground(self, frame: np.ndarray, labels: Sequence[str]) -> list[Detection]:
-        plan = self._class_plan(labels)
+        plan = self.plan(labels)
         if not plan:
             return []
         c = self.config

@@ -10,7 +10,7 @@ import pytest
 from sdk.assets import SAMPLE_CLIP
 from sdk.errors import DiscoverError
 from sdk.grounders import GROUNDERS
-from sdk.grounders.nanodet import load_label_map
+from sdk.grounders.label_map import load_label_map
 from sdk.models.nanodet import COCO80_LABELS
 
 
