@@ -253,8 +253,13 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
 
         return run_bench_ground(source=a.source, max_frames=a.max_frames, out=a.out,
                                 start=a.start, quiet=a.quiet)
+    if a.what == "tasks":
+        from tools.bench_tasks import run_bench_tasks
+
+        return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=a.out,
+                               quiet=a.quiet)
     if a.what != "stream":
-        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground")
+        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=a.out,
                             broker_url=a.broker, quiet=a.quiet, grounder=a.grounder)
 
@@ -337,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--annotate-frame", type=int, metavar="I", help="video: frame to annotate")
     g.set_defaults(func=cmd_ground)
 
-    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream, ground)")
-    b.add_argument("what", choices=["stream", "ground"])
+    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream, ground, tasks)")
+    b.add_argument("what", choices=["stream", "ground", "tasks"])
     b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured one)")
     b.add_argument("--source", help="video (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)

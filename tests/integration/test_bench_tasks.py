@@ -1,0 +1,77 @@
+"""``discover bench tasks``: rate vs NanoDet accuracy for ours and the standard codecs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import CLI, cli_env
+
+from tools.bench_tasks import bd_rate, rate_ratios, run_bench_tasks
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench_tasks")
+    r = run_bench_tasks(max_frames=12, out=out, quiet=True, qualities=(30, 90),
+                        x264_crfs=(30, 44), x265_crfs=(30, 44), av1_crfs=(40, 55),
+                        jpeg_qualities=(10, 90), min_refs=5)
+    return r, out
+
+
+def test_settings_and_files(result: tuple[dict, Path]) -> None:
+    r, out = result
+    saved = json.loads((out / "tasks.json").read_text())
+    assert saved["frames"] == 12
+    for name in ("ours_task", "ours_full", "x264", "x265", "jpeg"):
+        s = saved["settings"][name]
+        for key in ("kbps", "bpp", "det_map50", "det_map"):
+            assert len(s[key]) == 2, (name, key)
+        assert all(0 <= v <= 1 for v in s["det_map50"] + s["det_map"])
+        assert all(v > 0 for v in s["kbps"] + s["bpp"])
+    x265 = saved["settings"]["x265"]["kbps"]
+    assert x265[0] > x265[1]  # CRF 30 then 44
+    jpeg = saved["settings"]["jpeg"]["det_map50"]
+    assert jpeg[1] > jpeg[0]  # quality 90 beats quality 10
+    # ours with rest costs more than without
+    assert saved["settings"]["ours_full"]["kbps"][0] > saved["settings"]["ours_task"]["kbps"][0]
+    for key in ("bd_rate_det_vs_x265", "bd_rate_det_vs_x264"):
+        assert key in saved and (saved[key] is not None or "overlap" in saved[key + "_note"])
+    img = cv2.imread(str(out / "tasks_rate.png"))
+    assert img is not None and img.shape[0] > 100
+
+
+def _curve(pairs: list[tuple[float, float]]) -> list[dict]:
+    return [{"point": f"p{i}", "kbps": k, "det_map50": s} for i, (k, s) in enumerate(pairs)]
+
+
+def test_bd_rate_half_rate_is_minus_50() -> None:
+    a = _curve([(100, 0.5), (200, 0.6), (400, 0.7), (800, 0.75)])
+    b = _curve([(k / 2, s) for k, s in [(100, 0.5), (200, 0.6), (400, 0.7), (800, 0.75)]])
+    bd, _ = bd_rate(b, a)
+    assert bd == pytest.approx(-50.0, abs=1e-6)
+    bd, _ = bd_rate(a, b)
+    assert bd == pytest.approx(100.0, abs=1e-6)
+    r = rate_ratios(b, a)
+    assert r["overlap"] and all(p["ratio"] == pytest.approx(0.5) for p in r["points"])
+
+
+def test_no_overlap_gives_none() -> None:
+    a = _curve([(100, 0.5), (200, 0.6)])
+    b = _curve([(100, 0.7), (200, 0.8)])
+    bd, why = bd_rate(b, a)
+    assert bd is None and "overlap" in why
+    assert rate_ratios(b, a)["overlap"] is False
+
+
+def test_cli(tmp_path: Path) -> None:
+    p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "3", "--out", str(tmp_path),
+                        "--json", "-q"], env=cli_env(), capture_output=True, text=True,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.splitlines()[-1])
+    assert r["frames"] == 3 and "x265" in r["settings"]
+    assert (tmp_path / "tasks.json").is_file() and (tmp_path / "tasks_rate.png").is_file()
