@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from sdk.errors import DiscoverError
 
@@ -49,3 +52,23 @@ def open_session(path: Path, *, what: str, origin: str, convert_command: str,
         raise DiscoverError(
             f"cannot load {what} weights {path} ({type(exc).__name__}); the file is damaged or "
             f"not ONNX: recreate it with `{convert_command}`.") from exc
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections in input-image pixels: ``boxes`` (N, 4) x0, y0, x1, y1 float32,
+    ``scores`` (N,) float32, ``class_ids`` (N,) int64 indices into ``CLASS_NAMES`` (set by
+    each detector's subclass), sorted by descending score."""
+
+    CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names of the detections, in order."""
+        return [self.CLASS_NAMES[int(c)] for c in self.class_ids]

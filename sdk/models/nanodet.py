@@ -12,13 +12,13 @@ to which this module applies softmax. N = (416 / stride)^2 cells in row-major or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
+from sdk.models import Detections as _Detections
 from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 COCO80_LABELS: tuple[str, ...] = (
@@ -45,23 +45,10 @@ _NUM_CLASSES = 80
 _PRE_NMS_TOP_K = 1000
 
 
-@dataclass(frozen=True)
-class Detections:
-    """Detections in input-image pixels: ``boxes`` (N, 4) x0, y0, x1, y1 float32,
-    ``scores`` (N,) float32, ``class_ids`` (N,) int64 indices into :data:`COCO80_LABELS`,
-    sorted by descending score."""
+class Detections(_Detections):
+    """:class:`sdk.models.Detections` with class ids into :data:`COCO80_LABELS`."""
 
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    @property
-    def labels(self) -> list[str]:
-        """Class names of the detections, in order."""
-        return [COCO80_LABELS[int(c)] for c in self.class_ids]
+    CLASS_NAMES = COCO80_LABELS
 
 
 class NanoDet:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from sdk.errors import DiscoverError
+from sdk.models import Detections as _Detections
 from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 #: the package's ``object_detection_oidv4_labelmap.txt``; index = output column, 0 = background
@@ -66,22 +66,10 @@ _XY_SCALE, _WH_SCALE = 10.0, 5.0
 _PRE_NMS_TOP_K = 2000
 
 
-@dataclass(frozen=True)
-class OidDetections:
-    """Detections in input-image pixels: ``boxes`` (N, 4) x0, y0, x1, y1 float32,
-    ``scores`` (N,) float32, ``class_ids`` (N,) int64 indices into :data:`OID_LABELS`,
-    sorted by descending score."""
+class OidDetections(_Detections):
+    """:class:`sdk.models.Detections` with class ids into :data:`OID_LABELS`."""
 
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    @property
-    def labels(self) -> list[str]:
-        return [OID_LABELS[int(c)] for c in self.class_ids]
+    CLASS_NAMES = OID_LABELS
 
 
 def ssd_anchors() -> np.ndarray:
