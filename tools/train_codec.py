@@ -1,13 +1,12 @@
 """Train the learned region codec (seed §3.4): stage I rate-distortion, stage II masked latents.
 
-Defaults train the shipped small model, one checkpoint per lambda, into
-``sdk/codecs/learned/checkpoints/small-q1..q3``, on frames 0-499 of OpenCV's vtest.avi
+Defaults train the shipped small model, one checkpoint with a rate point per lambda, into
+``sdk/codecs/learned/checkpoints/small``, on frames 0-499 of OpenCV's vtest.avi
 (``apt-get install opencv-doc``) plus scikit-image's photos when it is installed. vtest.avi
 frames 500 on are the evaluation split and are never read, whatever --last says.
 
     python tools/train_codec.py --size small --steps1 20000 --steps2 5000
-    python tools/train_codec.py --stages II --init sdk/codecs/learned/checkpoints/small-q2 \\
-        --lmbda 0.0035 --name small-q2
+    python tools/train_codec.py --stages II --init sdk/codecs/learned/checkpoints/small
     python tools/train_codec.py --size tiny --steps1 200 --steps2 50 --crop 64 --out /tmp/ck
 
 Progress lines go to stderr; ``--json`` prints a one-line summary on stdout at the end.
@@ -31,10 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="small", choices=["tiny", "small", "paper"])
     ap.add_argument("--lmbda", type=float, action="append",
-                    help=f"rate-distortion trade-off, repeat for several rate points "
+                    help=f"rate-distortion trade-off of one rate point; repeat for several "
                          f"(default {' '.join(map(str, DEFAULT_LAMBDAS))})")
-    ap.add_argument("--name", action="append", help="checkpoint folder name per lambda "
-                    "(default <size>-q1.. in increasing lambda)")
+    ap.add_argument("--name", help="checkpoint folder name under --out (default: the size)")
     ap.add_argument("--stages", default="I,II", help="I, II or I,II (default)")
     ap.add_argument("--steps1", type=int, default=20000, help="stage I steps")
     ap.add_argument("--steps2", type=int, default=5000, help="stage II steps")
@@ -85,18 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
         steps_stage1=args.steps1, steps_stage2=args.steps2, batch=args.batch, crop=args.crop,
         lr=args.lr, lr_stage2=args.lr2, mask_max=args.mask_max, out=args.out,
-        names=tuple(args.name) if args.name else None, init=args.init,
+        name=args.name, init=args.init,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, threads=args.threads, videos=videos, images=args.images or [],
         use_skimage=not args.no_skimage)
     try:
-        results = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+        result = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     except DiscoverError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     if args.json:
-        print(json.dumps({"checkpoints": [{k: v for k, v in r.items() if k != "history"}
-                                          for r in results]}))
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return 0
 
 

@@ -29,7 +29,12 @@ from sdk.codecs.learned.entropy import (  # noqa: E402
     outside_mask,
 )
 from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig, pad_to_grid  # noqa: E402
-from sdk.codecs.learned.training import TrainConfig, train_codec, train_steps  # noqa: E402
+from sdk.codecs.learned.training import (  # noqa: E402
+    TrainConfig,
+    initial_steps,
+    train_codec,
+    train_steps,
+)
 from sdk.errors import DiscoverError  # noqa: E402
 from sdk.regions import Region, pad_and_clip  # noqa: E402
 
@@ -411,6 +416,47 @@ def test_codec_config_and_descriptor(codec):
         CODECS.create({"type": "learned", "region_context": -1})
 
 
+# -- rate points ------------------------------------------------------------------------------
+
+def test_rate_points_share_one_model_and_travel_in_the_side(crops):
+    """One checkpoint, three quantisation steps: finer steps cost more bits and decode closer to
+    the unquantised latent; the sink reads the rate point from ``side``, so the same decoder
+    decodes frames coded at any of them, exactly."""
+    m = lively_model(steps=(2.0, 1.0, 0.5))
+    assert m.config.rate_points == 3 and m.coder().rate_points == 3
+    assert [m.coder().step(k) for k in range(3)] == [2.0, 1.0, 0.5]
+    sink = CODECS.create({"type": "learned"}, model=m)
+    assert sink.rate == 1  # default: the middle rate point
+    img = crops[0]
+    with torch.inference_mode():
+        y = m.g_a(sink._to_tensor(img))[0].double().numpy()
+    sizes, errors = [], []
+    for q in (1, 2, 3):
+        edge = CODECS.create({"type": "learned", "quality": q}, model=m)
+        coded = edge.compress(img, REGIONS, send_rest=True)
+        enc = m.compress(edge._to_tensor(img), [latent_box(r.box, W, H) for r in REGIONS],
+                         True, q - 1)
+        out = decode(sink, coded)
+        assert out["errors"] == {}
+        assert np.array_equal(out["y_hat"], enc["y_hat"].astype(np.float32))
+        sizes.append(len(coded["side"]) + len(coded["rest"])
+                     + sum(len(b) for b in coded["regions"].values()))
+        errors.append(float(np.abs(enc["y_hat"] - y).mean()))
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    assert errors[0] > errors[1] > errors[2], errors
+    with pytest.raises(DiscoverError, match="quality 4 is out of range"):
+        CODECS.create({"type": "learned", "quality": 4}, model=m)
+    # a side naming a rate point the sink's checkpoint lacks fails cleanly
+    one = CODECS.create({"type": "learned"}, model=lively_model())
+    coded = CODECS.create({"type": "learned", "quality": 3}, model=m).compress(img, [], True)
+    assert -2 in decode(one, coded, regions={}, table=[])["errors"]
+
+
+def test_initial_steps_follow_the_lambdas():
+    steps = initial_steps((0.0009, 0.0035, 0.013))
+    assert steps[1] == 1.0 and steps[0] > 1.9 and steps[2] < 0.53
+
+
 # -- sizes and heads --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", ["small", "paper"])
@@ -444,7 +490,7 @@ def test_sd_latent_head(crops):
     x0, y0, x1, y1 = REGIONS[0].box
     assert out["region_sd_latents"][1].shape == (4, (y1 - y0) // 8, (x1 - x0) // 8)
     with pytest.raises(DiscoverError, match="Stable Diffusion VAE"):
-        train_steps(m, None, stage="I", lmbda=0.01, steps=1, batch=1, lr=1e-3)  # type: ignore[arg-type]
+        train_steps(m, None, stage="I", lambdas=(0.01,), steps=1, batch=1, lr=1e-3)  # type: ignore[arg-type]
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -454,7 +500,7 @@ def test_training_few_steps_lowers_the_loss_and_stage_two_freezes_the_encoder(cl
     cfg = TrainConfig(size="tiny", lambdas=(0.01,), stages=("I",), steps_stage1=40, batch=4,
                       crop=64, lr=2e-3, out=tmp_path, save_every=20, log_every=0, seed=0)
     lines: list[str] = []
-    (res,) = train_codec(cfg, log=lines.append, images=images,
+    res = train_codec(cfg, log=lines.append, images=images,
                          data_record={"sources": ["street.mp4 frames 0, 30, 59"]})
     losses = [h["loss"] for h in res["history"]]
     assert len(losses) == 40
@@ -462,14 +508,14 @@ def test_training_few_steps_lowers_the_loss_and_stage_two_freezes_the_encoder(cl
     assert any("saved" in ln for ln in lines)
     folder = Path(res["folder"])
     rec = json.loads((folder / "config.json").read_text())["training"]
-    assert rec["steps"] == 40 and rec["stage"] == "I" and rec["lambda"] == 0.01
+    assert rec["steps"] == 40 and rec["stage"] == "I" and rec["lambdas"] == [0.01]
     assert "frames 500-794 are the evaluation split" in rec["held_out"]
     # stage II from that checkpoint: encoder and hyper path frozen, decoder learns
     before = DiscoverCodecModel.from_pretrained(folder)
     cfg2 = TrainConfig(size="tiny", lambdas=(0.01,), stages=("II",), steps_stage2=6, batch=2,
-                       crop=64, lr_stage2=1e-3, out=tmp_path, names=("two",), init=folder,
+                       crop=64, lr_stage2=1e-3, out=tmp_path, name="two", init=folder,
                        log_every=0)
-    (res2,) = train_codec(cfg2, log=lines.append, images=images, data_record={})
+    res2 = train_codec(cfg2, log=lines.append, images=images, data_record={})
     after = DiscoverCodecModel.from_pretrained(res2["folder"])
     sb, sa = before.state_dict(), after.state_dict()
     for k in sb:
@@ -479,3 +525,24 @@ def test_training_few_steps_lowers_the_loss_and_stage_two_freezes_the_encoder(cl
     assert any(h["kept"] < 1 for h in res2["history"])  # stage II did mask the latent
     rec2 = json.loads((Path(res2["folder"]) / "config.json").read_text())["training"]
     assert [s["stage"] for s in rec2["stages"]] == ["I", "II"] and rec2["steps"] == 46
+
+
+def test_rate_points_can_be_added_to_a_trained_checkpoint(clip_frames, tmp_path):
+    """Starting three lambdas from a one-point checkpoint keeps its transforms and entropy
+    models, gives each lambda its own step, and trains them jointly (each step moves)."""
+    images = [np.ascontiguousarray(f[:, :, ::-1]) for f in clip_frames]
+    base = lively_model()
+    base.save_pretrained(tmp_path / "one")
+    cfg = TrainConfig(size="tiny", lambdas=(0.02, 0.005, 0.08), stages=("I",), steps_stage1=5,
+                      batch=3, crop=64, lr=1e-3, out=tmp_path, name="three",
+                      init=tmp_path / "one", log_every=0)
+    res = train_codec(cfg, log=lambda _: None, images=images, data_record={})
+    m = DiscoverCodecModel.from_pretrained(res["folder"])
+    assert m.config.rate_points == 3 and res["lambdas"] == [0.005, 0.02, 0.08]
+    start = initial_steps([0.005, 0.02, 0.08])
+    assert m.config.steps == start
+    trained = torch.exp(m.log_steps).tolist()
+    assert all(abs(a - b) > 1e-5 for a, b in zip(trained, start, strict=True))
+    assert trained[0] > trained[1] > trained[2]  # lowest lambda keeps the coarsest step
+    rec = json.loads((Path(res["folder"]) / "config.json").read_text())["training"]
+    assert [p["quality"] for p in rec["rate_points"]] == [1, 2, 3]

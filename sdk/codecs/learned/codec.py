@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from sdk.codecs.learned.model import DiscoverCodecModel
 
-DEFAULT_CHECKPOINT = "small-q2"
+DEFAULT_CHECKPOINT = "small"
 SIDE_ERROR, REST_ERROR = -2, -1  # error keys, as the classical codec uses them
 
 
@@ -55,6 +55,9 @@ class LearnedConfig(CodecConfig):
                           "sdk/codecs/learned/checkpoints/<name>")
     name: str = Field(DEFAULT_CHECKPOINT, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="shipped checkpoint used when checkpoint is not set")
+    quality: int | None = Field(
+        None, ge=1, le=255, description="rate point of the checkpoint, 1 = lowest rate (see "
+                                        "'discover bench codec'); default: its middle one")
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where g_a/g_s run (the probability path always runs exactly on CPU)")
     region_context: int = Field(
@@ -103,6 +106,11 @@ class LearnedCodec(Codec):
             self._hash = ckpt.model_hash(model)
             model = model.eval().to(self.device)
         self.model: DiscoverCodecModel = model
+        points = model.config.rate_points
+        if config.quality is not None and config.quality > points:
+            raise DiscoverError(f"codec.quality {config.quality} is out of range: this "
+                                f"checkpoint has rate points 1..{points}")
+        self.rate = (config.quality - 1) if config.quality else points // 2
 
     def checkpoint_hash(self) -> str | None:
         return self._hash
@@ -139,7 +147,7 @@ class LearnedCodec(Codec):
             boxes.append(lb)
             coded_regions.append(r)
         with torch.inference_mode():
-            out = self.model.compress(self._to_tensor(frame), boxes, send_rest)
+            out = self.model.compress(self._to_tensor(frame), boxes, send_rest, self.rate)
         return {"side": out["side"],
                 "regions": {r.rid: p for r, p in zip(coded_regions, out["regions"], strict=True)},
                 "rest": out["rest"]}

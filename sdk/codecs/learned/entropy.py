@@ -18,16 +18,18 @@ path ``z_hat -> h_s -> (scale index, mean)`` runs in exact integer arithmetic:
   partial sum is then exact, so the result does not depend on summation order, blocking, FMA,
   thread count or the BLAS (numpy here; torch float64 on CPU or CUDA with cuDNN off gives the
   same bits, which the tests check).
-* Scale indexes are integer comparisons against integer thresholds; means are
-  ``mean_int / 2**frac_bits``, so ``y_hat = symbol + mean`` is the same float64 everywhere.
+* Scale indexes are integer comparisons against integer thresholds (one row per rate point:
+  the scale table times that point's quantisation step); means are ``mean_int / 2**frac_bits``
+  and steps are multiples of 2**-16, so ``y_hat = symbol * step + mean`` is exact in float64
+  and the same everywhere.
 
 The float layers that come after (``M(z)`` and ``g_s``) only shape pixels, never probabilities.
 
 ::
 
     z_sym (int, from side) --x 2^F + median--> fixed-point h_s --> scale_int | mean_int
-    scale_int --count thresholds below--> CDF index      mean_int / 2^F --> mu
-    y cells of one box: round(y - mu) --rANS(CDF[index])--> body
+    scale_int --count thresholds[rate] below--> CDF index      mean_int / 2^F --> mu
+    y cells of one box: round((y - mu) / step[rate]) --rANS(CDF[index])--> body
     payload = [version u8][crc32(tag + body) u32][body]     tag = side digest + what/where
 
 The tag makes a payload decode only with the side and the box it was made for: a damaged,
@@ -122,8 +124,9 @@ class HyperTables:
     act_limit: float  # activations (and outputs) are clamped to [-act_limit, act_limit]
     z_limit: int  # z symbols are clamped to [-z_limit, z_limit] on both sides
     z_median: np.ndarray  # integer-valued float64 per channel, scale 2**frac_bits
-    thresholds: np.ndarray  # int64, scale table entries in fixed point (all but the last)
+    thresholds: np.ndarray  # int64 (rates, L-1): scale table x step in fixed point (not the last)
     channels: int  # M: the first M outputs are scales, the next M means
+    steps: np.ndarray  # float64 (rates,): quantisation step of each rate point (dyadic)
 
 
 def _conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
@@ -161,8 +164,10 @@ def _requantise(acc: Any, shift: int, relu: bool, limit: float, xp: Any) -> Any:
     return xp.clip(out, lo, limit) if xp is np else out.clamp(lo, limit)
 
 
-def hyper_parameters(z_sym: np.ndarray, tables: HyperTables) -> tuple[np.ndarray, np.ndarray]:
-    """CDF indexes (int32, M x h x w) and means (float64) from z symbols (int, N x h' x w').
+def hyper_parameters(z_sym: np.ndarray, tables: HyperTables,
+                     rate: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CDF indexes (int32, M x h x w) and means (float64) from z symbols (int, N x h' x w') at
+    rate point ``rate`` (the index is that of sigma / step in the scale table).
 
     Exact integer arithmetic in float64 with numpy on the CPU: bit-identical on any machine."""
     x = np.clip(z_sym.astype(np.float64), -tables.z_limit, tables.z_limit)
@@ -175,11 +180,11 @@ def hyper_parameters(z_sym: np.ndarray, tables: HyperTables) -> tuple[np.ndarray
             acc = _conv2d(x, layer.weight, layer.stride, layer.padding)
         acc += layer.bias[:, None, None]
         x = _requantise(acc, layer.shift, layer.relu, tables.act_limit, np)
-    return _indexes_and_means(x, tables)
+    return _indexes_and_means(x, tables, rate)
 
 
-def hyper_parameters_torch(z_sym: np.ndarray, tables: HyperTables,
-                           device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def hyper_parameters_torch(z_sym: np.ndarray, tables: HyperTables, device: str = "cpu",
+                           rate: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The same as :func:`hyper_parameters` with torch float64 convolutions on ``device``
     (cuDNN off, so no FFT or Winograd transforms that would round). A second, independent
     implementation: the tests require both to agree bit for bit."""
@@ -199,14 +204,15 @@ def hyper_parameters_torch(z_sym: np.ndarray, tables: HyperTables,
                 acc = F.conv2d(x, w, stride=layer.stride, padding=layer.padding)
             acc = acc + torch.from_numpy(layer.bias).to(device)[None, :, None, None]
             x = _requantise(acc, layer.shift, layer.relu, tables.act_limit, torch)
-    return _indexes_and_means(x[0].cpu().numpy(), tables)
+    return _indexes_and_means(x[0].cpu().numpy(), tables, rate)
 
 
-def _indexes_and_means(out: np.ndarray, tables: HyperTables) -> tuple[np.ndarray, np.ndarray]:
+def _indexes_and_means(out: np.ndarray, tables: HyperTables,
+                       rate: int) -> tuple[np.ndarray, np.ndarray]:
     m = tables.channels
     scales, means = out[:m], out[m:2 * m]
-    # index = number of table scales strictly below the scale (compressai's build_indexes)
-    idx = np.searchsorted(tables.thresholds, scales.astype(np.int64), side="left")
+    # index = number of table scales strictly below sigma / step (compressai's build_indexes)
+    idx = np.searchsorted(tables.thresholds[rate], scales.astype(np.int64), side="left")
     return idx.astype(np.int32), means * 2.0**-tables.frac_bits
 
 
@@ -347,24 +353,39 @@ class LatentCoder:
     def __init__(self, tables: CodingTables) -> None:
         self.tables = tables
 
+    @property
+    def rate_points(self) -> int:
+        return int(self.tables.hyper.steps.shape[0])
+
+    def step(self, rate: int) -> float:
+        """Quantisation step of a rate point: ``y_hat = symbol * step + mu``."""
+        return float(self.tables.hyper.steps[rate])
+
     # side
-    def encode_side(self, z_sym: np.ndarray) -> bytes:
+    def encode_side(self, z_sym: np.ndarray, rate: int = 0) -> bytes:
+        """``[h u16][w u16][rate u8][rANS of z]``, sealed."""
+        if not 0 <= rate < self.rate_points:
+            raise ValueError(f"rate point {rate} out of range 0..{self.rate_points - 1}")
         n, h, w = z_sym.shape
         idx = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], z_sym.shape)
-        body = struct.pack(">HH", h, w) + rans_encode(z_sym, idx, self.tables.z_cdf)
+        body = struct.pack(">HHB", h, w, rate) + rans_encode(z_sym, idx, self.tables.z_cdf)
         return seal(body, b"side")
 
-    def decode_side(self, side: bytes, grid: tuple[int, int]) -> np.ndarray:
+    def decode_side(self, side: bytes, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """z symbols and the frame's rate point."""
         body = unseal(side, b"side")
-        if len(body) < 4 or struct.unpack(">HH", body[:4]) != tuple(grid):
+        if len(body) < 5 or struct.unpack(">HH", body[:4]) != tuple(grid):
             raise PayloadError("hyper-latent size does not match the frame size")
+        rate = body[4]
+        if rate >= self.rate_points:
+            raise PayloadError(f"rate point {rate} not in this checkpoint")
         n = self.tables.z_cdf.length.shape[0]
         idx = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], (n, *grid))
-        return rans_decode(body[4:], idx, self.tables.z_cdf)
+        return rans_decode(body[5:], idx, self.tables.z_cdf), rate
 
-    def parameters(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def parameters(self, z_sym: np.ndarray, rate: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(index, mu)`` of every y cell, exactly, from the z symbols."""
-        return hyper_parameters(z_sym, self.tables.hyper)
+        return hyper_parameters(z_sym, self.tables.hyper, rate)
 
     # cells
     def encode_cells(self, y_sym: np.ndarray, idx: np.ndarray, cells: LatentBox | np.ndarray,

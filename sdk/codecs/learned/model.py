@@ -96,11 +96,18 @@ class ModelConfig:
     weight_bits: int = 16  #: bits of the fixed-point hyper decoder's weights
     z_limit: int = 4096  #: z symbols are clamped to +-z_limit
     act_bits: int = 14  #: fixed-point activations are clamped to +-2**(frac_bits + act_bits)
+    #: initial quantisation step of y per rate point, lowest rate first (the trained steps
+    #: live in the weights as ``log_steps``); one model serves every rate point
+    steps: tuple[float, ...] = (1.0,)
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes
 
     @property
     def global_channels(self) -> int:
         return self.G or self.M
+
+    @property
+    def rate_points(self) -> int:
+        return len(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +118,11 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if "steps" in data:
+            data["steps"] = tuple(float(v) for v in data["steps"])
+            if not data["steps"] or min(data["steps"]) <= 0:
+                raise ValueError("steps must be a non-empty list of positive numbers")
         return cls(**data)
 
     @classmethod
@@ -154,7 +166,7 @@ class FixedPointHyper(nn.Module):
     """Integer tables of the hyper decoder, made by :meth:`DiscoverCodecModel.update` and stored
     as buffers, so a checkpoint carries them and loading never recomputes them."""
 
-    def __init__(self, h_s: nn.Sequential, N: int, levels: int) -> None:
+    def __init__(self, h_s: nn.Sequential, N: int, levels: int, rates: int = 1) -> None:
         super().__init__()
         self._specs: list[tuple[bool, int, int, int, bool]] = []
         mods = list(h_s)
@@ -171,13 +183,16 @@ class FixedPointHyper(nn.Module):
                                                         dtype=torch.int64))
         self.register_buffer("shifts", torch.zeros(len(self._specs), dtype=torch.int64))
         self.register_buffer("z_median", torch.zeros(N, dtype=torch.int64))
-        self.register_buffer("thresholds", torch.zeros(levels - 1, dtype=torch.int64))
+        # per rate point: the scale table times its step (index of sigma / step), and the step
+        self.register_buffer("thresholds", torch.zeros(rates, levels - 1, dtype=torch.int64))
+        self.register_buffer("steps", torch.ones(rates, dtype=torch.float64))
         self.register_buffer("ready", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def make(self, h_s: nn.Sequential, medians: Tensor, scale_table: Tensor,
-             cfg: ModelConfig) -> None:
-        """Quantise the float h_s, the z medians and the scale table into integer tables."""
+             cfg: ModelConfig, steps: Tensor) -> None:
+        """Quantise the float h_s, the z medians and the scale table into integer tables, and
+        freeze the quantisation steps (rounded to multiples of 2**-16, float64)."""
         fb = cfg.frac_bits
         in_limit = cfg.z_limit * 2.0**fb + float(np.ceil(np.abs(medians.double().numpy()).max()
                                                           * 2.0**fb)) + 1
@@ -193,7 +208,10 @@ class FixedPointHyper(nn.Module):
             self.shifts[j] = layer.shift
             in_limit = act_limit
         self.z_median.copy_(torch.round(medians.double().reshape(-1) * 2.0**fb).to(torch.int64))
-        self.thresholds.copy_(torch.floor(scale_table[:-1].double() * 2.0**fb).to(torch.int64))
+        frozen = torch.round(steps.detach().double().cpu() * 2.0**16) / 2.0**16
+        self.steps.copy_(frozen)
+        self.thresholds.copy_(torch.floor(scale_table[:-1].double()[None] * frozen[:, None]
+                                          * 2.0**fb).to(torch.int64))
         self.ready.fill_(1)
 
     def tables(self, cfg: ModelConfig) -> HyperTables:
@@ -210,7 +228,7 @@ class FixedPointHyper(nn.Module):
                 int(self.shifts[j]), t, s, p, op, relu))
         return HyperTables(tuple(layers), cfg.frac_bits, 2.0 ** (cfg.frac_bits + cfg.act_bits),
                            cfg.z_limit, self.z_median.cpu().numpy().astype(np.float64),
-                           self.thresholds.cpu().numpy(), cfg.M)
+                           self.thresholds.cpu().numpy(), cfg.M, self.steps.cpu().numpy())
 
 
 class DiscoverCodecModel(CompressionModel):
@@ -265,7 +283,10 @@ class DiscoverCodecModel(CompressionModel):
             raise ValueError(f"unknown decoder head '{c.head}'")
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
-        self.hyper_fixed = FixedPointHyper(self.h_s, N, c.scale_levels)
+        # quantisation step per rate point (Cui et al.'s gain units, reduced to one scalar
+        # each): y is quantised as round((y - mu) / step); trained jointly with the lambdas
+        self.log_steps = nn.Parameter(torch.log(torch.tensor(c.steps, dtype=torch.float32)))
+        self.hyper_fixed = FixedPointHyper(self.h_s, N, c.scale_levels, c.rate_points)
         self._coder: LatentCoder | None = None
 
     # -- pieces -----------------------------------------------------------------------------
@@ -294,17 +315,22 @@ class DiscoverCodecModel(CompressionModel):
 
     # -- training ---------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> dict[str, Any]:
-        """Training pass. ``keep`` (B, 1, H/16, W/16) masks y before g_s (stage II);
-        likelihoods are of the whole latent."""
+    def forward(self, x: Tensor, keep: Tensor | None = None,
+                rate: Tensor | None = None) -> dict[str, Any]:
+        """Training pass. ``keep`` (B, 1, H/16, W/16) masks y before g_s (stage II); ``rate``
+        (B,) picks each sample's rate point (default the first); likelihoods are of the whole
+        latent, quantised with that rate point's step."""
         y = self.g_a(x)
         z = self.h_a(y)
         _, z_likelihoods = self.entropy_bottleneck(z)
         med = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - med) + med
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
-        _, y_likelihoods = self.gaussian_conditional(y, scales, means)
-        y_hat = ste_round(y - means) + means
+        if rate is None:
+            rate = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        step = torch.exp(self.log_steps)[rate].view(-1, 1, 1, 1)
+        _, y_likelihoods = self.gaussian_conditional(y / step, scales / step, means / step)
+        y_hat = ste_round((y - means) / step) * step + means
         if keep is None:
             keep = torch.ones_like(y_hat[:, :1])
         out = self.synthesize(y_hat * keep, keep, self.global_info(z_hat))
@@ -321,7 +347,8 @@ class DiscoverCodecModel(CompressionModel):
         updated = super().update(scale_table=table, force=force,
                                  update_quantiles=update_quantiles)
         self.hyper_fixed.make(self.h_s, self.z_medians().cpu(),
-                              self.gaussian_conditional.scale_table.cpu(), self.config)
+                              self.gaussian_conditional.scale_table.cpu(), self.config,
+                              torch.exp(self.log_steps.detach().cpu()))
         self._coder = None
         return updated
 
@@ -352,24 +379,34 @@ class DiscoverCodecModel(CompressionModel):
 
     # -- real bitstreams --------------------------------------------------------------------
 
+    def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The float edge half: ``y = g_a(x)``, ``z = h_a(y) - medians`` (what gets rounded).
+        ONNX Runtime can stand in for it (``onnx_edge.py``)."""
+        y = self.g_a(x)
+        return y, self.h_a(y) - self.z_medians()
+
     @torch.no_grad()
     def compress(self, x: Tensor, boxes: list[LatentBox] | None = None,
-                 send_rest: bool = True) -> dict[str, Any]:
-        """Code one padded image (1, 3, H, W) with H, W multiples of 64.
+                 send_rest: bool = True, rate: int = 0,
+                 analysis: Any = None) -> dict[str, Any]:
+        """Code one padded image (1, 3, H, W) with H, W multiples of 64 at rate point ``rate``
+        (0 = lowest; it travels in ``side``, so it may change from frame to frame).
 
         Returns ``side`` (z), ``regions`` (one payload per box, in order), ``rest`` (cells
         outside all boxes, or None) and, for checks, ``y_hat`` (the exact decoded latent,
-        float64 M x h x w), ``z_sym``, ``indexes``."""
+        float64 M x h x w), ``z_sym``, ``indexes``. ``analysis`` replaces :meth:`analysis`
+        (x -> y, z - medians as tensors or arrays), e.g. an ONNX Runtime session."""
         coder = self.coder()
         boxes = list(boxes or [])
-        y = self.g_a(x)
-        z = self.h_a(y)
+        y, z = (analysis or self.analysis)(x)
+        y, z = torch.as_tensor(y), torch.as_tensor(z)
         zl = self.config.z_limit
-        z_sym = torch.round(z - self.z_medians()).clamp(-zl, zl)[0].cpu().numpy().astype(np.int32)
-        side = coder.encode_side(z_sym)
-        idx, mu = coder.parameters(z_sym)
+        z_sym = torch.round(z).clamp(-zl, zl)[0].cpu().numpy().astype(np.int32)
+        side = coder.encode_side(z_sym, rate)
+        idx, mu = coder.parameters(z_sym, rate)
+        step = coder.step(rate)
         y64 = y[0].double().cpu().numpy()
-        y_sym = np.clip(np.rint(y64 - mu), -(2**15), 2**15).astype(np.int32)
+        y_sym = np.clip(np.rint((y64 - mu) / step), -(2**15), 2**15).astype(np.int32)
         digest = side_digest(side)
         regions = [coder.encode_cells(y_sym, idx, b, region_tag(digest, b)) for b in boxes]
         rest = None
@@ -377,8 +414,8 @@ class DiscoverCodecModel(CompressionModel):
             grid = (y_sym.shape[1], y_sym.shape[2])
             rest = coder.encode_cells(y_sym, idx, outside_mask(boxes, grid),
                                       rest_tag(digest, grid, boxes))
-        return {"side": side, "regions": regions, "rest": rest, "y_hat": y_sym + mu,
-                "z_sym": z_sym, "indexes": idx}
+        return {"side": side, "regions": regions, "rest": rest, "y_hat": y_sym * step + mu,
+                "z_sym": z_sym, "indexes": idx, "rate": rate}
 
     def decompress(self, side: bytes, regions: dict[Any, tuple[LatentBox, bytes]],
                    rest: bytes | None, grid: tuple[int, int],
@@ -393,8 +430,9 @@ class DiscoverCodecModel(CompressionModel):
         coder = self.coder()
         ratio = HYPER_STRIDE // LATENT_STRIDE
         hz, wz = grid[0] // ratio, grid[1] // ratio
-        z_sym = coder.decode_side(side, (hz, wz))
-        idx, mu = coder.parameters(z_sym)
+        z_sym, rate = coder.decode_side(side, (hz, wz))
+        idx, mu = coder.parameters(z_sym, rate)
+        step = coder.step(rate)
         digest = side_digest(side)
         y_hat = np.zeros(mu.shape, np.float64)
         received = np.zeros(grid, bool)
@@ -404,7 +442,7 @@ class DiscoverCodecModel(CompressionModel):
             mask = outside_mask(table_boxes, grid)
             try:
                 sym = coder.decode_cells(rest, idx, mask, rest_tag(digest, grid, table_boxes))
-                y_hat[:, mask] = sym + mu[:, mask]
+                y_hat[:, mask] = sym * step + mu[:, mask]
                 received |= mask
             except PayloadError as e:
                 errors["rest"] = str(e)
@@ -415,12 +453,12 @@ class DiscoverCodecModel(CompressionModel):
             except PayloadError as e:
                 errors[key] = str(e)
                 continue
-            latents[key] = sym + mu[:, ly0:ly1, lx0:lx1]
+            latents[key] = sym * step + mu[:, ly0:ly1, lx0:lx1]
             y_hat[:, ly0:ly1, lx0:lx1] = latents[key]
             received[ly0:ly1, lx0:lx1] = True
         z_hat = torch.from_numpy(z_sym.astype(np.float32))[None] + self.z_medians().cpu()[None]
         return {"z_hat": z_hat, "y_hat": y_hat, "received": received, "region_latents": latents,
-                "errors": errors, "indexes": idx}
+                "errors": errors, "indexes": idx, "rate": rate}
 
     # -- checkpoints ------------------------------------------------------------------------
 

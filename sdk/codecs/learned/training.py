@@ -6,8 +6,12 @@
     frames 0-499 of vtest.avi (+ scikit-image photos when installed, + --images folders)
         --random scale, random crop, flip--> batches (B x 3 x crop x crop, RGB in [0, 1])
 
-    stage I   (per lambda) all of y reaches g_s:
-              loss = lambda * 255^2 * MSE(x, x_hat) + bpp(y) + bpp(z);  aux loss -> z quantiles
+    one model for all rate points: each sample of a batch draws a rate point k, whose lambda_k
+    weighs its distortion and whose learned step_k quantises its y (variable rate, as the gain
+    units of Cui et al. 2021 reduced to one scalar per point)
+
+    stage I   all of y reaches g_s:
+              loss = mean_b lambda_k(b) * 255^2 * MSE_b + bpp(y) + bpp(z);  aux loss -> z quantiles
     stage II  g_a, h_a, h_s and both entropy models frozen; random 0..mask_max of the y cells
               zeroed (unions of rectangles, like missing task boxes); M and g_s learn to
               rebuild the whole frame from the rest of y and M(z):
@@ -15,7 +19,7 @@
               the kept cells is logged)
 
     every save_every steps and at the end: save_pretrained(<out>/<name>) with the training
-    record (data, held-out split, steps per stage, lambda, device, seconds)
+    record (data, held-out split, steps per stage, lambdas, device, seconds)
 
 The pixel head trains here. The ``sd_latent`` head's target is the Stable Diffusion VAE's
 latent of the frame; no SD weights exist offline, so it needs ``latent_target`` (a callable
@@ -38,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT, load_pretrained
 from sdk.codecs.learned.entropy import LATENT_STRIDE
@@ -49,10 +52,18 @@ VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 #: vtest.avi frames below this are the development split; the rest is never trained on
 DEV_SPLIT_END = 500
 HELD_OUT = ("vtest.avi frames 500-794 are the evaluation split and were never read for "
-            "training")
+            "training; neither were OpenCV's stills baboon, board, building, butterfly, "
+            "ela_original, fruits, home, licenseplate_motion, messi5, squirrel_cls (the photos "
+            "'discover bench codec' scores on)")
+#: OpenCV's sample stills kept out of training: the photos 'discover bench codec' scores on
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+HELD_OUT_PHOTOS = ("baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg", "ela_original.jpg",
+                   "fruits.jpg", "home.jpg", "licenseplate_motion.jpg", "messi5.jpg",
+                   "squirrel_cls.jpg")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
                   "hubble_deep_field", "retina", "cat")
-DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067)
+#: the shipped rate points, lowest rate first (CompressAI's MSE ladder goes 0.0018 ... 0.0483)
+DEFAULT_LAMBDAS = (0.0009, 0.0018, 0.0035, 0.0067, 0.013)
 Log = Callable[[str], None]
 
 
@@ -80,11 +91,12 @@ class TrainConfig:
     crop: int = 256
     lr: float = 1e-4
     lr_stage2: float = 5e-5
+    lr_drop_at: float = 0.9  # share of a stage's steps after which lr falls to a tenth
     aux_lr: float = 1e-3
     mask_max: float = 0.5
     out: Path = CHECKPOINT_ROOT
-    names: tuple[str, ...] | None = None  # one folder per lambda; default <size>-q1..qn
-    init: Path | None = None  # start from this checkpoint (e.g. stage II only)
+    name: str | None = None  # checkpoint folder under out; default <size>
+    init: Path | None = None  # start from this checkpoint's float weights (e.g. stage II only)
     save_every: int = 1000
     log_every: int = 50
     seed: int = 0
@@ -150,7 +162,8 @@ def _read_folder(folder: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
     import cv2
 
     files = sorted(p for p in Path(folder).iterdir()
-                   if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"})
+                   if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"}
+                   and p.name not in HELD_OUT_PHOTOS)  # the benchmark's photos stay unseen
     out = []
     for p in files:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -243,21 +256,33 @@ def bpp(likelihoods: dict[str, torch.Tensor], pixels: int) -> torch.Tensor:
     return sum(torch.log(v).sum() for v in likelihoods.values()) / (-math.log(2) * pixels)
 
 
-#: what stage II freezes (the encoder and the whole hyper path; seed §3.4)
-STAGE2_FROZEN = ("g_a", "h_a", "h_s", "entropy_bottleneck", "gaussian_conditional")
+#: what stage II freezes (the encoder, the steps and the whole hyper path; seed §3.4)
+STAGE2_FROZEN = ("g_a", "h_a", "h_s", "entropy_bottleneck", "gaussian_conditional", "log_steps")
 
 
-def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str, lmbda: float,
-                steps: int, batch: int, lr: float, aux_lr: float = 1e-3, mask_max: float = 0.5,
-                seed: int = 0, log: Log = print, log_every: int = 50,
-                on_save: Callable[[int], None] | None = None, save_every: int = 0,
+def initial_steps(lambdas: Sequence[float]) -> tuple[float, ...]:
+    """Starting quantisation steps: MSE ~ step^2 / 12 at high rate and lambda ~ 1 / step^2 at
+    the optimum, so step_k = sqrt(lambda_mid / lambda_k) (1 at the middle lambda)."""
+    mid = float(np.median(lambdas))
+    return tuple(round(math.sqrt(mid / lm), 4) for lm in lambdas)
+
+
+def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str,
+                lambdas: Sequence[float], steps: int, batch: int, lr: float,
+                aux_lr: float = 1e-3, mask_max: float = 0.5, seed: int = 0, log: Log = print,
+                log_every: int = 50, on_save: Callable[[int], None] | None = None,
+                save_every: int = 0, lr_drop_at: float = 0.9,
                 latent_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 device: torch.device | str = "cpu") -> list[dict[str, float]]:
-    """Run ``steps`` optimisation steps of one stage; returns per-step metrics."""
+    """Run ``steps`` optimisation steps of one stage, each sample at a random rate point
+    (``lambdas[k]`` with the model's step k); returns per-step metrics."""
     if model.config.head == "sd_latent" and latent_target is None:
         raise DiscoverError("the sd_latent head trains against the Stable Diffusion VAE latent, "
                             "which is not available offline; pass latent_target or train the "
                             "pixels head")
+    if len(lambdas) != model.config.rate_points:
+        raise DiscoverError(f"{len(lambdas)} lambdas for a model with "
+                            f"{model.config.rate_points} rate points")
     device = torch.device(device)
     model.to(device).train()
     frozen = STAGE2_FROZEN if stage == "II" else ()
@@ -271,22 +296,31 @@ def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str, 
     aux_opt = torch.optim.Adam(aux_params, lr=aux_lr) if aux_params else None
     if stage == "II":  # frozen parts behave as at coding time
         for name in frozen:
-            getattr(model, name).eval()
+            mod = getattr(model, name)
+            if isinstance(mod, torch.nn.Module):
+                mod.eval()
+    lam = torch.tensor(list(lambdas), dtype=torch.float32, device=device)
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
     t0 = time.monotonic()
+    drop_at = int(steps * lr_drop_at) if lr_drop_at < 1 else steps + 1
     for step in range(1, steps + 1):
+        if step == drop_at:  # a short low-rate tail settles the weights (lr / 10)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.1
         x = sampler.sample(batch).to(device)
+        rate = torch.from_numpy(rng.integers(len(lambdas), size=batch)).to(device)
         keep = None
         if stage == "II":
             grid = (x.shape[2] // LATENT_STRIDE, x.shape[3] // LATENT_STRIDE)
             keep = random_keep(batch, grid, mask_max, rng).to(device)
-        out = model(x, keep)
+        out = model(x, keep, rate)
         target = x if latent_target is None else latent_target(x)
-        mse = F.mse_loss(out["x_hat"], target)
-        rate = bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
-        dist = lmbda * 255.0**2 * mse
-        loss = dist + rate if stage == "I" else dist
+        mse_b = (out["x_hat"] - target).pow(2).flatten(1).mean(1)
+        mse = mse_b.mean()
+        rate_bpp = bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
+        dist = (lam[rate] * 255.0**2 * mse_b).mean()
+        loss = dist + rate_bpp if stage == "I" else dist
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -296,7 +330,7 @@ def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str, 
             aux = model.aux_loss()
             aux.backward()
             aux_opt.step()
-        m = {"step": step, "loss": loss.item(), "mse": mse.item(), "bpp": rate.item(),
+        m = {"step": step, "loss": loss.item(), "mse": mse.item(), "bpp": rate_bpp.item(),
              "psnr": float(10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10)))}
         if keep is not None:
             m["kept"] = float(keep.mean())
@@ -305,10 +339,11 @@ def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str, 
             recent = history[-log_every:]
             rate_s = step / max(time.monotonic() - t0, 1e-9)
             eta = (steps - step) / rate_s
-            log(f"stage {stage} lambda={lmbda:g} step {step}/{steps} "
+            st = " ".join(f"{v:.3f}" for v in torch.exp(model.log_steps.detach()).tolist())
+            log(f"stage {stage} step {step}/{steps} "
                 f"loss {np.mean([r['loss'] for r in recent]):.4f} "
                 f"bpp {np.mean([r['bpp'] for r in recent]):.4f} "
-                f"psnr {np.mean([r['psnr'] for r in recent]):.2f} dB "
+                f"psnr {np.mean([r['psnr'] for r in recent]):.2f} dB steps [{st}] "
                 f"{rate_s:.2f} step/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
         if on_save is not None and save_every and step % save_every == 0 and step < steps:
             on_save(step)
@@ -318,12 +353,71 @@ def train_steps(model: DiscoverCodecModel, sampler: CropSampler, *, stage: str, 
     return history
 
 
+def start_model(cfg: TrainConfig, lambdas: Sequence[float]) -> tuple[DiscoverCodecModel,
+                                                                      list[dict[str, Any]]]:
+    """A fresh model, or one that starts from ``cfg.init``'s float weights. A checkpoint with
+    other rate points keeps its transforms and entropy models and gets new steps (so rate
+    points can be added to a trained model); the coding tables are rebuilt when saving."""
+    steps = initial_steps(lambdas)
+    if cfg.init is None:
+        return DiscoverCodecModel(ModelConfig.preset(cfg.size, steps=steps, **cfg.model)), []
+    try:
+        ckpt = load_pretrained(cfg.init)
+        stages = _timed_stages(ckpt.training)
+        if ckpt.model.config.rate_points == len(lambdas):
+            return ckpt.model, stages
+        cfg_dict, state = ckpt.model.config.to_dict(), ckpt.model.state_dict()
+    except DiscoverError:  # tables of another layout: take the float weights only
+        cfg_dict, state, stages = read_float_weights(cfg.init)
+    cfg_dict = {**cfg_dict, "steps": steps}
+    model = DiscoverCodecModel(ModelConfig.from_dict(cfg_dict))
+    own = model.state_dict()
+    tables = ("entropy_bottleneck._", "gaussian_conditional.")  # compressai resizes these
+    usable = {k: v for k, v in state.items() if not k.startswith("hyper_fixed.")
+              and k != "log_steps" and k in own
+              and (own[k].shape == v.shape or k.startswith(tables))}
+    missing = [k for k in own if k not in usable and not k.startswith("hyper_fixed.")
+               and k != "log_steps"]
+    if missing:
+        raise DiscoverError(f"{cfg.init} does not fit a {cfg.size} model (missing "
+                            f"{', '.join(missing[:3])}); pass a checkpoint of the same size")
+    model.load_state_dict(usable, strict=False)
+    return model, list(stages)
+
+
+def read_float_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                              list[dict[str, Any]]]:
+    """Model config, raw state and stages of a checkpoint folder, without building the model
+    (for checkpoints whose coding-table layout differs from this version's)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    model_cfg = {k: v for k, v in cfg["model"].items()
+                 if k in {f for f in ModelConfig.__dataclass_fields__}}
+    return model_cfg, load_file(str(Path(folder) / cfg.get("weights", "model.safetensors"))), \
+        _timed_stages(cfg.get("training") or {})
+
+
+def _timed_stages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stages of a training record, each with its seconds (older records kept one total)."""
+    stages = [dict(s) for s in record.get("stages", [])]
+    if len(stages) == 1 and "seconds" not in stages[0] and "seconds" in record:
+        stages[0]["seconds"] = record["seconds"]
+    for k in ("lambda", "lambdas"):
+        if k in record:
+            for s in stages:
+                s.setdefault(k, record[k])
+    return stages
+
+
 def train_codec(cfg: TrainConfig, log: Log = print,
                 latent_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 images: Sequence[np.ndarray] | None = None,
-                data_record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Train one checkpoint per lambda through the configured stages; returns a summary per
-    checkpoint (folder, hash, steps, final metrics, per-step history)."""
+                data_record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one checkpoint with a rate point per lambda through the configured stages; returns
+    its summary (folder, hash, steps, final metrics, per-step history)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = cfg.device
@@ -336,47 +430,34 @@ def train_codec(cfg: TrainConfig, log: Log = print,
     bad = [s for s in cfg.stages if s not in ("I", "II")]
     if bad or not cfg.stages:
         raise DiscoverError(f"stages must be I and/or II (got {', '.join(bad) or 'none'})")
+    lambdas = sorted(cfg.lambdas)
+    if not lambdas or min(lambdas) <= 0 or len(set(lambdas)) != len(lambdas):
+        raise DiscoverError("give one or more distinct positive lambdas")
     if images is None:
         images, data_record = load_training_images(cfg, log)
     data_record = data_record or {"sources": ["in-memory images"], "held_out": HELD_OUT}
-    lambdas = sorted(cfg.lambdas)
-    names = list(cfg.names or [f"{cfg.size}-q{i + 1}" for i in range(len(lambdas))])
-    if len(names) != len(lambdas):
-        raise DiscoverError("give one name per lambda")
-    return [_train_one(cfg, lmbda, name, cfg.seed + k, images, data_record, dev, log,
-                       latent_target)
-            for k, (lmbda, name) in enumerate(zip(lambdas, names, strict=True))]
-
-
-def _train_one(cfg: TrainConfig, lmbda: float, name: str, seed: int,
-               images: Sequence[np.ndarray], data_record: dict[str, Any], dev: str, log: Log,
-               latent_target: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, Any]:
-    """All configured stages for one lambda, saved to ``<out>/<name>``."""
+    seed = cfg.seed
     torch.manual_seed(seed)
     random.seed(seed)
-    stages_done: list[dict[str, Any]] = []
-    if cfg.init is not None:
-        ckpt = load_pretrained(cfg.init)
-        model = ckpt.model
-        stages_done = list(ckpt.training.get("stages", []))
-    else:
-        model = DiscoverCodecModel(ModelConfig.preset(cfg.size, **cfg.model))
+    model, stages_done = start_model(cfg, lambdas)
+    name = cfg.name or cfg.size
     sampler = CropSampler(images, cfg.crop, seed)
     folder = Path(cfg.out) / name
     history: list[dict[str, Any]] = []
-    t_start = time.monotonic()
 
     def record(stages: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "stage": stages[-1]["stage"] if stages else "none", "lambda": lmbda,
-            "loss": "lambda*255^2*MSE + bpp (stage I); lambda*255^2*MSE with 0-"
-                    f"{cfg.mask_max:.0%} of y masked, encoder and hyper path frozen (stage II)",
+            "stage": stages[-1]["stage"] if stages else "none", "lambdas": lambdas,
+            "rate_points": [{"quality": k + 1, "lambda": lm} for k, lm in enumerate(lambdas)],
+            "loss": "lambda_k*255^2*MSE + bpp per sample, k a random rate point (stage I); "
+                    f"lambda_k*255^2*MSE with 0-{cfg.mask_max:.0%} of y masked, encoder, steps "
+                    "and hyper path frozen (stage II)",
             "steps": sum(s["steps"] for s in stages), "stages": stages,
             "batch": cfg.batch, "crop": cfg.crop, "seed": seed,
             "data": data_record, "held_out": HELD_OUT,
             "device": f"{dev} ({torch.get_num_threads()} threads)" if dev == "cpu" else dev,
             "machine": platform.platform(), "torch": torch.__version__,
-            "seconds": round(time.monotonic() - t_start, 1),
+            "seconds": round(sum(float(s.get("seconds", 0.0)) for s in stages), 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": {k: (str(v) if isinstance(v, Path) else v)
                        for k, v in asdict(cfg).items() if k not in ("videos", "images")},
@@ -386,27 +467,32 @@ def _train_one(cfg: TrainConfig, lmbda: float, name: str, seed: int,
         steps = cfg.steps_stage1 if stage == "I" else cfg.steps_stage2
         if steps <= 0:
             continue
-        log(f"[{name}] stage {stage}: {steps} steps, lambda {lmbda:g}, "
+        log(f"[{name}] stage {stage}: {steps} steps, lambdas {', '.join(map(str, lambdas))}, "
             f"batch {cfg.batch}x{cfg.crop}px on {dev}")
 
-        def save(step: int, stage: str = stage) -> None:
-            h = model.save_pretrained(folder, training=record(
-                stages_done + [{"stage": stage, "steps": step}]))
+        t_stage = time.monotonic()
+
+        def save(step: int, stage: str = stage, t0: float = t_stage) -> None:
+            h = model.save_pretrained(folder, training=record(stages_done + [
+                {"stage": stage, "steps": step, "lambdas": lambdas,
+                 "seconds": round(time.monotonic() - t0, 1)}]))
             model.to(dev)
             log(f"[{name}] saved {folder} at step {step} ({h})")
 
-        hist = train_steps(model, sampler, stage=stage, lmbda=lmbda, steps=steps,
+        hist = train_steps(model, sampler, stage=stage, lambdas=lambdas, steps=steps,
                            batch=cfg.batch, lr=cfg.lr if stage == "I" else cfg.lr_stage2,
                            aux_lr=cfg.aux_lr, mask_max=cfg.mask_max, seed=seed, log=log,
                            log_every=cfg.log_every, on_save=save, save_every=cfg.save_every,
+                           lr_drop_at=cfg.lr_drop_at,
                            latent_target=latent_target, device=dev)
         history += [{**h, "stage": stage} for h in hist]
-        stages_done.append({"stage": stage, "steps": steps})
+        stages_done.append({"stage": stage, "steps": steps, "lambdas": lambdas,
+                            "seconds": round(time.monotonic() - t_stage, 1)})
     model.cpu()
     h = model.save_pretrained(folder, training=record(stages_done))
     log(f"[{name}] done: {folder} ({h})")
     last = history[-min(50, len(history)):]
-    return {"name": name, "folder": str(folder), "hash": h, "lambda": lmbda,
+    return {"name": name, "folder": str(folder), "hash": h, "lambdas": lambdas,
             "steps": sum(s["steps"] for s in stages_done), "history": history,
             "final": {k: float(np.mean([r[k] for r in last])) for k in ("loss", "bpp", "psnr")}
             if last else {}}
