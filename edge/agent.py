@@ -56,6 +56,9 @@ class EdgeStats:
     wall_s: float = 0.0
     publisher: Counter[str] = field(default_factory=Counter)
     link: Counter[str] = field(default_factory=Counter)
+    intra_frames: int = 0
+    region_modes: Counter[str] = field(default_factory=Counter)  # intra / residual / skip
+    control: Counter[str] = field(default_factory=Counter)  # refresh_requests / ignored
 
     def summary(self) -> dict[str, Any]:
         n = max(self.frames, 1)
@@ -81,6 +84,10 @@ class EdgeStats:
             "packetize_ms": round(1000 * self.packetize_s / n, 3),
             "fps": round(self.frames / self.wall_s, 2) if self.wall_s else 0.0,
             "reconnects": max(0, self.link["connects"] - 1),
+            "intra_frames": self.intra_frames,
+            "region_modes": dict(self.region_modes),
+            "refresh_requests": self.control["refresh_requests"],
+            "control_ignored": self.control["ignored"],
         }
 
 
@@ -155,6 +162,20 @@ class CameraAgent:
         link.publish(topic(self.prefix, self.cam.id, "meta"), self.meta.to_json(), retain=True)
         link.publish(topic(self.prefix, self.cam.id, "status"), self._status("online"), retain=True)
 
+    def _on_control(self, name: str, payload: bytes, retained: bool) -> None:
+        """A sink's request on ``<prefix>/<camera>/control``; anything malformed is counted and
+        dropped (a sink never stops an edge)."""
+        try:
+            req = json.loads(payload)
+            ok = isinstance(req, dict) and req.get("request") == "refresh" and not retained
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            self.stats.control["ignored"] += 1
+            return
+        self.stats.control["refresh_requests"] += 1
+        self.codec.request_refresh()
+
     def _published(self, index: int, t: float) -> None:
         if self.timings is None:
             return
@@ -177,7 +198,8 @@ class CameraAgent:
         link = MqttLink(self.broker, client_id=f"discover-edge-{self.cam.id}",
                         will=Will(topic(self.prefix, self.cam.id, "status"),
                                   self._status("offline")),
-                        on_connect=[self._on_connect])
+                        subscriptions=[topic(self.prefix, self.cam.id, "control")],
+                        on_message=self._on_control, on_connect=[self._on_connect])
         link.start()
         pub = FramePublisher(link, queue_frames=self.edge.queue_frames,
                              max_unacked=self.edge.max_unacked)
@@ -211,7 +233,11 @@ class CameraAgent:
                 coded = self.codec.compress(fr.image, regions, send_rest)
                 t2 = time.perf_counter()
                 msgs = frame_messages(self.prefix, self.meta, fr.index, fr.capture_us, regions,
-                                      coded, max_packet=self.edge.max_packet, intra=True)
+                                      coded, max_packet=self.edge.max_packet,
+                                      intra=bool(coded.get("intra", True)))
+                s.intra_frames += int(bool(coded.get("intra", True)))
+                for mode in (coded.get("modes") or {}).values():
+                    s.region_modes[("intra", "residual", "skip")[mode]] += 1
                 t3 = time.perf_counter()
                 for tp, payload in msgs:
                     task = tp.rsplit("/task/", 1)[1] if "/task/" in tp else ""

@@ -6,6 +6,8 @@
     <prefix>/<camera>/task/<task>     latents / crops of that task's regions
     <prefix>/<camera>/rest            everything outside the task regions
     <prefix>/<camera>/results/<task>  sink output, JSON
+    <prefix>/<camera>/control         sink -> edge requests, JSON (``{"request": "refresh"}``:
+                                      the next frame intra, for temporal codecs)
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def parse_topic(prefix: str, value: str) -> TopicParts | None:
     if len(rest) < 2:
         return None
     camera, channel = rest[0], "/".join(rest[1:])
-    if channel in ("meta", "status", "side", "rest") or (
+    if channel in ("meta", "status", "side", "rest", "control") or (
         len(rest) == 3 and rest[1] in ("task", "results")
     ):
         return TopicParts(camera, channel)

@@ -33,6 +33,9 @@ class SinkSection(BaseModel):
     frame_timeout_s: float = Field(2.0, gt=0, description="wait this long for a frame's "
                                                          "substreams, then decode what came")
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
+    refresh_interval_s: float = Field(1.0, gt=0, description="at most one intra-refresh request "
+                                      "per camera this often, when a temporal stream's "
+                                      "references are missing (late join, loss)")
     idle_timeout_s: float | None = Field(None, gt=0, description="stop after this long without data")
     connect_timeout_s: float = Field(30.0, gt=0)
     shard: str = Field("0/1", pattern=r"^\d+/\d+$",

@@ -45,6 +45,7 @@ class _Camera:
         self.frames = 0
         self.bytes = 0
         self.last_index: int | None = None
+        self.last_refresh_request = -float("inf")  # monotonic time
 
 
 class SinkPipeline:
@@ -55,6 +56,7 @@ class SinkPipeline:
                  on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> None:
         self.section, self.prefix = section, prefix
         self.publish = publish if section.publish_results else None
+        self._control = publish  # refresh requests go out even when results are not published
         self.timings = timings
         self.on_frame = on_frame
         self.metas: dict[str, StreamMeta] = {}
@@ -172,6 +174,8 @@ class SinkPipeline:
         decoded = cam.codec.decompress(coded)
         errors = decoded.get("errors", {})
         self.counters["region_errors"] += sum(1 for k in errors if k >= 0)
+        if decoded.get("needs_refresh"):
+            self._request_refresh(cam, frame.frame_index)
         info = {"camera": cam.meta.camera, "frame": frame.frame_index,
                 "capture_us": frame.capture_us, "regions": side.regions, "region_errors": errors,
                 "complete": frame.complete, "meta": cam.meta}
@@ -215,6 +219,18 @@ class SinkPipeline:
         if self.on_frame is not None:
             self.on_frame(cam.meta.camera, frame.frame_index, image)
 
+    def _request_refresh(self, cam: _Camera, index: int) -> None:
+        """Ask the edge for an intra frame (``<prefix>/<camera>/control``), rate-limited."""
+        self.counters["frames_missing_reference"] += 1
+        now = time.monotonic()
+        if self._control is None or now - cam.last_refresh_request < self.section.refresh_interval_s:
+            return
+        cam.last_refresh_request = now
+        self.counters["refresh_requests"] += 1
+        self._control(topic(self.prefix, cam.meta.camera, "control"),
+                      json.dumps({"request": "refresh", "camera": cam.meta.camera,
+                                  "frame": index}).encode())
+
     def close(self) -> None:
         for cam in self.cameras.values():
             cam.writer.close()
@@ -248,6 +264,8 @@ class SinkPipeline:
             "drop_reasons": drops,
             "duplicates": rc["duplicates"],
             "region_errors": self.counters["region_errors"],
+            "missing_reference": self.counters["frames_missing_reference"],
+            "refresh_requests": self.counters["refresh_requests"],
             "cameras": sorted(self.cameras),
             "refused": dict(self.refused),
         }

@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"rate-distortion trade-off of one rate point; repeat for several "
                          f"(default {' '.join(map(str, DEFAULT_LAMBDAS))})")
     ap.add_argument("--name", help="checkpoint folder name under --out (default: the size)")
-    ap.add_argument("--stages", default="I,II", help="I, II or I,II (default)")
+    ap.add_argument("--stages", default="I,II,T",
+                    help="any of I (rate-distortion), II (masked latents), T (residual model "
+                         "for temporal coding, boxes from the nanodet grounder); default I,II,T")
+    ap.add_argument("--pairs", type=int, default=40,
+                    help="consecutive frame pairs stage T fits on (default 40)")
     ap.add_argument("--steps1", type=int, default=20000, help="stage I steps")
     ap.add_argument("--steps2", type=int, default=5000, help="stage II steps")
     ap.add_argument("--batch", type=int, default=8)
@@ -61,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def detection_boxes():  # noqa: ANN201 - returns training.BoxesFn
+    """Boxes the detection task would code: the default grounder (nanodet) with the shipped
+    detection profile's labels, padded like the edge does."""
+    from edge.config import EdgeSection
+    from sdk.grounders import GROUNDERS
+    from sdk.profiles import load_profile
+    from sdk.regions import pad_and_clip
+
+    edge = EdgeSection()
+    g = GROUNDERS.create(edge.grounder)
+    labels = list(load_profile("detection").labels)
+
+    def boxes(img):  # noqa: ANN001, ANN202
+        h, w = img.shape[:2]
+        out = []
+        for d in g.ground(img, labels):
+            if d.score >= edge.grounder.min_score:
+                b = pad_and_clip(d.box, edge.grounder.margin, w, h, 16)
+                if b is not None:
+                    out.append(b)
+        return out
+
+    return boxes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sdk.errors import DiscoverError
@@ -86,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name, init=args.init,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, threads=args.threads, videos=videos, images=args.images or [],
-        use_skimage=not args.no_skimage)
+        use_skimage=not args.no_skimage, temporal_pairs=args.pairs)
     try:
-        result = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+        boxes_fn = detection_boxes() if "T" in cfg.stages else None
+        result = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True),
+                             boxes_fn=boxes_fn)
     except DiscoverError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

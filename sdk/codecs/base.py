@@ -13,6 +13,8 @@ prediction). The symmetric API follows CompressAI: ``compress`` and ``decompress
         --decompress--> {"x_hat": HxWx3 uint8 BGR frame from what arrived,
                          "region_pixels": {rid: crop}, "has_rest": bool,
                          "errors": {rid: reason}}       a bad region fails alone
+                         "needs_refresh": bool}         (temporal codecs) a reference was
+                                                        missing: ask the edge for an intra frame
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Codec(Backend):
         """What goes into the stream's ``meta`` so a sink can build the matching decoder."""
         return {"type": self.key, "config": self.config.model_dump(mode="json"),
                 "checkpoint": self.checkpoint_hash()}
+
+    def request_refresh(self) -> None:
+        """A sink asked (over the control topic) for a frame it can decode without history;
+        codecs without temporal prediction have nothing to do."""
 
     def checkpoint_hash(self) -> str | None:
         """Content hash of the weights, None for codecs without weights."""

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     CLI,
     CLIP_FRAMES,
@@ -359,3 +360,41 @@ def test_shards_split_the_cameras(broker, clip, tmp_path, monkeypatch):
         edge_b = by_cam[cam]["bytes_by_substream"]
         assert r["bytes"] == edge_b["side"] + edge_b["task"], (r, edge_b)
         assert r["bytes_by_substream"] == {"side": edge_b["side"], "task": edge_b["task"]}
+
+
+def test_late_sink_asks_a_temporal_edge_for_a_refresh_and_recovers(broker, clip, tmp_path):
+    """Learned codec with temporal prediction (tiny random checkpoint): a sink that joins
+    mid-stream lacks the references, asks on <prefix>/<camera>/control, the edge codes the
+    next frame intra, and from then on the sink decodes every region."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressai")
+    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+
+    torch.manual_seed(0)
+    DiscoverCodecModel(ModelConfig.preset("tiny")).save_pretrained(tmp_path / "ck")
+    cfg = broker_config(broker.url)
+    codec = {"type": "learned", "checkpoint": str(tmp_path / "ck"), "threads": 1,
+             "temporal": {"intra_period": 0}}
+    edge_cfg = EdgeSection(codec=codec, cameras=[CameraConfig(
+        id="cam0", source=str(clip), tasks=["detection"], realtime=True, fps=20)])
+    agent = CameraAgent(edge_cfg.cameras[0], edge_cfg, cfg, PREFIX)
+    seen: list[int] = []
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(agent.run(on_frame=seen.append)), daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: len(seen) >= 15, 30, "the edge to stream 15 frames")
+        sink = SinkThread(SinkSection(camera="cam0", tasks=["detection"], idle_timeout_s=2.0,
+                                      refresh_interval_s=0.2), cfg).start()
+        t.join(60)
+        assert not t.is_alive()
+        summary = sink.finish(30)
+    finally:
+        t.join(5)
+    got = sink.indices("cam0")
+    assert got and got[-1] == CLIP_FRAMES - 1
+    assert out["refresh_requests"] >= 1 and summary["refresh_requests"] >= 1, (out, summary)
+    assert out["intra_frames"] >= 2  # the first frame and the requested refresh
+    assert out["region_modes"].get("residual", 0) > out["region_modes"].get("intra", 0)
+    # only the frames before the refresh arrived lacked references
+    assert 1 <= summary["missing_reference"] <= len(got) // 2, summary

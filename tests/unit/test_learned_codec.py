@@ -72,6 +72,10 @@ def crops(clip_frames) -> list[np.ndarray]:
             for f, (x, y) in zip(clip_frames, ORIGINS, strict=True)]
 
 
+#: the codec without temporal prediction: every frame codes alone, as model.compress does
+INTRA = {"type": "learned", "temporal": {"enabled": False}}
+
+
 def lively_model(seed: int = 0, **cfg) -> DiscoverCodecModel:
     """A random tiny model whose latents spread over many symbols and scale indexes."""
     torch.manual_seed(seed)
@@ -91,7 +95,7 @@ def model() -> DiscoverCodecModel:
 
 @pytest.fixture(scope="module")
 def codec(model) -> LearnedCodec:
-    return CODECS.create({"type": "learned"}, model=model)
+    return CODECS.create(INTRA, model=model)
 
 
 def decode(c: LearnedCodec, coded: dict, *, regions=None, rest=..., side=None, table=REGIONS,
@@ -305,8 +309,8 @@ def _perturbed(m: DiscoverCodecModel, rel: float, seed: int) -> DiscoverCodecMod
 def test_probabilities_survive_float_noise_and_backends(model, clip_frames):
     rng = np.random.default_rng(1)
     noisy = _perturbed(model, 1e-6, seed=2)
-    enc_c = CODECS.create({"type": "learned"}, model=model)
-    dec_c = CODECS.create({"type": "learned"}, model=noisy)
+    enc_c = CODECS.create(INTRA, model=model)
+    dec_c = CODECS.create(INTRA, model=noisy)
     assert dec_c.checkpoint_hash() != enc_c.checkpoint_hash()  # the floats did change
     tables = model.coder().tables.hyper
     for _ in range(24):  # random crops of random frames, random boxes
@@ -359,7 +363,7 @@ def test_checkpoint_round_trip_keeps_outputs_and_hash(model, codec, crops, tmp_p
     assert h == codec.checkpoint_hash()
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["model"]["N"] == 16 and cfg["training"]["note"] == "random"
-    loaded = CODECS.create({"type": "learned", "checkpoint": str(tmp_path / "ck")})
+    loaded = CODECS.create({**INTRA, "checkpoint": str(tmp_path / "ck")})
     assert loaded.checkpoint_hash() == h
     assert loaded.descriptor()["checkpoint"] == h
     img = crops[0]
@@ -425,14 +429,14 @@ def test_rate_points_share_one_model_and_travel_in_the_side(crops):
     m = lively_model(steps=(2.0, 1.0, 0.5))
     assert m.config.rate_points == 3 and m.coder().rate_points == 3
     assert [m.coder().step(k) for k in range(3)] == [2.0, 1.0, 0.5]
-    sink = CODECS.create({"type": "learned"}, model=m)
+    sink = CODECS.create(INTRA, model=m)
     assert sink.rate == 1  # default: the middle rate point
     img = crops[0]
     with torch.inference_mode():
         y = m.g_a(sink._to_tensor(img))[0].double().numpy()
     sizes, errors = [], []
     for q in (1, 2, 3):
-        edge = CODECS.create({"type": "learned", "quality": q}, model=m)
+        edge = CODECS.create({**INTRA, "quality": q}, model=m)
         coded = edge.compress(img, REGIONS, send_rest=True)
         enc = m.compress(edge._to_tensor(img), [latent_box(r.box, W, H) for r in REGIONS],
                          True, q - 1)
@@ -445,10 +449,10 @@ def test_rate_points_share_one_model_and_travel_in_the_side(crops):
     assert sizes[0] < sizes[1] < sizes[2], sizes
     assert errors[0] > errors[1] > errors[2], errors
     with pytest.raises(DiscoverError, match="quality 4 is out of range"):
-        CODECS.create({"type": "learned", "quality": 4}, model=m)
+        CODECS.create({**INTRA, "quality": 4}, model=m)
     # a side naming a rate point the sink's checkpoint lacks fails cleanly
-    one = CODECS.create({"type": "learned"}, model=lively_model())
-    coded = CODECS.create({"type": "learned", "quality": 3}, model=m).compress(img, [], True)
+    one = CODECS.create(INTRA, model=lively_model())
+    coded = CODECS.create({**INTRA, "quality": 3}, model=m).compress(img, [], True)
     assert -2 in decode(one, coded, regions={}, table=[])["errors"]
 
 
@@ -473,7 +477,7 @@ def test_shipped_sizes_build_and_make_exact_tables(size):
 
 def test_small_model_codes_a_frame(crops):
     torch.manual_seed(0)
-    c = CODECS.create({"type": "learned"},
+    c = CODECS.create(INTRA,
                       model=DiscoverCodecModel(ModelConfig.preset("small")).eval())
     out = decode(c, c.compress(crops[0], REGIONS, send_rest=True))
     assert out["errors"] == {} and out["y_received"].all() and out["x_hat"].shape == (H, W, 3)
@@ -484,7 +488,7 @@ def test_sd_latent_head(crops):
     x = pad_to_grid(torch.rand(2, 3, 128, 192))
     with torch.no_grad():
         assert m(x)["x_hat"].shape == (2, 4, 16, 24)
-    c = CODECS.create({"type": "learned"}, model=m)
+    c = CODECS.create(INTRA, model=m)
     out = decode(c, c.compress(crops[0], REGIONS, send_rest=False))
     assert out["sd_latent"].shape == (4, H // 8, W // 8) and out["errors"] == {}
     x0, y0, x1, y1 = REGIONS[0].box

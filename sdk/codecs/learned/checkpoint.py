@@ -138,6 +138,8 @@ def load_pretrained(folder: str | Path, device: str = "cpu") -> Checkpoint:
         else:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         model = DiscoverCodecModel(model_cfg)
+        # checkpoints saved before temporal coding have no residual model: plain hyperprior
+        state.setdefault("residual_offsets", model.residual_offsets.clone())
         model.load_state_dict(state)
     except DiscoverError:
         raise

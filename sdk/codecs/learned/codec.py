@@ -36,6 +36,7 @@ from sdk.codecs.learned.entropy import (
     latent_box,
     latent_grid,
 )
+from sdk.codecs.learned.temporal import TemporalCoder, TemporalConfig
 from sdk.errors import DiscoverError
 from sdk.regions import Region
 
@@ -63,6 +64,15 @@ class LearnedConfig(CodecConfig):
     region_context: int = Field(
         4, ge=0, le=32, description="latent cells of M(z) context decoded around a region")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig,
+                                     description="prediction between frames (video)")
+    edge_runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="what runs the encoder's g_a/h_a: torch, or ONNX Runtime on an "
+                             "export of the same checkpoint (tools/export_codec_onnx.py; CUDA "
+                             "provider when codec.device allows and has it, else CPU)")
+    onnx: Path | None = Field(
+        None, description="the ONNX export for edge_runtime onnx; default: edge.onnx in the "
+                          "checkpoint folder")
 
 
 def _import_model() -> Any:
@@ -111,9 +121,29 @@ class LearnedCodec(Codec):
             raise DiscoverError(f"codec.quality {config.quality} is out of range: this "
                                 f"checkpoint has rate points 1..{points}")
         self.rate = (config.quality - 1) if config.quality else points // 2
+        self._temporal: TemporalCoder | None = None
+        if config.temporal.enabled:
+            self._temporal = TemporalCoder(self.model.coder(),
+                                           self.model.residual_offsets.cpu().numpy(),
+                                           config.temporal)
+        self._analysis: Any = None  # x -> (y, z); None: the model's own (torch)
+        if config.edge_runtime == "onnx":
+            from sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis
+
+            folder = config.checkpoint or ckpt.CHECKPOINT_ROOT / config.name
+            self._analysis = OnnxAnalysis(config.onnx or folder / ONNX_NAME, config.device,
+                                          config.threads, self._hash, folder)
 
     def checkpoint_hash(self) -> str | None:
         return self._hash
+
+    def descriptor(self) -> dict[str, Any]:
+        """The stream's codec entry, without what only the edge uses (its encoder runtime):
+        a sink builds its decoder from this and must not look for the edge's ONNX file."""
+        d = super().descriptor()
+        for key in ("edge_runtime", "onnx"):
+            d["config"].pop(key, None)
+        return d
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -135,6 +165,11 @@ class LearnedCodec(Codec):
 
     # -- API --------------------------------------------------------------------------------
 
+    def request_refresh(self) -> None:
+        """A sink lost its references: make the next frame intra."""
+        if self._temporal is not None:
+            self._temporal.request_refresh()
+
     def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
         import torch
 
@@ -146,11 +181,30 @@ class LearnedCodec(Codec):
                 raise ValueError(f"region {r.rid} box {r.box} is not inside the {w}x{h} frame")
             boxes.append(lb)
             coded_regions.append(r)
+        if self._temporal is not None:
+            return self._compress_temporal(frame, coded_regions, boxes, send_rest)
         with torch.inference_mode():
-            out = self.model.compress(self._to_tensor(frame), boxes, send_rest, self.rate)
+            out = self.model.compress(self._to_tensor(frame), boxes, send_rest, self.rate,
+                                      analysis=self._analysis)
         return {"side": out["side"],
                 "regions": {r.rid: p for r, p in zip(coded_regions, out["regions"], strict=True)},
                 "rest": out["rest"]}
+
+    def _compress_temporal(self, frame: np.ndarray, regions: list[Region],
+                           boxes: list[tuple[int, int, int, int]],
+                           send_rest: bool) -> dict[str, Any]:
+        import torch
+
+        assert self._temporal is not None
+        with torch.inference_mode():
+            y, z_sym = self.model.latents(self._to_tensor(frame), self._analysis)
+        out = self._temporal.encode(y, z_sym, boxes,
+                                    [frozenset(r.tasks) for r in regions],
+                                    [r.rid for r in regions], send_rest, self.rate)
+        return {"side": out["side"],
+                "regions": {r.rid: p for r, p in zip(regions, out["regions"], strict=True)},
+                "rest": out["rest"], "intra": out["intra"],
+                "modes": {r.rid: md for r, md in zip(regions, out["modes"], strict=True)}}
 
     def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -175,15 +229,22 @@ class LearnedCodec(Codec):
             else:
                 wanted[rid] = (boxes[rid], blob)
         try:
-            dec = self.model.decompress(coded.get("side") or b"", wanted, coded.get("rest"),
-                                        grid, list(boxes.values()))
+            if self._temporal is not None:
+                dec = self._temporal.decode(coded.get("side") or b"", wanted, coded.get("rest"),
+                                            grid, list(boxes.values()),
+                                            {r.rid: frozenset(r.tasks) for r in table})
+                dec["z_hat"] = (torch.from_numpy(dec["z_sym"].astype(np.float32))[None]
+                                + self.model.z_medians().cpu()[None])
+            else:
+                dec = self.model.decompress(coded.get("side") or b"", wanted, coded.get("rest"),
+                                            grid, list(boxes.values()))
         except PayloadError as e:
             errors[SIDE_ERROR] = f"side did not decode ({e})"
             for rid in wanted:
                 errors[rid] = "no usable side information for this frame"
             return {"x_hat": np.full((h, w, 3), 128, np.uint8), "region_pixels": {},
                     "has_rest": False, "errors": errors, "background": None,
-                    "region_latents": {}}
+                    "region_latents": {}, "needs_refresh": self._temporal is not None}
         for key, reason in dec["errors"].items():
             errors[REST_ERROR if key == "rest" else key] = (
                 "rest payload did not decode" if key == "rest" else "region payload did not decode"
@@ -192,7 +253,8 @@ class LearnedCodec(Codec):
         with torch.inference_mode():
             out = self._synthesize(dec, w, h, grid, boxes, px, has_rest)
         out.update(has_rest=has_rest, errors=errors, y_hat=dec["y_hat"].astype(np.float32),
-                   y_received=dec["received"], region_latents=dec["region_latents"])
+                   y_received=dec["received"], region_latents=dec["region_latents"],
+                   needs_refresh=bool(dec.get("needs_refresh")))
         return out
 
     def _synthesize(self, dec: dict[str, Any], w: int, h: int, grid: tuple[int, int],

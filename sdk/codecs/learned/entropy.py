@@ -401,6 +401,22 @@ class LatentCoder:
         return rans_decode(body, idx[_select(cells)], self.tables.y_cdf)
 
 
+def decode_rest_into(coder: LatentCoder, rest: bytes, idx: np.ndarray, mu: np.ndarray,
+                     step: float, digest: bytes, table_boxes: Sequence[LatentBox],
+                     y_hat: np.ndarray, received: np.ndarray, errors: dict[Any, str]) -> None:
+    """Decode ``rest`` (always intra) into ``y_hat``/``received``; a bad one goes to
+    ``errors["rest"]``. Shared by the per-frame and the temporal decoder."""
+    grid = received.shape
+    mask = outside_mask(table_boxes, grid)
+    try:
+        sym = coder.decode_cells(rest, idx, mask, rest_tag(digest, grid, table_boxes))
+    except PayloadError as e:
+        errors["rest"] = str(e)
+        return
+    y_hat[:, mask] = sym * step + mu[:, mask]
+    received |= mask
+
+
 def _select(cells: LatentBox | np.ndarray) -> Any:
     if isinstance(cells, np.ndarray):
         return (slice(None), cells)

@@ -64,6 +64,7 @@ from sdk.codecs.learned.entropy import (
     LatentBox,
     LatentCoder,
     PayloadError,
+    decode_rest_into,
     outside_mask,
     quantise_layer,
     region_tag,
@@ -287,6 +288,9 @@ class DiscoverCodecModel(CompressionModel):
         # each): y is quantised as round((y - mu) / step); trained jointly with the lambdas
         self.log_steps = nn.Parameter(torch.log(torch.tensor(c.steps, dtype=torch.float32)))
         self.hyper_fixed = FixedPointHyper(self.h_s, N, c.scale_levels, c.rate_points)
+        # temporal coding: residual cells use the hyperprior's scale index minus these
+        # (per rate point and channel; fitted on consecutive frames, see temporal.py)
+        self.register_buffer("residual_offsets", torch.zeros(c.rate_points, M, dtype=torch.int64))
         self._coder: LatentCoder | None = None
 
     # -- pieces -----------------------------------------------------------------------------
@@ -386,6 +390,16 @@ class DiscoverCodecModel(CompressionModel):
         return y, self.h_a(y) - self.z_medians()
 
     @torch.no_grad()
+    def latents(self, x: Tensor, analysis: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``y`` (float64 M x h x w) and the z symbols (int32 N x h' x w') of one padded image,
+        from :meth:`analysis` or a stand-in for it (tensors or arrays)."""
+        y, z = (analysis or self.analysis)(x)
+        y, z = torch.as_tensor(y), torch.as_tensor(z)
+        zl = self.config.z_limit
+        z_sym = torch.round(z).clamp(-zl, zl)[0].cpu().numpy().astype(np.int32)
+        return y[0].double().cpu().numpy(), z_sym
+
+    @torch.no_grad()
     def compress(self, x: Tensor, boxes: list[LatentBox] | None = None,
                  send_rest: bool = True, rate: int = 0,
                  analysis: Any = None) -> dict[str, Any]:
@@ -398,14 +412,10 @@ class DiscoverCodecModel(CompressionModel):
         (x -> y, z - medians as tensors or arrays), e.g. an ONNX Runtime session."""
         coder = self.coder()
         boxes = list(boxes or [])
-        y, z = (analysis or self.analysis)(x)
-        y, z = torch.as_tensor(y), torch.as_tensor(z)
-        zl = self.config.z_limit
-        z_sym = torch.round(z).clamp(-zl, zl)[0].cpu().numpy().astype(np.int32)
+        y64, z_sym = self.latents(x, analysis)
         side = coder.encode_side(z_sym, rate)
         idx, mu = coder.parameters(z_sym, rate)
         step = coder.step(rate)
-        y64 = y[0].double().cpu().numpy()
         y_sym = np.clip(np.rint((y64 - mu) / step), -(2**15), 2**15).astype(np.int32)
         digest = side_digest(side)
         regions = [coder.encode_cells(y_sym, idx, b, region_tag(digest, b)) for b in boxes]
@@ -439,13 +449,8 @@ class DiscoverCodecModel(CompressionModel):
         errors: dict[Any, str] = {}
         latents: dict[Any, np.ndarray] = {}
         if rest:
-            mask = outside_mask(table_boxes, grid)
-            try:
-                sym = coder.decode_cells(rest, idx, mask, rest_tag(digest, grid, table_boxes))
-                y_hat[:, mask] = sym * step + mu[:, mask]
-                received |= mask
-            except PayloadError as e:
-                errors["rest"] = str(e)
+            decode_rest_into(coder, rest, idx, mu, step, digest, table_boxes, y_hat, received,
+                             errors)
         for key, (box, payload) in regions.items():
             lx0, ly0, lx1, ly1 = box
             try:

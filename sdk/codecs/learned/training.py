@@ -18,6 +18,10 @@
               loss = lambda * 255^2 * MSE  (the rate is fixed by the frozen encoder; the bpp of
               the kept cells is logged)
 
+    stage T   (temporal) weights fixed; on consecutive development frames, the index offset per
+              rate point and channel that codes y_t+1 - y_hat_t inside the grounded boxes in the
+              fewest bits (``temporal.fit_offsets``) -> model.residual_offsets
+
     every save_every steps and at the end: save_pretrained(<out>/<name>) with the training
     record (data, held-out split, steps per stage, lambdas, device, seconds)
 
@@ -65,6 +69,8 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemis
 #: the shipped rate points, lowest rate first (CompressAI's MSE ladder goes 0.0018 ... 0.0483)
 DEFAULT_LAMBDAS = (0.0009, 0.0018, 0.0035, 0.0067, 0.013)
 Log = Callable[[str], None]
+#: BGR frame -> pixel boxes (x0, y0, x1, y1) the task would code (stage T)
+BoxesFn = Callable[[np.ndarray], list[tuple[int, int, int, int]]]
 
 
 @dataclass
@@ -92,6 +98,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_stage2: float = 5e-5
     lr_drop_at: float = 0.9  # share of a stage's steps after which lr falls to a tenth
+    temporal_pairs: int = 40  # consecutive frame pairs stage T fits the residual model on
     aux_lr: float = 1e-3
     mask_max: float = 0.5
     out: Path = CHECKPOINT_ROOT
@@ -374,10 +381,10 @@ def start_model(cfg: TrainConfig, lambdas: Sequence[float]) -> tuple[DiscoverCod
     own = model.state_dict()
     tables = ("entropy_bottleneck._", "gaussian_conditional.")  # compressai resizes these
     usable = {k: v for k, v in state.items() if not k.startswith("hyper_fixed.")
-              and k != "log_steps" and k in own
+              and k not in ("log_steps", "residual_offsets") and k in own
               and (own[k].shape == v.shape or k.startswith(tables))}
     missing = [k for k in own if k not in usable and not k.startswith("hyper_fixed.")
-               and k != "log_steps"]
+               and k not in ("log_steps", "residual_offsets")]
     if missing:
         raise DiscoverError(f"{cfg.init} does not fit a {cfg.size} model (missing "
                             f"{', '.join(missing[:3])}); pass a checkpoint of the same size")
@@ -415,7 +422,8 @@ def _timed_stages(record: dict[str, Any]) -> list[dict[str, Any]]:
 def train_codec(cfg: TrainConfig, log: Log = print,
                 latent_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 images: Sequence[np.ndarray] | None = None,
-                data_record: dict[str, Any] | None = None) -> dict[str, Any]:
+                data_record: dict[str, Any] | None = None,
+                boxes_fn: BoxesFn | None = None) -> dict[str, Any]:
     """Train one checkpoint with a rate point per lambda through the configured stages; returns
     its summary (folder, hash, steps, final metrics, per-step history)."""
     if cfg.threads:
@@ -427,13 +435,15 @@ def train_codec(cfg: TrainConfig, log: Log = print,
         raise DiscoverError(f"--crop must be a multiple of 64 (got {cfg.crop})")
     if not 0.0 <= cfg.mask_max <= 1.0:
         raise DiscoverError(f"--mask-max must be in [0, 1] (got {cfg.mask_max})")
-    bad = [s for s in cfg.stages if s not in ("I", "II")]
+    bad = [s for s in cfg.stages if s not in ("I", "II", "T")]
     if bad or not cfg.stages:
-        raise DiscoverError(f"stages must be I and/or II (got {', '.join(bad) or 'none'})")
+        raise DiscoverError(f"stages are I, II and T (got {', '.join(bad) or 'none'})")
+    if "T" in cfg.stages and boxes_fn is None:
+        raise DiscoverError("stage T needs a grounder for the boxes (boxes_fn)")
     lambdas = sorted(cfg.lambdas)
     if not lambdas or min(lambdas) <= 0 or len(set(lambdas)) != len(lambdas):
         raise DiscoverError("give one or more distinct positive lambdas")
-    if images is None:
+    if images is None and any(st in cfg.stages for st in ("I", "II")):
         images, data_record = load_training_images(cfg, log)
     data_record = data_record or {"sources": ["in-memory images"], "held_out": HELD_OUT}
     seed = cfg.seed
@@ -441,7 +451,7 @@ def train_codec(cfg: TrainConfig, log: Log = print,
     random.seed(seed)
     model, stages_done = start_model(cfg, lambdas)
     name = cfg.name or cfg.size
-    sampler = CropSampler(images, cfg.crop, seed)
+    sampler = CropSampler(images, cfg.crop, seed) if images is not None else None
     folder = Path(cfg.out) / name
     history: list[dict[str, Any]] = []
 
@@ -464,6 +474,15 @@ def train_codec(cfg: TrainConfig, log: Log = print,
         }
 
     for stage in cfg.stages:
+        if stage == "T":
+            t_stage = time.monotonic()
+            assert boxes_fn is not None
+            fit = fit_residual_model(model, cfg.videos, boxes_fn, pairs=cfg.temporal_pairs,
+                                     log=log)
+            stages_done.append({"stage": "T", "steps": 0, **fit,
+                                "seconds": round(time.monotonic() - t_stage, 1)})
+            continue
+        assert sampler is not None
         steps = cfg.steps_stage1 if stage == "I" else cfg.steps_stage2
         if steps <= 0:
             continue
@@ -496,3 +515,87 @@ def train_codec(cfg: TrainConfig, log: Log = print,
             "steps": sum(s["steps"] for s in stages_done), "history": history,
             "final": {k: float(np.mean([r[k] for r in last])) for k in ("loss", "bpp", "psnr")}
             if last else {}}
+
+
+# -- stage T: the residual model --------------------------------------------------------------
+
+def consecutive_pairs(videos: Sequence[VideoSource], pairs: int) -> list[tuple[np.ndarray,
+                                                                              np.ndarray]]:
+    """``pairs`` (frame t, frame t+1) BGR pairs spread evenly over the videos' frame ranges
+    (development split only, as for stages I and II)."""
+    import av
+
+    per = max(1, -(-pairs // max(1, len(videos))))
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for v in videos:
+        last = min(v.last, DEV_SPLIT_END - 1) if v.path.name == VTEST.name else v.last
+        starts = set(np.linspace(v.first, max(v.first, last - 1), per).astype(int).tolist())
+        prev = None
+        try:
+            with av.open(str(v.path)) as c:
+                for i, f in enumerate(c.decode(video=0)):
+                    if i > last:
+                        break
+                    img = f.to_ndarray(format="bgr24")
+                    if prev is not None and i - 1 in starts:
+                        out.append((prev, img))
+                    prev = img
+        except (av.error.FFmpegError, OSError) as e:
+            raise DiscoverError(f"cannot read training video {v.path}: {e}") from None
+    return out[:pairs]
+
+
+@torch.no_grad()
+def fit_residual_model(model: DiscoverCodecModel, videos: Sequence[VideoSource],
+                       boxes_fn: BoxesFn, pairs: int = 40, log: Log = print) -> dict[str, Any]:
+    """Fit ``model.residual_offsets`` on consecutive frames: per rate point, the residuals
+    round((y_t+1 - y_hat_t) / step) inside the boxes of frame t+1, with the scale indexes z_t+1
+    gives (what the temporal coder codes). Returns the record of the fit."""
+    from sdk.codecs.learned.entropy import latent_box
+    from sdk.codecs.learned.model import pad_to_grid
+    from sdk.codecs.learned.temporal import fit_offsets
+
+    model.eval().cpu()
+    if not model.coding_ready:
+        model.update(force=True)
+    coder = model.coder()
+    table = model.gaussian_conditional.scale_table.double().numpy()
+    samples: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(coder.rate_points)]
+    data = consecutive_pairs(videos, pairs)
+    if not data:
+        raise DiscoverError("stage T found no consecutive frames in the training videos")
+    for a, b in data:
+        h, w = b.shape[:2]
+        mask = np.zeros(((-(-h // 64)) * 4, (-(-w // 64)) * 4), bool)
+        for box in boxes_fn(b):
+            lb = latent_box(box, w, h)
+            if lb is not None:
+                mask[lb[1]:lb[3], lb[0]:lb[2]] = True
+        if not mask.any():
+            continue
+        lat = []
+        for img in (a, b):
+            x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1)[None]
+            lat.append(model.latents(pad_to_grid(x.float() / 255.0)))
+        (ya, za), (yb, zb) = lat
+        for r in range(coder.rate_points):
+            step = coder.step(r)
+            idx_a, mu_a = coder.parameters(za, r)
+            y_hat_a = np.rint((ya - mu_a) / step) * step + mu_a
+            idx_b, _ = coder.parameters(zb, r)
+            sym = np.rint((yb - y_hat_a) / step).astype(np.int32)
+            samples[r].append((sym[:, mask], idx_b[:, mask]))
+    if not samples[0]:
+        raise DiscoverError("stage T: the grounder found no boxes on the training pairs")
+    record: dict[str, Any] = {"pairs": len(data), "rate_points": []}
+    for r, ss in enumerate(samples):
+        offsets, bits = fit_offsets(ss, table)
+        model.residual_offsets[r] = torch.from_numpy(offsets)
+        cells = int(sum(s[0].shape[1] for s in ss))
+        record["rate_points"].append({"quality": r + 1, "cells": cells,
+                                      "mean_offset": round(float(offsets.mean()), 2),
+                                      **{k: round(v, 4) for k, v in bits.items()}})
+        log(f"stage T rate point {r + 1}: {cells} cells, residual bits/cell "
+            f"{bits['bits_per_cell_before']:.3f} -> {bits['bits_per_cell_after']:.3f} "
+            f"(mean offset {offsets.mean():.1f})")
+    return record

@@ -1,0 +1,222 @@
+"""Temporal coding of the learned codec (sdk/codecs/learned/temporal.py) on consecutive frames
+of the bundled clip, with real rANS: exact closed-loop decoding, skip and z reuse on a static
+scene, references restricted to what every receiving sink has, late join and loss recovered by
+an intra refresh, and the residual model fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
+pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
+
+from sdk.codecs import CODECS  # noqa: E402
+from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402
+from sdk.codecs.learned.temporal import fit_offsets, residual_bits  # noqa: E402
+from sdk.regions import Region  # noqa: E402
+
+CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
+W, H = 192, 128
+X0, Y0 = 440, 120  # crop corner around walking pedestrians
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    out = []
+    with av.open(str(CLIP)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i >= 12:
+                break
+            out.append(np.ascontiguousarray(f.to_ndarray(format="bgr24")[Y0:Y0 + H, X0:X0 + W]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> DiscoverCodecModel:
+    torch.manual_seed(0)
+    m = DiscoverCodecModel(ModelConfig.preset("tiny", steps=(1.0, 0.5))).eval()
+    with torch.no_grad():
+        m.g_a[-2].weight *= 30
+        m.h_a[-1].weight *= 10
+        m.h_s[-1].weight *= 30
+        m.residual_offsets.fill_(2)
+    m.update()
+    return m
+
+
+def regions(shift: int = 0) -> list[Region]:
+    """Two detection boxes (one drifting right by ``shift`` px) and one classification box."""
+    return [Region(1, (16 + shift, 16, 64 + shift, 96), "person", 0.9, ("detection",)),
+            Region(2, (128, 64, 192, 128), "car", 0.8, ("detection", "classification")),
+            Region(3, (80, 0, 128, 48), "bag", 0.7, ("classification",))]
+
+
+def codec(model, **temporal):
+    return CODECS.create({"type": "learned", "quality": 2,
+                          "temporal": {"intra_period": 0, **temporal}}, model=model)
+
+
+def decode(c, coded, table, keep=None):
+    regs = coded["regions"] if keep is None else {k: v for k, v in coded["regions"].items()
+                                                  if k in keep}
+    return c.decompress({"side": coded["side"], "regions": regs, "rest": coded.get("rest"),
+                         "table": table, "size": (W, H)})
+
+
+def kept(c) -> dict[int, np.ndarray]:
+    return {rid: k.latent for rid, k in c._temporal.state.regions.items()}
+
+
+def test_closed_loop_decodes_exactly_what_the_encoder_predicts_from(model, frames):
+    edge, sink = codec(model), codec(model)
+    modes = []
+    for i, f in enumerate(frames[:8]):
+        table = regions(shift=16 * (i // 3))  # the person box moves one latent cell now and then
+        coded = edge.compress(f, table, send_rest=(i == 0))
+        modes += list(coded["modes"].values())
+        out = decode(sink, coded, table)
+        assert out["errors"] == {} and not out["needs_refresh"]
+        enc = kept(edge)
+        assert set(out["region_latents"]) == set(enc)
+        for rid, lat in out["region_latents"].items():
+            assert np.array_equal(lat, enc[rid]), (i, rid)
+        assert coded["intra"] == (i == 0)
+    assert modes.count(0) == 3 and modes.count(1) > 5  # intra once, then residuals
+
+
+def test_static_scene_skips_regions_and_reuses_z(model, frames):
+    edge, sink = codec(model), codec(model)
+    first = edge.compress(frames[0], regions(), send_rest=False)
+    again = edge.compress(frames[0], regions(), send_rest=False)
+    assert set(again["modes"].values()) == {2}  # every region skipped
+    size = lambda c: len(c["side"]) + sum(map(len, c["regions"].values()))  # noqa: E731
+    assert size(again) < 0.15 * size(first), (size(again), size(first))
+    assert len(again["side"]) < 25  # z reused: header only
+    a = decode(sink, first, regions())
+    b = decode(sink, again, regions())
+    assert b["errors"] == {}
+    for rid in a["region_latents"]:
+        assert np.array_equal(a["region_latents"][rid], b["region_latents"][rid])
+        assert np.array_equal(a["region_pixels"][rid], b["region_pixels"][rid])
+
+
+def test_a_sink_of_one_task_decodes_its_regions_exactly_like_a_sink_of_all(model, frames):
+    """Region 3 serves classification only, so no detection region may take it as reference;
+    a detection-only sink then decodes its regions bit-exactly every frame."""
+    edge, full, det = codec(model), codec(model), codec(model)
+    for i, f in enumerate(frames[:6]):
+        table = regions()
+        if i >= 2:  # the classification box moves onto the person box's old place
+            table[2] = Region(3, (16, 16, 64, 96), "bag", 0.7, ("classification",))
+            table[0] = Region(1, (96, 0, 144, 80), "person", 0.9, ("detection",))
+        coded = edge.compress(f, table, send_rest=False)
+        a = decode(full, coded, table)
+        b = decode(det, coded, table, keep={1, 2})
+        assert a["errors"] == {} and b["errors"] == {}, (i, b["errors"])
+        for rid in (1, 2):
+            assert np.array_equal(a["region_latents"][rid], b["region_latents"][rid])
+            assert np.array_equal(a["region_pixels"][rid], b["region_pixels"][rid])
+
+
+def test_late_join_and_loss_recover_with_a_requested_refresh(model, frames):
+    edge, early = codec(model), codec(model)
+    coded = [edge.compress(frames[0], regions(), send_rest=False)]
+    decode(early, coded[0], regions())
+    coded.append(edge.compress(frames[1], regions(), send_rest=False))
+    late = codec(model)
+    out = decode(late, coded[1], regions())
+    assert out["needs_refresh"] and set(out["errors"]) == {1, 2, 3}
+    assert all("intra refresh" in e for e in out["errors"].values())
+    # a region payload lost on the way: that region fails next frame, the others do not
+    partial = decode(early, coded[1], regions(), keep={2, 3})
+    assert partial["errors"] == {}
+    nxt = edge.compress(frames[2], regions(), send_rest=False)
+    out = decode(early, nxt, regions())
+    assert set(out["errors"]) == {1} and out["needs_refresh"]
+    # the sink asks (control topic); the next frame is intra and both sinks decode it
+    edge.request_refresh()
+    fresh = edge.compress(frames[3], regions(), send_rest=False)
+    assert fresh["intra"] and set(fresh["modes"].values()) == {0}
+    for sink in (early, late):
+        out = decode(sink, fresh, regions())
+        assert out["errors"] == {} and not out["needs_refresh"]
+        for rid, lat in kept(edge).items():
+            assert np.array_equal(out["region_latents"][rid], lat)
+
+
+def test_intra_period_and_damaged_payloads(model, frames):
+    edge, sink = codec(model, intra_period=3), codec(model)
+    intra = []
+    for i, f in enumerate(frames[:7]):
+        coded = edge.compress(f, regions(), send_rest=False)
+        intra.append(coded["intra"])
+        if i == 4:  # a residual payload with a flipped byte fails alone, without raising
+            bad = dict(coded["regions"])
+            bad[2] = bad[2][:-1] + bytes([bad[2][-1] ^ 0xFF])
+            out = decode(sink, {**coded, "regions": bad}, regions())
+            assert set(out["errors"]) == {2}
+        else:
+            decode(sink, coded, regions())
+    assert intra == [True, False, False, True, False, False, True]
+
+
+def test_temporal_off_codes_every_frame_intra(model, frames):
+    c = CODECS.create({"type": "learned", "temporal": {"enabled": False}}, model=model)
+    coded = [c.compress(f, regions(), send_rest=False) for f in frames[:2]]
+    assert "modes" not in coded[1]  # the stateless per-frame format
+    assert c.descriptor()["config"]["temporal"]["enabled"] is False
+
+
+def test_residual_offsets_fit_picks_the_cheapest_shift():
+    """Residuals much smaller than the hyperprior's scales: the fit lowers the index where
+    that saves bits, and never costs more than offset 0."""
+    rng = np.random.default_rng(0)
+    table = np.exp(np.linspace(np.log(0.11), np.log(256), 64))
+    idx = rng.integers(30, 40, size=(2, 4000))
+    small = np.rint(rng.normal(0, 0.8, size=4000))
+    wide = np.rint(rng.normal(0, table[idx[1]]))
+    sym = np.stack([small, wide]).astype(np.int32)
+    offsets, bits = fit_offsets([(sym, idx)], table)
+    assert offsets[0] > 10 and offsets[1] <= 1
+    assert bits["bits_per_cell_after"] < 0.8 * bits["bits_per_cell_before"]
+    b = residual_bits(np.array([0, 1, 5]), np.array([1.0, 1.0, 1.0]))
+    assert b[0] < b[1] < b[2] and abs(b[0] - -np.log2(0.3829)) < 1e-3
+
+
+def test_stage_t_fits_the_residual_model_on_consecutive_frames(model, tmp_path):
+    """Stage T on the bundled clip: offsets change, the record says how many bits per residual
+    cell the fit saves, and the saved checkpoint carries them (new content hash)."""
+    import copy
+
+    from sdk.codecs.learned.checkpoint import load_pretrained
+    from sdk.codecs.learned.training import TrainConfig, VideoSource, train_codec
+
+    fresh = copy.deepcopy(model)
+    fresh.residual_offsets.zero_()
+    fresh.save_pretrained(tmp_path / "base")
+    before = load_pretrained(tmp_path / "base")
+    cfg = TrainConfig(size="tiny", lambdas=(0.01, 0.02), stages=("T",), out=tmp_path, name="t",
+                      init=tmp_path / "base", videos=[VideoSource(CLIP, 0, 30)],
+                      temporal_pairs=3)
+    res = train_codec(cfg, log=lambda _: None,
+                      boxes_fn=lambda img: [(400, 96, 656, 352), (0, 0, 64, 64)])
+    after = load_pretrained(res["folder"])
+    assert after.hash != before.hash
+    assert after.model.residual_offsets.shape == (2, 16)
+    assert int(after.model.residual_offsets.sum()) > 0
+    fit = after.training["stages"][-1]
+    assert fit["stage"] == "T" and fit["pairs"] == 3
+    for point in fit["rate_points"]:
+        assert point["bits_per_cell_after"] <= point["bits_per_cell_before"]
