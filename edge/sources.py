@@ -75,7 +75,11 @@ class AvSource(Source):
             self.width, self.height = self._s.codec_context.width, self._s.codec_context.height
             rate = self._s.average_rate or self._s.guessed_rate
             self.fps = float(rate) if rate else 25.0
-            self._first = next(self._c.decode(self._s))
+            # one decode generator for the whole file: a second one would start where the
+            # first stopped demuxing and lose the frames still inside the decoder (a short clip
+            # with B-frame delay is all "inside" after the first frame)
+            self._frames = self._c.decode(self._s)
+            self._first = next(self._frames)
             self.width, self.height = self._first.width, self._first.height
         except DiscoverError:
             raise
@@ -91,7 +95,7 @@ class AvSource(Source):
                 if self._first is not None:
                     first, self._first = self._first, None
                     yield first.to_ndarray(format="bgr24")
-                for f in self._c.decode(self._s):
+                for f in self._frames:
                     yield f.to_ndarray(format="bgr24")
                     backoff = 1.0
                 if not self.live:

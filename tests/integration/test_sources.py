@@ -87,3 +87,23 @@ def test_empty_image_folder_and_missing_webcam_are_clear_errors(tmp_path: Path):
         open_source(str(tmp_path))
     with pytest.raises(DiscoverError, match="webcam 97 not found"):
         open_source("97")
+
+
+def test_short_clip_with_decoder_delay_gives_every_frame(tmp_path: Path):
+    """x264 holds frames back (B-frame delay): in a 3-frame clip all of them are still inside
+    the decoder when the first comes out; none may be lost."""
+    path = tmp_path / "short.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(3):
+            img = np.full((64, 64, 3), 40 + 80 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    src = open_source(str(path), fps=None)
+    frames = list(src.frames())
+    src.close()
+    assert len(frames) == 3
+    assert [abs(f.mean() - v) < 4 for f, v in zip(frames, (40, 120, 200), strict=True)] == [True] * 3
