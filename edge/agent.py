@@ -27,7 +27,7 @@ from sdk.framing import frame_messages
 from sdk.grounders import ANY_OBJECT, GROUNDERS
 from sdk.packet import header_size
 from sdk.profiles import load_profile
-from sdk.regions import Region, area_share, box_iou, pad_and_clip
+from sdk.regions import Region, area_share, select_regions
 from sdk.stream import StreamMeta
 from sdk.topics import topic
 from sdk.tracking import TrackingGrounder
@@ -122,35 +122,13 @@ class CameraAgent:
     # -- regions ------------------------------------------------------------------------------
 
     def regions(self, dets: list, width: int, height: int) -> list[Region]:
-        """Keep the boxes some task wants (by label or alias), padded and snapped, best first.
-
-        A box overlapping an already kept one by more than ``edge.dedupe_iou`` (the same object
-        under another class, e.g. a van as truck, bus and car) is not coded again: the kept
-        region serves its tasks too."""
+        """The regions to code: the boxes some task wants, padded, snapped, de-duplicated and
+        merged where that codes fewer cells (``sdk.regions.select_regions``)."""
         g = self.edge.grounder_for(self.cam)
-        out: list[Region] = []
-        raw: list[tuple[float, float, float, float]] = []
-        for d in sorted(dets, key=lambda d: -d.score):
-            if d.score < g.min_score or len(out) >= self.edge.max_regions:
-                continue
-            names = {d.label, *d.aliases}
-            tasks = tuple(t for t in self.cam.tasks
-                          if d.label == ANY_OBJECT or names & self.task_labels[t])
-            if not tasks:
-                continue
-            dup = next((i for i, b in enumerate(raw)
-                        if self.edge.dedupe_iou > 0 and box_iou(b, d.box) > self.edge.dedupe_iou),
-                       None)
-            if dup is not None:
-                kept = out[dup]
-                kept.tasks = tuple(t for t in self.cam.tasks if t in kept.tasks or t in tasks)
-                continue
-            box = pad_and_clip(d.box, g.margin, width, height, self.codec.align)
-            if box is not None:
-                label = d.label if d.label in self._label_set else ANY_OBJECT
-                out.append(Region(len(out), box, label, d.score, tasks))
-                raw.append(d.box)
-        return out
+        return select_regions(dets, self.task_labels, width, height, align=self.codec.align,
+                              margin=g.margin, min_score=g.min_score,
+                              dedupe_iou=self.edge.dedupe_iou, max_regions=self.edge.max_regions,
+                              known_labels=self._label_set, merge=self.edge.merge_regions)
 
     # -- MQTT ---------------------------------------------------------------------------------
 

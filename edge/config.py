@@ -67,6 +67,10 @@ class EdgeSection(BaseModel):
     dedupe_iou: float = Field(0.6, ge=0, le=1, description="boxes overlapping a better one by "
                               "more than this IoU are one object (coded once, serving both "
                               "boxes' tasks); 0 keeps every box")
+    merge_regions: bool = Field(True, description="merge overlapping regions into their bounding "
+                                "box where that codes fewer cells (same tasks, or one inside "
+                                "the other); each region's cells are coded on their own, so an "
+                                "overlap otherwise costs twice")
     connect_timeout_s: float = Field(30.0, gt=0, description="give up if the broker was never "
                                                              "reached in this time")
 

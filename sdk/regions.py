@@ -70,6 +70,85 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def select_regions(dets: Sequence[Detection], task_labels: dict[str, set[str]], width: int,
+                   height: int, *, align: int, margin: float, min_score: float = 0.0,
+                   dedupe_iou: float = 0.6, max_regions: int = 256,
+                   known_labels: set[str] | None = None, merge: bool = True) -> list[Region]:
+    """The regions an edge codes from a grounder's boxes (``CameraAgent.regions`` and the
+    benchmarks use this one function).
+
+    Boxes some task wants (by label or alias; ``object`` serves every task), best first, padded
+    and snapped to the codec grid. A box overlapping a kept one by more than ``dedupe_iou`` is
+    the same object under another class (a van as truck, bus and car): not coded again, the kept
+    region serves its tasks too. Then overlapping regions merge where that codes fewer cells
+    (:func:`merge_overlaps`). Labels outside ``known_labels`` become ``object``."""
+    any_object = "object"  # sdk.grounders.ANY_OBJECT (not imported: grounders import us)
+    order = list(task_labels)
+    out: list[Region] = []
+    raw: list[Sequence[float]] = []
+    for d in sorted(dets, key=lambda d: -d.score):
+        if d.score < min_score or len(out) >= max_regions:
+            continue
+        names = {d.label, *d.aliases}
+        tasks = tuple(t for t in order if d.label == any_object or names & task_labels[t])
+        if not tasks:
+            continue
+        dup = next((i for i, b in enumerate(raw)
+                    if dedupe_iou > 0 and box_iou(b, d.box) > dedupe_iou), None)
+        if dup is not None:
+            kept = out[dup]
+            kept.tasks = tuple(t for t in order if t in kept.tasks or t in tasks)
+            continue
+        box = pad_and_clip(d.box, margin, width, height, align)
+        if box is not None:
+            label = d.label if known_labels is None or d.label in known_labels else any_object
+            out.append(Region(len(out), box, label, float(d.score), tasks))
+            raw.append(d.box)
+    return merge_overlaps(out) if merge else out
+
+
+def merge_overlaps(regions: Sequence[Region]) -> list[Region]:
+    """Merge overlapping regions where one box costs no more cells than the two did.
+
+    A codec codes every region's cells on their own (so each decodes alone), which codes an
+    overlap once per region; nanodet's boxes on a crowded street overlap a lot. Two regions
+    merge into their bounding box when that box's area is at most the sum of theirs, and only
+    when no sink gets more than before: the same tasks, or one box inside the other with the
+    inner one's tasks among the outer one's. The merged region keeps the better-scoring
+    region's label and score and serves both regions' tasks. Repeats until nothing merges;
+    region ids are renumbered in order."""
+    out = [Region(r.rid, r.box, r.label, r.score, tuple(r.tasks)) for r in regions]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                ix = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+                iy = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+                if ix <= 0 or iy <= 0:
+                    continue
+                box = (min(a.box[0], b.box[0]), min(a.box[1], b.box[1]),
+                       max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
+                union_area = (box[2] - box[0]) * (box[3] - box[1])
+                if union_area > a.area + b.area:
+                    continue
+                same = set(a.tasks) == set(b.tasks)
+                inside = (box == a.box and set(b.tasks) <= set(a.tasks)) or \
+                         (box == b.box and set(a.tasks) <= set(b.tasks))
+                if not (same or inside):
+                    continue
+                best = a if a.score >= b.score else b
+                tasks = tuple(dict.fromkeys((*a.tasks, *b.tasks)))
+                out[i] = Region(a.rid, box, best.label, best.score, tasks)
+                del out[j]
+                merged = True
+                break
+            if merged:
+                break
+    return [Region(k, r.box, r.label, r.score, r.tasks) for k, r in enumerate(out)]
+
+
 def area_share(regions: Sequence[Region], width: int, height: int) -> float:
     """Share of the frame covered by the union of the regions' boxes."""
     if not regions or width <= 0 or height <= 0:
