@@ -217,6 +217,13 @@ def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(train_codec(a.args))
 
 
+def cmd_export(a: argparse.Namespace) -> dict[str, Any]:
+    """``discover export codec ...``: the options are tools/export_codec_onnx.py's own."""
+    from tools.export_codec_onnx import main as export_codec
+
+    raise SystemExit(export_codec(a.args))
+
+
 def cmd_config(a: argparse.Namespace) -> dict[str, Any]:
     from discover.config import Deployment
 
@@ -248,19 +255,30 @@ def cmd_ground(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
     from tools.bench_stream import run_bench_stream
 
+    if a.what == "codec":
+        from tools.bench_codec import run_bench_codec
+
+        if a.source:
+            raise DiscoverError("bench codec takes --images DIR and --video FILE, not --source")
+        return run_bench_codec(images=a.images, boxes=a.boxes, video=a.video,
+                               max_frames=a.max_frames, checkpoint=a.checkpoint,
+                               out=a.out or Path("out/bench-codec"), quiet=a.quiet,
+                               grounder=a.grounder or "nanodet")
+    out = a.out or Path("out/bench")
     if a.what == "ground":
         from tools.bench_ground import run_bench_ground
 
-        return run_bench_ground(source=a.source, max_frames=a.max_frames, out=a.out,
+        return run_bench_ground(source=a.source, max_frames=a.max_frames, out=out,
                                 start=a.start, quiet=a.quiet)
     if a.what == "tasks":
         from tools.bench_tasks import run_bench_tasks
 
-        return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=a.out,
+        return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
                                quiet=a.quiet)
     if a.what != "stream":
-        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks")
-    return run_bench_stream(source=a.source, max_frames=a.max_frames, out=a.out,
+        raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
+                            "codec")
+    return run_bench_stream(source=a.source, max_frames=a.max_frames, out=out,
                             broker_url=a.broker, quiet=a.quiet, grounder=a.grounder)
 
 
@@ -324,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("what", choices=["codec"])
     tr.add_argument("args", nargs=argparse.REMAINDER, help="options of tools/train_codec.py")
     tr.set_defaults(func=cmd_train, quiet=False, verbose=0, debug=False, json=False)
+    ex = sub.add_parser("export", help="export the learned codec's edge half to ONNX "
+                                       "(discover export codec --help)")
+    ex.add_argument("what", choices=["codec"])
+    ex.add_argument("args", nargs=argparse.REMAINDER, help="options of tools/export_codec_onnx.py")
+    ex.set_defaults(func=cmd_export, quiet=False, verbose=0, debug=False, json=False)
 
     c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
@@ -342,14 +365,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--annotate-frame", type=int, metavar="I", help="video: frame to annotate")
     g.set_defaults(func=cmd_ground)
 
-    b = sub.add_parser("bench", parents=[common], help="benchmarks (stream, ground, tasks)")
-    b.add_argument("what", choices=["stream", "ground", "tasks"])
-    b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured one)")
+    b = sub.add_parser("bench", parents=[common],
+                       help="benchmarks (stream, ground, tasks, codec)")
+    b.add_argument("what", choices=["stream", "ground", "tasks", "codec"])
+    b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured "
+                   "one); codec: the grounder for the task boxes (default: nanodet)")
     b.add_argument("--source", help="video (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)
     b.add_argument("--start", type=int, default=0, help="ground: first frame of the source "
                    "(vtest.avi's evaluation split starts at 500)")
-    b.add_argument("--out", type=Path, default=Path("out/bench"))
+    b.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: out/bench; codec: out/bench-codec)")
+    bc = b.add_argument_group("codec options")
+    bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
+                    "held-out OpenCV photos, from apt-get install opencv-doc)")
+    bc.add_argument("--boxes", type=Path, help='codec: JSON {"image.jpg": [[x0, y0, x1, y1], '
+                    "...]} task boxes per image (default: found by the grounder)")
+    bc.add_argument("--video", help="codec: also code this video's frames in order (with "
+                    "--max-frames N), against x264 and x265")
+    bc.add_argument("--checkpoint", type=Path, help="codec: learned-codec checkpoint folder "
+                    "(default: the shipped sdk/codecs/learned/checkpoints/small)")
     b.set_defaults(func=cmd_bench)
     return p
 

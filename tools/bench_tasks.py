@@ -40,6 +40,7 @@ import numpy as np
 from discover.progress import Progress
 from sdk.assets import SAMPLE_CLIP
 from sdk.metrics import coco_map
+from sdk.rd import bd_rate_points, overlap_points, rate_ratios
 
 OURS = ("ours_task", "ours_full")
 ANCHORS = ("x265", "x264")
@@ -49,73 +50,17 @@ COLORS = {"ours_task": (0, 0, 220), "ours_full": (0, 140, 255), "x264": (200, 12
 Preds = list[list[tuple[Any, str, float]]]
 
 
-# -- comparison maths -------------------------------------------------------------------------
-
-def _curve(points: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(score, log rate) sorted by score, rate > 0 only."""
-    pts = sorted((p[key], math.log(p["kbps"])) for p in points if p["kbps"] > 0)
-    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-
-
 def overlap(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
             key: str = "det_map50") -> tuple[float, float] | None:
-    """The score interval both curves span, or None (no common range, or a range of zero)."""
-    sa, _ = _curve(a, key)
-    sb, _ = _curve(b, key)
-    if len(sa) < 2 or len(sb) < 2:
-        return None
-    lo, hi = max(sa.min(), sb.min()), min(sa.max(), sb.max())
-    return (float(lo), float(hi)) if hi > lo else None
+    """The score interval both curves span, or None (sdk.rd.overlap_points on kbps)."""
+    return overlap_points(a, b, key)
 
 
 def bd_rate(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
             key: str = "det_map50") -> tuple[float | None, str]:
-    """Bjontegaard delta rate of ``test`` vs ``anchor`` in percent (negative: fewer bits for the
-    same score): log-rate fitted as a polynomial of the score (cubic, or lower with fewer
-    points), integrated over the overlapping score range only. (None, reason) without overlap."""
-    rng = overlap(test, anchor, key)
-    if rng is None:
-        return None, f"no overlap in {key}"
-    lo, hi = rng
-    integrals = []
-    for pts in (test, anchor):
-        s, lr = _curve(pts, key)
-        deg = min(3, len(s) - 1, len(set(s.tolist())) - 1)
-        if deg < 1:
-            return None, "too few distinct scores"
-        poly = np.polyint(np.polyfit(s, lr, deg))
-        integrals.append(np.polyval(poly, hi) - np.polyval(poly, lo))
-    diff = (integrals[0] - integrals[1]) / (hi - lo)
-    return float((math.exp(diff) - 1) * 100), f"{key} range {lo:.3f}..{hi:.3f}"
-
-
-def rate_ratios(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
-                key: str = "det_map50") -> dict[str, Any]:
-    """Rate of ``test`` over rate of ``anchor`` at equal score, at each ``test`` point whose score
-    lies in the anchor's range (anchor log-rate interpolated linearly in score)."""
-    sa, la = _curve(anchor, key)
-    if len(sa) < 2:
-        return {"overlap": False, "note": "anchor has fewer than 2 points"}
-    # interpolate over the anchor's score-sorted points; equal scores keep the cheapest rate
-    uniq: dict[float, float] = {}
-    for s, lr in zip(sa.tolist(), la.tolist(), strict=True):
-        uniq[s] = min(lr, uniq.get(s, lr))
-    xs = np.array(sorted(uniq))
-    ys = np.array([uniq[x] for x in xs])
-    out = []
-    for p in test:
-        s = p[key]
-        if p["kbps"] <= 0 or not xs[0] <= s <= xs[-1]:
-            continue
-        anchor_kbps = math.exp(float(np.interp(s, xs, ys)))
-        out.append({"point": p["point"], key: round(s, 4), "kbps": p["kbps"],
-                    "anchor_kbps": round(anchor_kbps, 2),
-                    "ratio": round(p["kbps"] / anchor_kbps, 4)})
-    if not out:
-        return {"overlap": False, "note": f"no point of ours lies in the anchor's {key} range "
-                f"{xs[0]:.3f}..{xs[-1]:.3f}; no extrapolated comparison"}
-    return {"overlap": True, "points": out,
-            "median_ratio": round(float(np.median([o["ratio"] for o in out])), 4)}
+    """Bjontegaard delta rate of ``test`` vs ``anchor`` in percent on kbps (sdk.rd, cubic fit,
+    overlapping score range only); (None, reason) without overlap."""
+    return bd_rate_points(test, anchor, key)
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -133,7 +78,7 @@ def _video(frames: list[np.ndarray], fps: float, encoder: str, crf: int,
     enc.framerate = Fraction(rate, 1)
     opts = {"crf": str(crf)}
     if encoder == "libx265":
-        opts["x265-params"] = "log-level=error"
+        opts["x265-params"] = "log-level=error:info=0"  # no 2 KB version SEI in the bits
     if encoder == "libsvtav1":
         opts["preset"] = "10"
         os.environ.setdefault("SVT_LOG", "1")  # errors only, not the config banner
