@@ -211,7 +211,11 @@ def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
-    """``discover train codec ...``: the options are tools/train_codec.py's own."""
+    """``discover train codec|control ...``: the options are tools/train_<what>.py's own."""
+    if a.what == "control":
+        from tools.train_control import main as train_control
+
+        raise SystemExit(train_control(a.args))
     from tools.train_codec import main as train_codec
 
     raise SystemExit(train_codec(a.args))
@@ -274,7 +278,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
         from tools.bench_tasks import run_bench_tasks
 
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
-                               quiet=a.quiet)
+                               quiet=a.quiet, codec=a.codec, checkpoint=a.checkpoint)
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
                             "codec")
@@ -338,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--force", action="store_true", help="ask the model even if cached")
     pf.set_defaults(func=cmd_profile)
 
-    tr = sub.add_parser("train", help="train the learned codec (discover train codec --help)")
-    tr.add_argument("what", choices=["codec"])
-    tr.add_argument("args", nargs=argparse.REMAINDER, help="options of tools/train_codec.py")
+    tr = sub.add_parser("train", help="train the learned codec or the diffusion composer's "
+                                      "control module (discover train codec|control --help)")
+    tr.add_argument("what", choices=["codec", "control"])
+    tr.add_argument("args", nargs=argparse.REMAINDER,
+                    help="options of tools/train_codec.py or tools/train_control.py")
     tr.set_defaults(func=cmd_train, quiet=False, verbose=0, debug=False, json=False)
     ex = sub.add_parser("export", help="export the learned codec's edge half to ONNX "
                                        "(discover export codec --help)")
@@ -376,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(vtest.avi's evaluation split starts at 500)")
     b.add_argument("--out", type=Path, default=None,
                    help="output folder (default: out/bench; codec: out/bench-codec)")
+    b.add_argument("--codec", choices=["classical", "learned"], default="classical",
+                   help="tasks: the edge codec of 'ours' (learned: every rate point of the "
+                        "checkpoint, temporal prediction on)")
     bc = b.add_argument_group("codec options")
     bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
                     "held-out OpenCV photos, from apt-get install opencv-doc)")
@@ -383,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "...]} task boxes per image (default: found by the grounder)")
     bc.add_argument("--video", help="codec: also code this video's frames in order (with "
                     "--max-frames N), against x264 and x265")
-    bc.add_argument("--checkpoint", type=Path, help="codec: learned-codec checkpoint folder "
+    bc.add_argument("--checkpoint", type=Path, help="codec, tasks: learned-codec checkpoint folder "
                     "(default: the shipped sdk/codecs/learned/checkpoints/small)")
     b.set_defaults(func=cmd_bench)
     return p

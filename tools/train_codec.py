@@ -23,9 +23,26 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """Training data and bookkeeping options (shared with tools/train_control.py)."""
+    from sdk.codecs.learned.training import VTEST
+
+    ap.add_argument("--video", type=Path, action="append",
+                    help=f"training video (default {VTEST}, frames 0-499)")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--last", type=int, default=499,
+                    help="last frame (vtest.avi is capped at 499: 500 on is the evaluation split)")
+    ap.add_argument("--stride", type=int, default=2, help="take every n-th frame")
+    ap.add_argument("--images", type=Path, action="append", help="folder of extra stills")
+    ap.add_argument("--no-skimage", action="store_true", help="leave out scikit-image's photos")
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT
-    from sdk.codecs.learned.training import DEFAULT_LAMBDAS, VTEST
+    from sdk.codecs.learned.training import DEFAULT_LAMBDAS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="small", choices=["tiny", "small", "paper"])
@@ -48,17 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stage II masks up to this share of the latent (default 0.5)")
     ap.add_argument("--init", type=Path, help="start from this checkpoint folder")
     ap.add_argument("--out", type=Path, default=CHECKPOINT_ROOT)
-    ap.add_argument("--video", type=Path, action="append",
-                    help=f"training video (default {VTEST}, frames 0-499)")
-    ap.add_argument("--first", type=int, default=0)
-    ap.add_argument("--last", type=int, default=499,
-                    help="last frame (vtest.avi is capped at 499: 500 on is the evaluation split)")
-    ap.add_argument("--stride", type=int, default=2, help="take every n-th frame")
-    ap.add_argument("--images", type=Path, action="append", help="folder of extra stills")
-    ap.add_argument("--no-skimage", action="store_true", help="leave out scikit-image's photos")
-    ap.add_argument("--save-every", type=int, default=1000)
-    ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
+    add_data_arguments(ap)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", action="store_true", help="one-line JSON summary on stdout")

@@ -28,7 +28,6 @@ is downloaded unless ``allow_download`` is set. Image preprocessing follows the 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +42,7 @@ from pydantic import Field
 
 from sdk.errors import DiscoverError
 from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from sdk.hub import is_path_like, short_reason
 from sdk.regions import Detection
 
 if TYPE_CHECKING:
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
-#: a Hugging Face model id: ``name`` or ``owner/name``
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _CHUNK_CACHE = 8  # label lists whose chunks are kept (labels rarely change)
 
 
@@ -337,16 +335,6 @@ class LoadedModel:
     device: Any  # torch.device
 
 
-def _reason(e: BaseException) -> str:
-    """First line of an exception, short, for a one-line error."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{e.__class__.__name__}: {text[:200]}" if text else e.__class__.__name__
-
-
-def _is_path_like(model: str) -> bool:
-    """True if ``model`` can only be a folder path (not a Hugging Face model id)."""
-    return (os.path.isabs(model) or model.startswith((".", "~")) or "\\" in model
-            or not _HUB_ID.match(model))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -371,7 +359,7 @@ def load_model(model: str, revision: str | None = None, allow_download: bool = F
         from transformers import AutoConfig, AutoTokenizer, GroundingDinoForObjectDetection
         from transformers.image_processing_base import ImageProcessingMixin
     except ImportError as e:
-        raise DiscoverError(f"grounder 'grounding-dino' needs torch and transformers ({_reason(e)}); "
+        raise DiscoverError(f"grounder 'grounding-dino' needs torch and transformers ({short_reason(e)}); "
                             "install them: pip install 'discover-sdk[grounding]'") from None
 
     folder = Path(model).expanduser()
@@ -379,7 +367,7 @@ def load_model(model: str, revision: str | None = None, allow_download: bool = F
     get_it = (f"on a machine with internet run `hf download {DEFAULT_MODEL} --local-dir DIR` "
               "(older huggingface_hub: huggingface-cli download ...), copy DIR here and set "
               "grounder.model to it")
-    if not local and _is_path_like(model):
+    if not local and is_path_like(model):
         raise DiscoverError(f"grounding-dino model folder {model} does not exist; {get_it}")
     source = str(folder) if local else model
     kw: dict[str, Any] = {"local_files_only": local or not allow_download}
@@ -399,7 +387,7 @@ def load_model(model: str, revision: str | None = None, allow_download: bool = F
     except DiscoverError:
         raise
     except Exception as e:  # transformers/hub raise OSError, ValueError, HF errors...
-        why = _reason(e)
+        why = short_reason(e)
         if local:
             msg = (f"cannot load grounding-dino model from folder {source} ({why}); it must hold "
                    "config.json, the weights, the tokenizer and preprocessor_config.json as "

@@ -280,7 +280,7 @@ def test_deployment_cameras_and_sink_from_set_and_env(tmp_path):
 
 @pytest.mark.parametrize(("sets", "match"), [
     (["edge.codec.type=elic"], "classical"),                # unknown backend names the choice
-    (["sink.composer.type=diffusion"], "direct"),
+    (["sink.composer.type=dreamy"], "direct"),
     (["edge.codec.quality=0"], r"edge\.codec\.quality"),
     (["prefix=a/+/b"], "topic prefix"),
     (["edge.cameras.0.id=bad id", "edge.cameras.0.source=x"], "camera id"),
