@@ -128,14 +128,15 @@ def _jpeg(frames: list[np.ndarray], q: int) -> tuple[int, list[np.ndarray]]:
 class OursPipeline:
     """The edge's grounder -> regions -> codec -> packets, in process, then decode + compose."""
 
-    def __init__(self, source: str, frames: list[np.ndarray], rest_interval: int) -> None:
+    def __init__(self, source: str, frames: list[np.ndarray], rest_interval: int,
+                 codec: dict[str, Any] | None = None) -> None:
         from edge.agent import CameraAgent
         from edge.config import CameraConfig, EdgeSection
         from sdk.transport.broker import BrokerConfig
 
         cam = CameraConfig(id="bench", source=source, tasks=["detection"],
                            rest_interval=rest_interval)
-        edge = EdgeSection(grounder={"type": "nanodet"}, codec={"type": "classical"})
+        edge = EdgeSection(grounder={"type": "nanodet"}, codec=codec or {"type": "classical"})
         self.agent = CameraAgent(cam, edge, BrokerConfig(), "bench")
         self.agent.source.close()  # frames come from memory
         h, w = frames[0].shape[:2]
@@ -151,7 +152,9 @@ class OursPipeline:
         from sink.composers import COMPOSERS
 
         agent = self.agent
+        # a fresh codec per run: temporal codecs start from an intra frame
         codec = CODECS.create({**agent.edge.codec_for(agent.cam).model_dump(), "quality": quality})
+        sink_codec = CODECS.create(codec.descriptor()["config"])
         composer = COMPOSERS.create({"type": "background" if full else "direct"})
         h, w = self.frames[0].shape[:2]
         every = agent.cam.rest_interval
@@ -160,9 +163,10 @@ class OursPipeline:
             send_rest = full and every > 0 and i % every == 0
             coded = codec.compress(img, regions, send_rest)
             msgs = frame_messages("bench", agent.meta, i, 0, regions, coded,
-                                  max_packet=agent.edge.max_packet, intra=True)
+                                  max_packet=agent.edge.max_packet,
+                                  intra=bool(coded.get("intra", True)))
             size += sum(len(p) for _, p in msgs)
-            dec = codec.decompress({"side": coded["side"], "regions": coded["regions"],
+            dec = sink_codec.decompress({"side": coded["side"], "regions": coded["regions"],
                                     "rest": coded.get("rest"), "table": regions, "size": (w, h)})
             out.append(composer.compose(dec, {"frame": i, "regions": regions}))
         return size, out
@@ -223,7 +227,8 @@ def plot(settings: dict[str, dict[str, Any]], path: Path, title: str) -> None:
 
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     out: Path = Path("out/bench"), quiet: bool = False, *,
-                    qualities: Sequence[int] = (30, 50, 75, 90),
+                    qualities: Sequence[int] | None = None,
+                    codec: str = "classical", checkpoint: Path | None = None,
                     x264_crfs: Sequence[int] = (23, 30, 37, 44, 51),
                     x265_crfs: Sequence[int] = (23, 30, 37, 44, 51),
                     av1_crfs: Sequence[int] = (30, 40, 50, 60),
@@ -265,7 +270,13 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                 "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()}}
 
     jobs: list[tuple[str, str, Callable[[], tuple[int, list[np.ndarray]]]]] = []
-    ours = OursPipeline(src, frames, rest_interval)
+    codec_cfg: dict[str, Any] = {"type": codec}
+    if codec == "learned":
+        codec_cfg["checkpoint"] = str(checkpoint) if checkpoint else None
+    ours = OursPipeline(src, frames, rest_interval, codec_cfg)
+    if qualities is None:
+        points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
+        qualities = tuple(range(1, points + 1)) if points else (30, 50, 75, 90)
     for q in qualities:
         jobs.append(("ours_task", f"q{q}", lambda q=q: ours.run(q, full=False)))
     for q in qualities:
@@ -325,6 +336,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "min_refs": min_refs, "headline_classes": {c: counts[c] for c in headline},
         "excluded_classes": {c: k for c, k in sorted(counts.items()) if c not in headline},
         "ours_task_area_share": round(ours.area_share, 4),
+        "ours_codec": {"type": codec, "checkpoint": ours.agent.codec.checkpoint_hash()},
         "settings": settings, "comparisons": comparisons, **summary,
         "wall_s": round(time.monotonic() - t_start, 1),
     }

@@ -75,3 +75,23 @@ def test_cli(tmp_path: Path) -> None:
     r = json.loads(p.stdout.splitlines()[-1])
     assert r["frames"] == 3 and "x265" in r["settings"]
     assert (tmp_path / "tasks.json").is_file() and (tmp_path / "tasks_rate.png").is_file()
+
+
+def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: Path) -> None:
+    """``--codec learned``: ours runs at each rate point of the checkpoint (a tiny random one
+    here), with temporal prediction on, so later frames cost less than the first."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressai")
+    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+
+    torch.manual_seed(0)
+    DiscoverCodecModel(ModelConfig.preset("tiny", steps=(2.0, 1.0))).save_pretrained(
+        tmp_path / "ck")
+    r = run_bench_tasks(max_frames=4, out=tmp_path / "out", quiet=True, codec="learned",
+                        checkpoint=tmp_path / "ck", x264_crfs=(44,), x265_crfs=(44,),
+                        av1_crfs=(55,), jpeg_qualities=(50,), min_refs=1)
+    assert r["ours_codec"]["type"] == "learned" and len(r["ours_codec"]["checkpoint"]) == 16
+    task = r["settings"]["ours_task"]
+    assert [p["point"] for p in task["points"]] == ["q1", "q2"]
+    assert all(k > 0 for k in task["kbps"])
+    assert all(0.0 <= m <= 1.0 for m in task["det_map50"])
