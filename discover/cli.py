@@ -278,12 +278,15 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
         from tools.bench_tasks import run_bench_tasks
 
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
-                               quiet=a.quiet, codec=a.codec, checkpoint=a.checkpoint)
+                               quiet=a.quiet, codec=a.codec or "learned",
+                               checkpoint=a.checkpoint,
+                               tasks=a.tasks.split(","))
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
                             "codec")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=out,
-                            broker_url=a.broker, quiet=a.quiet, grounder=a.grounder)
+                            broker_url=a.broker, quiet=a.quiet, grounder=a.grounder,
+                            codec=a.codec)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -297,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common], help="broker + edge + sinks on the sample clip")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    d.add_argument("--max-frames", type=int, default=None, help="frames of the clip to use")
+    d.add_argument("--max-frames", type=int, default=None,
+                   help="frames of the clip to use (default 30; the clip has 100)")
     d.add_argument("--local-broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     d.set_defaults(func=cmd_demo)
 
@@ -382,9 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(vtest.avi's evaluation split starts at 500)")
     b.add_argument("--out", type=Path, default=None,
                    help="output folder (default: out/bench; codec: out/bench-codec)")
-    b.add_argument("--codec", choices=["classical", "learned"], default="classical",
-                   help="tasks: the edge codec of 'ours' (learned: every rate point of the "
-                        "checkpoint, temporal prediction on)")
+    b.add_argument("--codec", choices=["classical", "learned"], default=None,
+                   help="stream: the edge's codec (default: the configured one); tasks: the "
+                        "codec of 'ours' (default learned: every rate point of the checkpoint, "
+                        "temporal prediction on; classical: WebP q30-90)")
+    b.add_argument("--tasks", default="det,cls,seg", help="tasks: task models scored on every "
+                   "decoded frame, comma-separated of det, cls, seg (default: all three)")
     bc = b.add_argument_group("codec options")
     bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
                     "held-out OpenCV photos, from apt-get install opencv-doc)")

@@ -126,6 +126,12 @@ def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: Method
     raise ValueError(f"unknown BD fit {method!r}; use 'cubic' or 'pchip'")
 
 
+def _monotone(log_rate: np.ndarray, quality: np.ndarray, tol: float = 1e-9) -> bool:
+    """Quality never falls as the rate rises (ties allowed)."""
+    order = np.argsort(log_rate, kind="stable")
+    return bool(np.all(np.diff(quality[order]) >= -tol))
+
+
 def _shared(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
     if len(np.unique(a)) < 2 or len(np.unique(b)) < 2:
         return None
@@ -141,6 +147,12 @@ def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
     left out."""
     la, qa = _clean(rate_anchor, quality_anchor)
     lt, qt = _clean(rate_test, quality_test)
+    for name, lr, q in (("anchor", la, qa), ("test", lt, qt)):
+        if not _monotone(lr, q):
+            # log-rate as a function of quality does not exist: a fit through such points
+            # can swing to any value (Bjontegaard assumes quality rises with rate)
+            return None, (f"{name} quality does not rise with rate; compare the rate ratio at "
+                          "matched quality instead")
     rng = _shared(qa, qt)
     if rng is None:
         if len(np.unique(qa)) < 2 or len(np.unique(qt)) < 2:

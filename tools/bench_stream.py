@@ -43,7 +43,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_pair(source: str, broker: str, frames: int | None, out: Path, realtime: bool,
-              prog: Progress, label: str, grounder: str | None = None) -> dict[str, Any]:
+              prog: Progress, label: str, grounder: str | None = None,
+              codec: str | None = None) -> dict[str, Any]:
     """Start a sink process, run an edge process to the end, collect both summaries + timings."""
     out.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "discover"]
@@ -60,6 +61,8 @@ def _run_pair(source: str, broker: str, frames: int | None, out: Path, realtime:
         edge_cmd.append("--realtime")
     if grounder:
         edge_cmd += ["--grounder", grounder]
+    if codec:
+        edge_cmd += ["--set", f"edge.codec.type={codec}"]
     sink = subprocess.Popen(sink_cmd + ["-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     ready = threading.Event()
@@ -116,15 +119,17 @@ def _latency(run: dict[str, Any]) -> dict[str, Any]:
 
 def run_bench_stream(source: str | None = None, max_frames: int | None = None,
                      out: Path = Path("out/bench"), broker_url: str | None = None,
-                     quiet: bool = False, grounder: str | None = None) -> dict[str, Any]:
+                     quiet: bool = False, grounder: str | None = None,
+                     codec: str | None = None) -> dict[str, Any]:
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench stream", enabled=not quiet)
     local = None if broker_url else LocalBroker("mosquitto").start()
     url = broker_url or local.url
     try:
-        paced = _run_pair(src, url, max_frames, out / "paced", True, prog, "paced run", grounder)
+        paced = _run_pair(src, url, max_frames, out / "paced", True, prog, "paced run", grounder,
+                          codec)
         fast = _run_pair(src, url, max_frames, out / "asap", False, prog,
-                         "as-fast-as-possible run", grounder)
+                         "as-fast-as-possible run", grounder, codec)
     finally:
         prog.done()
         if local is not None:
@@ -135,6 +140,7 @@ def run_bench_stream(source: str | None = None, max_frames: int | None = None,
     probe.close()
     summary = {
         "source": src, "frames": fe["frames"], "grounder": grounder or "default",
+        "codec": codec or "default",
         "frames_received_paced": paced["sink"]["frames"], "frames_received_asap": fs["frames"],
         "dropped_paced": pe["dropped"] + paced["sink"]["dropped"],
         "dropped_asap": fe["dropped"] + fs["dropped"],

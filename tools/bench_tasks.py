@@ -18,8 +18,39 @@ Settings:
 Bits are real bytes: MQTT packets from sdk.framing.frame_messages for ours, encoded packets for
 the anchors. Comparisons (ours vs x265, x264) are made only where the det_map50 ranges overlap:
 the rate ratio at matched score (log-rate interpolation) and the Bjontegaard delta rate (cubic
-fit of log-rate over score); no extrapolation. Writes ``<out>/tasks.json`` and
-``<out>/tasks_rate.png``.
+fit of log-rate over score); no extrapolation. Writes ``<out>/tasks.json``,
+``<out>/tasks_rate.png`` and ``<out>/side_by_side.png``.
+
+More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, ``seg``):
+
+* ``cls_top1`` (``cls``): top-1 agreement of the offline classifier (``efficientnet-lite0``,
+  the sink task model, per-region mode) on the decoded frame with its own answer on the
+  original frame, **per object crop**: the crops are the NanoDet reference boxes of the
+  originals (all classes, score >= ``ref_score``; the ``cls_max_regions`` largest per frame),
+  the same crops on both sides, cut as the sink cuts them (square window, 15 % context). Per
+  crop, not whole frame: a street view holds many objects and one ImageNet label for the whole
+  frame describes none of them (and ours_task has nothing outside its regions); per crop it
+  asks "does the classifier still see the same thing in each object". The fraction of crops
+  whose top-1 class is unchanged, over all crops of all frames.
+* ``seg_miou`` (``seg``): the offline person-mask model (``person-mask``, crops mode, as the
+  sink runs it) given the NanoDet reference *person* boxes as its region table, on decoded vs
+  original frames: mean IoU **per person instance** (instances matched by box id; an instance
+  only one side finds counts IoU 0, one neither finds is left out). Per instance rather than a
+  whole-frame union: small people would drown in the union of the large ones.
+* ``psnr`` and ``ms_ssim`` (sdk.rd, RGB, whole frame), mean over frames; ``psnr_task``: PSNR
+  inside the union of ours' task regions (the pixels ours codes, the same mask for every
+  setting). Always computed (``ms_ssim_every`` > 1 samples every k-th frame for MS-SSIM only,
+  a cost knob for tests; default every frame).
+* BD-rates and matched-rate ratios on every score (``bd_rate_<score>_vs_<anchor>``, ``_full_``
+  for ours_full), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
+* ``sink_fps`` {composer: frames/s}: one sink worker (sink.pipeline.SinkPipeline, reassembly
+  -> decompress -> compose -> the ``nanodet`` detection task model) fed the MQTT packets of
+  ours_full at one rate point (the middle quality), for ``direct`` and ``background`` (and
+  ``diffusion`` only when ``diffusion_weights`` names its folder; skipped with a note
+  otherwise), on this machine's CPU, in the same run.
+* per point ``per_class``: AP@0.5, AP@[.5:.95] and the reference box count per class.
+* ``side_by_side.png``: the middle frame, original / ours_task / ours_full / x265, each coded
+  setting at its lowest-rate point, labelled.
 """
 
 from __future__ import annotations
@@ -141,12 +172,17 @@ class OursPipeline:
         self.agent.source.close()  # frames come from memory
         h, w = frames[0].shape[:2]
         self.frames = frames
+        self.kept: tuple[Any, list[list[tuple[str, bytes]]]] | None = None
         self.regions = [self.agent.regions(self.agent.tracker.ground(f, self.agent.labels), w, h)
                         for f in frames]
         self.area_share = float(np.mean([sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1])
                                               for r in rs) / (w * h) for rs in self.regions]))
 
-    def run(self, quality: int, full: bool) -> tuple[int, list[np.ndarray]]:
+    def run(self, quality: int, full: bool, keep: bool = False) -> tuple[int, list[np.ndarray]]:
+        """Bytes and composed frames at ``quality``; ``keep``: also keep the stream descriptor
+        and every frame's MQTT packets in ``self.kept`` (for the sink throughput run)."""
+        from dataclasses import replace
+
         from sdk.codecs import CODECS
         from sdk.framing import frame_messages
         from sink.composers import COMPOSERS
@@ -159,6 +195,7 @@ class OursPipeline:
         h, w = self.frames[0].shape[:2]
         every = agent.cam.rest_interval
         size, out = 0, []
+        kept: list[list[tuple[str, bytes]]] = []
         for i, (img, regions) in enumerate(zip(self.frames, self.regions, strict=True)):
             send_rest = full and every > 0 and i % every == 0
             coded = codec.compress(img, regions, send_rest)
@@ -166,16 +203,70 @@ class OursPipeline:
                                   max_packet=agent.edge.max_packet,
                                   intra=bool(coded.get("intra", True)))
             size += sum(len(p) for _, p in msgs)
+            if keep:
+                kept.append(msgs)
             dec = sink_codec.decompress({"side": coded["side"], "regions": coded["regions"],
                                     "rest": coded.get("rest"), "table": regions, "size": (w, h)})
             out.append(composer.compose(dec, {"frame": i, "regions": regions}))
+        if keep:
+            self.kept = (replace(agent.meta, codec=codec.descriptor()), kept)
         return size, out
+
+
+def sink_fps(meta: Any, messages: list[list[tuple[str, bytes]]],
+             composer: dict[str, Any], prefix: str = "bench") -> float:
+    """Frames per second of one sink worker (SinkPipeline: reassembly, decompress, compose, the
+    ``nanodet`` detection task model; no files, nothing published) fed ``messages`` frame by
+    frame, as its worker loop takes them. Model loading is outside the clock."""
+    from sdk.topics import topic
+    from sink.config import SinkSection
+    from sink.pipeline import SinkPipeline
+
+    section = SinkSection.model_validate({
+        "tasks": list(meta.tasks), "composer": composer, "output": "none",
+        "publish_results": False, "task_models": {t: {"type": "nanodet"} for t in meta.tasks}})
+    pipe = SinkPipeline(section, prefix)
+    pipe.feed(topic(prefix, meta.camera, "meta"), meta.to_json())
+    t0 = time.perf_counter()
+    for msgs in messages:
+        for t, payload in msgs:
+            pipe.feed(t, payload)
+        pipe.process_ready()
+    pipe.process_ready(flush=True)
+    dt = time.perf_counter() - t0
+    pipe.close()
+    if pipe.frames_out != len(messages):
+        raise RuntimeError(f"sink ({composer.get('type')}) delivered {pipe.frames_out} of "
+                           f"{len(messages)} frames")
+    return round(len(messages) / dt, 2) if dt > 0 else 0.0
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], path: Path) -> None:
+    """The images side by side (width: the sum of theirs), each under a 28 px label strip."""
+    h = max(im.shape[0] for _, im in panels)
+    cols = []
+    for label, im in panels:
+        col = np.full((h + 28, im.shape[1], 3), 255, np.uint8)
+        col[28:28 + im.shape[0]] = im
+        cv2.putText(col, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        cv2.line(col, (0, 0), (0, h + 27), (255, 255, 255), 2)
+        cols.append(col)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.hstack(cols)):
+        raise RuntimeError(f"could not write {path}")
+
+
+def _int_box(box: Sequence[float], w: int, h: int) -> tuple[int, int, int, int]:
+    x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
+    return x0, y0, min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
 
 
 # -- plot -------------------------------------------------------------------------------------
 
-def plot(settings: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """det_map50 against kbps (log) per setting, drawn with OpenCV."""
+def plot(settings: dict[str, dict[str, Any]], path: Path, title: str,
+         key: str = "det_map50", label: str = "det mAP@0.5 vs NanoDet on originals") -> None:
+    """``key`` (a 0..1 score, default det_map50) against kbps (log) per setting, with OpenCV."""
     w, h, ml, mr, mt, mb = 900, 560, 70, 170, 50, 60
     img = np.full((h, w, 3), 255, np.uint8)
     pts = [p for s in settings.values() for p in s.get("points", []) if p["kbps"] > 0]
@@ -203,15 +294,16 @@ def plot(settings: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         cv2.line(img, (ml, y), (w - mr, y), (225, 225, 225), 1)
         cv2.putText(img, f"{ap:.1f}", (ml - 35, y + 4), font, 0.4, (0, 0, 0), 1)
     cv2.putText(img, "kbps (log)", (ml + 300, h - 20), font, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, "det mAP@0.5 vs NanoDet on originals", (8, mt - 15), font, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, label, (8, mt - 15), font, 0.5, (0, 0, 0), 1)
     cv2.putText(img, title, (ml + 330, 25), font, 0.5, (0, 0, 0), 1)
     legend_y = mt + 10
     for name, s in settings.items():
-        ps = sorted((p for p in s.get("points", []) if p["kbps"] > 0), key=lambda p: p["kbps"])
+        ps = sorted((p for p in s.get("points", []) if p["kbps"] > 0 and p.get(key) is not None),
+                    key=lambda p: p["kbps"])
         if not ps:
             continue
         col = COLORS.get(name, (0, 0, 0))
-        line = [xy(p["kbps"], p["det_map50"]) for p in ps]
+        line = [xy(p["kbps"], p[key]) for p in ps]
         cv2.polylines(img, [np.array(line, np.int32)], False, col, 2, cv2.LINE_AA)
         for x, y in line:
             cv2.circle(img, (x, y), 4, col, -1, cv2.LINE_AA)
@@ -225,6 +317,12 @@ def plot(settings: dict[str, dict[str, Any]], path: Path, title: str) -> None:
 
 # -- run --------------------------------------------------------------------------------------
 
+TASKS = ("det", "cls", "seg")
+#: score key per short name, as the BD-rate keys name them (bd_rate_<short>_vs_<anchor>)
+SCORES = {"det": "det_map50", "cls": "cls_top1", "seg": "seg_miou", "psnr": "psnr",
+          "psnr_task": "psnr_task", "msssim": "ms_ssim"}
+
+
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     out: Path = Path("out/bench"), quiet: bool = False, *,
                     qualities: Sequence[int] | None = None,
@@ -234,17 +332,31 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     av1_crfs: Sequence[int] = (30, 40, 50, 60),
                     jpeg_qualities: Sequence[int] = (10, 30, 50, 75, 90),
                     rest_interval: int = 10, min_refs: int = 20, ref_score: float = 0.3,
-                    pred_score: float = 0.05) -> dict[str, Any]:
+                    pred_score: float = 0.05, tasks: Sequence[str] = TASKS,
+                    cls_max_regions: int = 6, ms_ssim_every: int = 1,
+                    sink_composers: Sequence[str] = ("direct", "background"),
+                    diffusion_weights: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``."""
+    from sdk import masks
     from sdk.models.nanodet import NanoDet
+    from sdk.rd import masked_psnr, ms_ssim, psnr
+    from sdk.regions import Region
     from tools.bench_ground import load_frames
 
+    tasks = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    if not tasks or set(tasks) - set(TASKS):
+        from sdk.errors import DiscoverError
+
+        raise DiscoverError(f"bench tasks: --tasks takes a comma-separated subset of "
+                            f"{','.join(TASKS)} (got {','.join(tasks) or 'nothing'})")
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench tasks", enabled=not quiet)
     t_start = time.monotonic()
     frames, fps = load_frames(src, 0, max_frames)
     n, (h, w) = len(frames), frames[0].shape[:2]
     fps = fps or 10.0
-    prog.update(f"{n} frames {w}x{h} of {src}", force=True)
+    mid = n // 2
+    prog.update(f"{n} frames {w}x{h} of {src}; tasks {','.join(tasks)}", force=True)
     model = NanoDet()
 
     def detect(imgs: list[np.ndarray], thr: float) -> Preds:
@@ -262,25 +374,108 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     prog.update(f"reference: {sum(counts.values())} boxes; headline classes {headline}",
                 force=True)
 
+    # -- classification and segmentation references: the task models on the originals -------
+    def table(f: int, task: str, person: bool) -> list[Region]:
+        out_ = []
+        for i, (b, lb, sc) in enumerate(ref_full[f]):
+            if person and lb != "person":
+                continue
+            box = _int_box(b, w, h)
+            if box[2] > box[0] and box[3] > box[1]:
+                out_.append(Region(i, box, lb, sc, (task,)))
+        return out_
+
+    cls_model = seg_model = None
+    cls_tables: list[list[Region]] = []
+    seg_tables: list[list[Region]] = []
+    if "cls" in tasks:
+        from sink.tasks import TASK_MODELS
+
+        cls_model = TASK_MODELS.create({"type": "efficientnet-lite0", "top_k": 1,
+                                        "max_regions": cls_max_regions, "device": "cpu"})
+        cls_tables = [table(f, "classification", False) for f in range(n)]
+    if "seg" in tasks:
+        from sink.tasks import TASK_MODELS
+
+        seg_model = TASK_MODELS.create({"type": "person-mask"})
+        seg_tables = [table(f, "segmentation", True) for f in range(n)]
+
+    def classify(img: np.ndarray, f: int) -> dict[int, int]:
+        assert cls_model is not None
+        r = cls_model.run(img, {"task": "classification", "regions": cls_tables[f]})
+        return {e["id"]: e["top"][0]["index"] for e in r["regions"]}
+
+    def segment(img: np.ndarray, f: int) -> dict[int, np.ndarray]:
+        assert seg_model is not None
+        r = seg_model.run(img, {"task": "segmentation", "regions": seg_tables[f]})
+        return {e["id"]: masks.decode(e["segmentation"]) for e in r["masks"]}
+
+    ref_cls = [classify(frames[f], f) for f in range(n)] if cls_model else []
+    ref_seg = [segment(frames[f], f) for f in range(n)] if seg_model else []
+    # ours' task pixels: the union of its region boxes per frame (psnr_task for every setting)
+    ours_masks: list[np.ndarray] = []
+
     def score(size: int, decoded: list[np.ndarray], point: str) -> dict[str, Any]:
-        m = coco_map(detect(decoded, pred_score), refs)
-        return {"point": point, "bytes": size, "kbps": round(size * 8 / 1000 / (n / fps), 2),
-                "bpp": round(size * 8 / (n * w * h), 5), "det_map50": round(m["map_50"], 4),
-                "det_map": round(m["map_50_95"], 4),
-                "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()}}
+        p: dict[str, Any] = {"point": point, "bytes": size,
+                             "kbps": round(size * 8 / 1000 / (n / fps), 2),
+                             "bpp": round(size * 8 / (n * w * h), 5)}
+        if "det" in tasks:
+            m = coco_map(detect(decoded, pred_score), refs)
+            p.update({"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
+                      "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
+                      "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
+                                        "ap": round(m["per_class_50_95"][k], 4),
+                                        "refs": m["references"][k]}
+                                    for k in m["per_class_50"]}})
+        if cls_model is not None:
+            same = total = 0
+            for f, img in enumerate(decoded):
+                got = classify(img, f)
+                for rid, idx in ref_cls[f].items():
+                    total += 1
+                    same += int(got.get(rid) == idx)
+            p["cls_top1"] = round(same / total, 4) if total else None
+            p["cls_crops"] = total
+        if seg_model is not None:
+            ious = []
+            for f, img in enumerate(decoded):
+                got = segment(img, f)
+                for rid in set(got) | set(ref_seg[f]):
+                    a, b = ref_seg[f].get(rid), got.get(rid)
+                    if a is None or b is None:
+                        ious.append(0.0)
+                        continue
+                    union = int((a | b).sum())
+                    ious.append(float((a & b).sum()) / union if union else 1.0)
+            p["seg_miou"] = round(float(np.mean(ious)), 4) if ious else None
+            p["seg_instances"] = len(ious)
+        ps = [psnr(o, d) for o, d in zip(frames, decoded, strict=True)]
+        pt = [v for v in (masked_psnr(o, d, mk) for o, d, mk
+                          in zip(frames, decoded, ours_masks, strict=True)) if v is not None]
+        ss = [ms_ssim(frames[f], decoded[f]) for f in range(0, n, max(1, ms_ssim_every))]
+        p.update({"psnr": round(float(np.mean(ps)), 3),
+                  "psnr_task": round(float(np.mean(pt)), 3) if pt else None,
+                  "ms_ssim": round(float(np.mean(ss)), 5)})
+        return p
 
     jobs: list[tuple[str, str, Callable[[], tuple[int, list[np.ndarray]]]]] = []
     codec_cfg: dict[str, Any] = {"type": codec}
     if codec == "learned":
         codec_cfg["checkpoint"] = str(checkpoint) if checkpoint else None
     ours = OursPipeline(src, frames, rest_interval, codec_cfg)
+    for rs in ours.regions:
+        mk = np.zeros((h, w), bool)
+        for r in rs:
+            mk[r.box[1]:r.box[3], r.box[0]:r.box[2]] = True
+        ours_masks.append(mk)
     if qualities is None:
         points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
         qualities = tuple(range(1, points + 1)) if points else (30, 50, 75, 90)
+    sink_q = qualities[len(qualities) // 2]
     for q in qualities:
         jobs.append(("ours_task", f"q{q}", lambda q=q: ours.run(q, full=False)))
     for q in qualities:
-        jobs.append(("ours_full", f"q{q}", lambda q=q: ours.run(q, full=True)))
+        jobs.append(("ours_full", f"q{q}", lambda q=q: ours.run(q, full=True, keep=q == sink_q)))
     for name, crfs in (("x264", x264_crfs), ("x265", x265_crfs), ("av1", av1_crfs)):
         enc, decs = VIDEO[name]
         for c in crfs:
@@ -290,6 +485,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         jobs.append(("jpeg", f"q{q}", lambda q=q: _jpeg(frames, q)))
 
     settings: dict[str, dict[str, Any]] = {}
+    middles: dict[tuple[str, str], np.ndarray] = {}
     try:
         for k, (name, point, job) in enumerate(jobs, 1):
             s = settings.setdefault(name, {"points": []})
@@ -306,42 +502,111 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                 continue
             p = score(size, decoded, point)
             s["points"].append(p)
-            prog.update(f"{name} {point}: {p['kbps']} kbps, det_map50 {p['det_map50']}",
-                        force=True)
+            middles[(name, point)] = decoded[mid].copy()
+            shown = " ".join(f"{key} {p[key]}" for key in SCORES.values() if key in p)
+            prog.update(f"{name} {point}: {p['kbps']} kbps, {shown}", force=True)
+
+        # -- sink throughput on ours_full's packets at one rate point -------------------------
+        assert ours.kept is not None, "the ours_full run at the sink rate point kept no packets"
+        meta, kept = ours.kept
+        fps_sink: dict[str, float] = {}
+        notes: dict[str, str] = {}
+        composers: list[tuple[str, dict[str, Any]]] = [(c, {"type": c}) for c in sink_composers]
+        if diffusion_weights is not None:
+            composers.append(("diffusion", {"type": "diffusion", "base": str(diffusion_weights)}))
+        else:
+            notes["diffusion"] = ("skipped: no diffusion weights folder given "
+                                  "(run_bench_tasks(diffusion_weights=...))")
+        for cname, ccfg in composers:
+            prog.update(f"sink throughput: {cname} on ours_full q{sink_q}", force=True)
+            try:
+                fps_sink[cname] = sink_fps(meta, kept, ccfg)
+            except Exception as e:  # noqa: BLE001 - diffusion may lack its packages / weights
+                if cname != "diffusion":
+                    raise
+                notes[cname] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
     finally:
         prog.done()
+    keys = ["kbps", "bpp", *(v for v in SCORES.values())]
+    if "det" in tasks:
+        keys.append("det_map")
     for s in settings.values():
-        for key in ("kbps", "bpp", "det_map50", "det_map"):
-            s[key] = [p[key] for p in s["points"]]
+        for key in keys:
+            if any(key in p for p in s["points"]):
+                s[key] = [p.get(key) for p in s["points"]]
 
     comparisons: dict[str, Any] = {}
     summary: dict[str, Any] = {}
+    scores = {short: key for short, key in SCORES.items()
+              if short not in TASKS or short in tasks}
     for o in OURS:
         for a in ANCHORS:
             po, pa = settings[o]["points"], settings[a]["points"]
-            bd, why = bd_rate(po, pa)
-            rng = overlap(po, pa)
-            comparisons[f"{o}_vs_{a}"] = {
-                "det_map50_overlap": list(rng) if rng else None,
-                "rate_ratio_at_matched_det_map50": rate_ratios(po, pa),
-                "bd_rate_det": None if bd is None else round(bd, 2), "bd_rate_note": why}
-            key = f"bd_rate_det_vs_{a}" if o == "ours_task" else f"bd_rate_det_full_vs_{a}"
-            summary[key] = None if bd is None else round(bd, 2)
-            summary[key + "_note"] = why
+            comp: dict[str, Any] = {}
+            if "det" in tasks:
+                bd, why = bd_rate(po, pa)
+                rng = overlap(po, pa)
+                comp.update({
+                    "det_map50_overlap": list(rng) if rng else None,
+                    "rate_ratio_at_matched_det_map50": rate_ratios(po, pa),
+                    "bd_rate_det": None if bd is None else round(bd, 2), "bd_rate_note": why})
+            comp["scores"] = {}
+            for short, key in scores.items():
+                bd, why = bd_rate(po, pa, key)
+                rng = overlap(po, pa, key)
+                comp["scores"][key] = {
+                    "overlap": list(rng) if rng else None,
+                    "rate_ratio_at_matched": rate_ratios(po, pa, key),
+                    "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
+                name = f"bd_rate_{short}_vs_{a}" if o == "ours_task" else \
+                    f"bd_rate_{short}_full_vs_{a}"
+                summary[name] = None if bd is None else round(bd, 2)
+                summary[name + "_note"] = why
+            comparisons[f"{o}_vs_{a}"] = comp
+
+    # -- side by side: the middle frame, each coded setting at its lowest-rate point ---------
+    panels: list[tuple[str, np.ndarray]] = [(f"original (frame {mid})", frames[mid])]
+    for name in ("ours_task", "ours_full", "x265"):
+        pts = settings.get(name, {}).get("points", [])
+        if pts:
+            lo = min(pts, key=lambda p: p["bytes"])
+            panels.append((f"{name} {lo['point']} {lo['kbps']:g} kbps",
+                           middles[(name, lo["point"])]))
+    side_by_side(panels, out / "side_by_side.png")
 
     result = {
         "source": src, "frames": n, "width": w, "height": h, "fps": fps,
+        "tasks": list(tasks),
         "reference": {"model": "nanodet (original frames)", "score_threshold": ref_score,
                       "prediction_score_threshold": pred_score, "boxes": sum(counts.values())},
         "min_refs": min_refs, "headline_classes": {c: counts[c] for c in headline},
         "excluded_classes": {c: k for c, k in sorted(counts.items()) if c not in headline},
+        "reference_boxes_per_class": dict(sorted(counts.items())),
+        "scoring": {
+            "cls_top1": "efficientnet-lite0 top-1 on decoded == on original, per crop of the "
+                        f"NanoDet reference boxes (largest {cls_max_regions} per frame)",
+            "seg_miou": "person-mask (crops mode) on the reference person boxes: mean IoU per "
+                        "person instance, decoded vs original (found on one side only: 0)",
+            "psnr": "RGB, whole frame, mean over frames",
+            "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
+            "ms_ssim": f"sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
         "ours_task_area_share": round(ours.area_share, 4),
         "ours_codec": {"type": codec, "checkpoint": ours.agent.codec.checkpoint_hash()},
         "settings": settings, "comparisons": comparisons, **summary,
+        "sink_fps": fps_sink,
+        "sink_fps_info": {"setting": "ours_full", "point": f"q{sink_q}", "frames": n,
+                          "task_model": "nanodet", "device": "cpu",
+                          "cpu_count": os.cpu_count(), "notes": notes},
+        "side_by_side": str(out / "side_by_side.png"),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "tasks.json").write_text(json.dumps(result, indent=2))
-    plot(settings, out / "tasks_rate.png", f"{Path(src).name}, {n} frames")
+    if "det" in tasks:
+        plot(settings, out / "tasks_rate.png", f"{Path(src).name}, {n} frames")
+    else:
+        key = "cls_top1" if "cls" in tasks else "seg_miou"
+        plot(settings, out / "tasks_rate.png", f"{Path(src).name}, {n} frames", key,
+             f"{key} vs the same model on originals")
     result["plot"] = str(out / "tasks_rate.png")
     return result

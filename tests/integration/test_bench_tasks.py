@@ -1,8 +1,10 @@
-"""``discover bench tasks``: rate vs NanoDet accuracy for ours and the standard codecs."""
+"""``discover bench tasks``: rate vs task accuracy (detection, classification, person masks),
+PSNR / MS-SSIM and sink throughput for ours and the standard codecs."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from tools.bench_tasks import bd_rate, rate_ratios, run_bench_tasks
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench_tasks")
+    # av1 left out, MS-SSIM on every 6th frame, classification on the 2 largest reference
+    # boxes per frame: keeps the module under ~40 s on a 2-core CPU
     r = run_bench_tasks(max_frames=12, out=out, quiet=True, qualities=(30, 90),
-                        x264_crfs=(30, 44), x265_crfs=(30, 44), av1_crfs=(40, 55),
-                        jpeg_qualities=(10, 90), min_refs=5)
+                        x264_crfs=(30, 44), x265_crfs=(30, 44), av1_crfs=(),
+                        jpeg_qualities=(10, 90), min_refs=5, cls_max_regions=2,
+                        ms_ssim_every=6)
     return r, out
 
 
@@ -39,9 +44,47 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
     # ours with rest costs more than without
     assert saved["settings"]["ours_full"]["kbps"][0] > saved["settings"]["ours_task"]["kbps"][0]
     for key in ("bd_rate_det_vs_x265", "bd_rate_det_vs_x264"):
-        assert key in saved and (saved[key] is not None or "overlap" in saved[key + "_note"])
+        assert key in saved and (saved[key] is not None
+                                 or any(w in saved[key + "_note"] for w in ("overlap", "rise")))
     img = cv2.imread(str(out / "tasks_rate.png"))
     assert img is not None and img.shape[0] > 100
+
+
+def test_cls_seg_psnr_msssim_scores(result: tuple[dict, Path]) -> None:
+    r, _ = result
+    assert r["tasks"] == ["det", "cls", "seg"]
+    for name in ("ours_task", "ours_full", "x264", "x265", "jpeg"):
+        s = r["settings"][name]
+        for key in ("cls_top1", "seg_miou", "ms_ssim"):
+            assert len(s[key]) == 2 and all(0 <= v <= 1 for v in s[key]), (name, key, s[key])
+        assert all(math.isfinite(v) and 5 < v <= 100 for v in s["psnr"]), (name, s["psnr"])
+        assert all(p["cls_crops"] > 0 and p["seg_instances"] > 0 for p in s["points"])
+    # higher quality -> higher PSNR on the anchors (x265: CRF 30 then 44; jpeg: q10 then q90)
+    x265, jpeg = r["settings"]["x265"], r["settings"]["jpeg"]
+    assert x265["psnr"][0] > x265["psnr"][1] and x265["ms_ssim"][0] > x265["ms_ssim"][1]
+    assert jpeg["psnr"][1] > jpeg["psnr"][0]
+    assert jpeg["cls_top1"][1] >= jpeg["cls_top1"][0]
+    assert jpeg["seg_miou"][1] >= jpeg["seg_miou"][0]
+    # ours codes its regions well: inside them, PSNR is high at q90
+    assert r["settings"]["ours_task"]["psnr_task"][1] > 25
+    for short in ("cls", "seg", "psnr", "msssim"):
+        for a in ("x265", "x264"):
+            key = f"bd_rate_{short}_vs_{a}"
+            assert key in r and (r[key] is not None
+                                 or any(w in r[key + "_note"] for w in ("overlap", "rise"))), key
+    # per-class AP with its reference count
+    per = r["settings"]["x265"]["points"][0]["per_class"]
+    assert per and all(v["refs"] >= 5 and 0 <= v["ap50"] <= 1 for v in per.values())
+    assert set(per) == set(r["headline_classes"])
+
+
+def test_side_by_side_and_sink_fps(result: tuple[dict, Path]) -> None:
+    r, out = result
+    img = cv2.imread(str(out / "side_by_side.png"))
+    assert img is not None and img.shape[1] == 4 * r["width"] and img.shape[0] > r["height"]
+    fps = r["sink_fps"]
+    assert set(fps) == {"direct", "background"} and all(v > 0 for v in fps.values())
+    assert "diffusion" in r["sink_fps_info"]["notes"]
 
 
 def _curve(pairs: list[tuple[float, float]]) -> list[dict]:
@@ -68,12 +111,13 @@ def test_no_overlap_gives_none() -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
-    p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "3", "--out", str(tmp_path),
-                        "--json", "-q"], env=cli_env(), capture_output=True, text=True,
+    p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "2", "--out", str(tmp_path),
+                        "--tasks", "det", "--codec", "classical", "--json", "-q"], env=cli_env(), capture_output=True, text=True,
                        timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout.splitlines()[-1])
-    assert r["frames"] == 3 and "x265" in r["settings"]
+    assert r["frames"] == 2 and "x265" in r["settings"] and r["tasks"] == ["det"]
+    assert "cls_top1" not in r["settings"]["x265"] and "psnr" in r["settings"]["x265"]
     assert (tmp_path / "tasks.json").is_file() and (tmp_path / "tasks_rate.png").is_file()
 
 
@@ -89,7 +133,8 @@ def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: 
         tmp_path / "ck")
     r = run_bench_tasks(max_frames=4, out=tmp_path / "out", quiet=True, codec="learned",
                         checkpoint=tmp_path / "ck", x264_crfs=(44,), x265_crfs=(44,),
-                        av1_crfs=(55,), jpeg_qualities=(50,), min_refs=1)
+                        av1_crfs=(55,), jpeg_qualities=(50,), min_refs=1, tasks=("det",),
+                        ms_ssim_every=4)
     assert r["ours_codec"]["type"] == "learned" and len(r["ours_codec"]["checkpoint"]) == 16
     task = r["settings"]["ours_task"]
     assert [p["point"] for p in task["points"]] == ["q1", "q2"]

@@ -200,3 +200,12 @@ def test_ms_ssim_agrees_with_pytorch_msssim() -> None:
                          torch.from_numpy(y).permute(2, 0, 1)[None].double(),
                          data_range=255).item()
         assert ms_ssim(x, y) == pytest.approx(ref, abs=1e-4)
+
+
+def test_bd_rate_refuses_a_curve_whose_quality_falls_with_rate():
+    """A non-monotone score curve (measured: ours' det mAP 0.880 -> 0.855 as the rate rose) has
+    no inverse; the cubic through it gave +205917 %. It must give no number, with a reason."""
+    anchor = ([18.7, 70.0, 200.0, 703.0], [0.837, 0.93, 0.96, 0.992])
+    test = ([566.0, 800.0, 1100.0, 1436.0], [0.880, 0.87, 0.86, 0.855])
+    value, note = bd_rate(*anchor, *test)
+    assert value is None and "does not rise" in note
