@@ -35,6 +35,9 @@ def add_data_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stride", type=int, default=2, help="take every n-th frame")
     ap.add_argument("--images", type=Path, action="append", help="folder of extra stills")
     ap.add_argument("--no-skimage", action="store_true", help="leave out scikit-image's photos")
+    ap.add_argument("--opencv-photos", action="store_true",
+                    help="add the 27 natural stills of OpenCV's sample data the shipped "
+                         "checkpoint trained on (never the benchmark's held-out ones)")
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name, init=args.init,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, threads=args.threads, videos=videos, images=args.images or [],
-        use_skimage=not args.no_skimage, temporal_pairs=args.pairs)
+        use_skimage=not args.no_skimage, temporal_pairs=args.pairs,
+        opencv_photos=args.opencv_photos)
     try:
         boxes_fn = detection_boxes() if "T" in cfg.stages else None
         result = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True),

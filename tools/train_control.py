@@ -75,6 +75,7 @@ class ControlTrainConfig:
     videos: list[Any] = field(default_factory=list)  # training.VideoSource
     images: list[Path] = field(default_factory=list)
     use_skimage: bool = True
+    opencv_photos: bool = False  # OpenCV's TRAIN_PHOTOS, as for the codec
 
 
 def load_codec(folder: Path, device: Any) -> tuple[Any, str]:
@@ -261,7 +262,7 @@ def train_control(cfg: ControlTrainConfig, log: Log = print,
         net.enable_gradient_checkpointing()
     if images is None:
         tc = TrainConfig(crop=cfg.crop, videos=list(cfg.videos), images=list(cfg.images),
-                         use_skimage=cfg.use_skimage)
+                         use_skimage=cfg.use_skimage, opencv_photos=cfg.opencv_photos)
         images, data_record = load_training_images(tc, log)
     data_record = data_record or {"sources": ["in-memory images"], "held_out": HELD_OUT}
     sampler = CropSampler(images, cfg.crop, cfg.seed)
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every, seed=args.seed, device=args.device, dtype=args.dtype,
         threads=args.threads, revision=args.revision, allow_download=args.allow_download,
         gradient_checkpointing=args.gradient_checkpointing, videos=videos,
-        images=args.images or [], use_skimage=not args.no_skimage)
+        images=args.images or [], use_skimage=not args.no_skimage,
+        opencv_photos=args.opencv_photos)
     try:
         result = train_control(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     except DiscoverError as e:

@@ -64,6 +64,13 @@ OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 HELD_OUT_PHOTOS = ("baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg", "ela_original.jpg",
                    "fruits.jpg", "home.jpg", "licenseplate_motion.jpg", "messi5.jpg",
                    "squirrel_cls.jpg")
+#: OpenCV's natural-image stills the shipped checkpoint trained on (--opencv-photos)
+TRAIN_PHOTOS = ("Blender_Suzanne1.jpg", "HappyFish.jpg", "aero1.jpg", "aero3.jpg", "aloeL.jpg",
+                "aloeR.jpg", "apple.jpg", "basketball1.png", "blox.jpg", "box_in_scene.png",
+                "cards.png", "ellipses.jpg", "graf1.png", "graf3.png", "leuvenA.jpg",
+                "leuvenB.jpg", "orange.jpg", "pic1.png", "pic2.png", "pic3.png", "pic4.png",
+                "pic5.png", "pic6.png", "rubberwhale1.png", "smarties.png", "starry_night.jpg",
+                "stuff.jpg")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
                   "hubble_deep_field", "retina", "cat")
 #: the shipped rate points, lowest rate first (CompressAI's MSE ladder goes 0.0018 ... 0.0483)
@@ -112,6 +119,7 @@ class TrainConfig:
     videos: list[VideoSource] = field(default_factory=lambda: [VideoSource(VTEST)])
     images: list[Path] = field(default_factory=list)  # folders of stills
     use_skimage: bool = True
+    opencv_photos: bool = False  # add OpenCV's TRAIN_PHOTOS (never its HELD_OUT_PHOTOS)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -165,12 +173,17 @@ def _read_skimage() -> tuple[list[np.ndarray], dict[str, Any] | None]:
     return out, ({"source": "scikit-image data", "photos": names} if names else None)
 
 
-def _read_folder(folder: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
+def _read_folder(folder: Path, only: Sequence[str] | None = None) -> tuple[list[np.ndarray],
+                                                                           dict[str, Any]]:
     import cv2
 
+    if not Path(folder).is_dir():
+        raise DiscoverError(f"image folder {folder} not found"
+                            + (" (apt-get install opencv-doc)" if folder == OPENCV_DATA else ""))
     files = sorted(p for p in Path(folder).iterdir()
                    if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"}
-                   and p.name not in HELD_OUT_PHOTOS)  # the benchmark's photos stay unseen
+                   and p.name not in HELD_OUT_PHOTOS  # the benchmark's photos stay unseen
+                   and (only is None or p.name in only))
     out = []
     for p in files:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -199,6 +212,10 @@ def load_training_images(cfg: TrainConfig, log: Log = print) -> tuple[list[np.nd
             log("scikit-image is not installed: training on the videos only")
     for folder in cfg.images:
         imgs, desc = _read_folder(folder)
+        images += imgs
+        sources.append(desc)
+    if cfg.opencv_photos:
+        imgs, desc = _read_folder(OPENCV_DATA, only=TRAIN_PHOTOS)
         images += imgs
         sources.append(desc)
     if not images:
