@@ -14,6 +14,9 @@ from sdk.tracking import TrackingConfig
 
 GrounderChoice = GROUNDERS.config_union()
 DEFAULT_GROUNDER = "nanodet"
+#: the seed's region codec with the shipped checkpoint; "classical" (WebP crops) is the fast
+#: baseline for gateways that cannot run it in real time
+DEFAULT_CODEC = "learned"
 CodecChoice = CODECS.config_union()
 
 
@@ -54,7 +57,8 @@ class EdgeSection(BaseModel):
         default_factory=lambda: GROUNDERS.parse_config(DEFAULT_GROUNDER),
         description="the offline default is nanodet (COCO-80, shipped); motion needs no model; "
                     "grounding-dino is open-vocabulary but needs its weights")
-    codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config("classical"))
+    codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config(DEFAULT_CODEC),
+                               description="learned (default, sdk/codecs/learned) or classical")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="ground every "
                                      "N-th frame and track boxes in between (default: ground "
                                      "every frame)")
@@ -82,7 +86,7 @@ class EdgeSection(BaseModel):
         ``--set edge.cameras.0.codec.quality=90`` changes only the quality of that camera."""
         if not isinstance(data, dict):
             return data
-        defaults = {"codec": "classical", "grounder": DEFAULT_GROUNDER}
+        defaults = {"codec": DEFAULT_CODEC, "grounder": DEFAULT_GROUNDER}
         for key, fallback in defaults.items():
             section = data.get(key)
             if isinstance(section, BaseModel):

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "sdk" / "assets" / "sample" / "street.mp4"
 CLIP_FRAMES = 100
 CLIP_SIZE = (768, 576)  # width, height
+#: the spine's tests stream with the fast classical codec; the learned (default) codec has its
+#: own tests and is exercised end to end by the demo and edge CLI tests
+FAST_CODEC = {"type": "classical"}
 PREFIX = "discover"
 
 

@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, CLIP, PREFIX, SinkThread, _require_mosquitto, broker_config, cli_env
+from conftest import (
+    CLI,
+    CLIP,
+    FAST_CODEC,
+    PREFIX,
+    SinkThread,
+    _require_mosquitto,
+    broker_config,
+    cli_env,
+)
 
 from discover.broker import LocalBroker
 from edge.agent import run_edge
@@ -36,7 +45,7 @@ def test_password_from_environment_streams(auth_broker, monkeypatch):
     monkeypatch.setenv("DISCOVER_BROKER_PASSWORD", PASSWORD)
     bc = broker_config(auth_broker.url, username=USER)
     sink = SinkThread(SinkSection(camera="cam0", max_frames=5, idle_timeout_s=5), bc).start()
-    edge = EdgeSection(cameras=[CameraConfig(id="cam0", source=str(CLIP), max_frames=5)])
+    edge = EdgeSection(codec=FAST_CODEC, cameras=[CameraConfig(id="cam0", source=str(CLIP), max_frames=5)])
     out = run_edge(edge, bc, PREFIX)[0]
     assert out["published"] == 5
     assert sink.finish(20)["frames"] == 5
@@ -50,7 +59,7 @@ def test_wrong_password_is_refused_at_once(auth_broker, monkeypatch):
         SinkThread(SinkSection(camera="cam0", connect_timeout_s=20), bc).start()
     assert time.monotonic() - t0 < 10  # not the 20 s connect timeout
     assert "wrong" not in str(e.value)
-    edge = EdgeSection(cameras=[CameraConfig(id="cam0", source=str(CLIP), max_frames=50)],
+    edge = EdgeSection(codec=FAST_CODEC, cameras=[CameraConfig(id="cam0", source=str(CLIP), max_frames=50)],
                        connect_timeout_s=20)
     with pytest.raises(DiscoverError, match="refused the connection"):
         run_edge(edge, bc, PREFIX)
@@ -94,7 +103,7 @@ def test_tls_with_the_site_ca(tls_broker):
     b, ca = tls_broker
     bc = broker_config(f"mqtts://127.0.0.1:{b.port}", tls={"ca_file": ca})
     sink = SinkThread(SinkSection(camera="cam0", max_frames=3, idle_timeout_s=5), bc).start()
-    out = run_edge(EdgeSection(cameras=[CameraConfig(id="cam0", source=str(CLIP),
+    out = run_edge(EdgeSection(codec=FAST_CODEC, cameras=[CameraConfig(id="cam0", source=str(CLIP),
                                                      max_frames=3)]), bc, PREFIX)[0]
     assert out["published"] == 3 and sink.finish(20)["frames"] == 3
 

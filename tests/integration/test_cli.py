@@ -144,23 +144,23 @@ def test_edge_json_summary_against_the_broker(broker):
 
 def test_demo(tmp_path):
     out = tmp_path / "demo"
-    p = run("demo", "--out", str(out), "--max-frames", "20", "--json", timeout=120)
+    p = run("demo", "--out", str(out), "--max-frames", "12", "--json", timeout=180)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stdout.splitlines()
     assert len(lines) == 1, p.stdout
     s = json.loads(lines[0])
-    assert s["frames"] == 20
-    assert s["frames_detection_sink"] == 20 and s["frames_viewer_sink"] == 20
+    assert s["frames"] == 12 and s["codec"] == "learned"  # the default codec, end to end
+    assert s["frames_detection_sink"] == 12 and s["frames_viewer_sink"] == 12
     assert s["dropped"] == 0 and s["broker"] == "mosquitto"
     assert s["bytes_by_substream"]["rest"] > 0
     preview = out / "preview.png"
     assert preview.is_file() and preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for sink in ("detection", "viewer"):
         frames = sorted((out / sink / "street" / "frames").glob("*.png"))
-        assert [f.name for f in frames] == [f"{i:06d}.png" for i in range(20)], sink
-        assert len(list((out / sink / "street" / "results").glob("*.json"))) == 20
-    assert json.loads((out / "summary.json").read_text())["frames"] == 20
+        assert [f.name for f in frames] == [f"{i:06d}.png" for i in range(12)], sink
+        assert len(list((out / sink / "street" / "results").glob("*.json"))) == 12
+    assert json.loads((out / "summary.json").read_text())["frames"] == 12
 
 
 def test_profile_cached_needs_no_network_or_key():

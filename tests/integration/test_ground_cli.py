@@ -140,14 +140,15 @@ def test_ground_bad_input(case, tmp_path, frame_png):
 
 def test_edge_with_tracking_grounds_every_fifth_frame(broker):
     s = one_json(run("edge", "--source", str(CLIP), "--max-frames", "20", "--broker", broker.url,
-                     "--set", "edge.tracking.every=5", "--json"))
+                     "--set", "edge.tracking.every=5", "--set", "edge.codec.type=classical",
+                     "--json"))
     assert s["frames"] == 20 and s["published"] == 20
     assert s["grounded_frames"] == 4
 
 
 def test_edge_grounds_every_frame_by_default(broker):
     s = one_json(run("edge", "--source", str(CLIP), "--max-frames", "6", "--broker", broker.url,
-                     "--json"))
+                     "--set", "edge.codec.type=classical", "--json"))
     assert s["grounded_frames"] == s["frames"] == 6
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, CLIP, PREFIX, SinkThread, broker_config, cli_env
+from conftest import CLI, CLIP, FAST_CODEC, PREFIX, SinkThread, broker_config, cli_env
 
 from discover.replay import record, replay_to_broker, replay_to_sink
 from edge.agent import run_edge
@@ -53,7 +53,7 @@ def recorded(module_broker, tmp_path_factory) -> dict[str, Any]:
     t.start()
     assert ready.wait(15) and not errors, errors
 
-    edge = EdgeSection(cameras=[CameraConfig(id="cam0", source=str(clip), max_frames=N,
+    edge = EdgeSection(codec=FAST_CODEC, cameras=[CameraConfig(id="cam0", source=str(clip), max_frames=N,
                                              rest_interval=5)])
     [edge_summary] = run_edge(edge, cfg, PREFIX)
     live_summary = live.finish(30)

@@ -13,6 +13,7 @@ from conftest import (
     CLI,
     CLIP_FRAMES,
     CLIP_SIZE,
+    FAST_CODEC,
     PREFIX,
     SinkThread,
     broker_config,
@@ -33,7 +34,7 @@ from sink.config import SinkSection
 
 def one_camera(clip: Path, camera: str = "cam0", **kw: Any) -> EdgeSection:
     cam = {"id": camera, "source": str(clip), "tasks": ["detection"], **kw}
-    return EdgeSection(cameras=[CameraConfig(**cam)])
+    return EdgeSection(codec=FAST_CODEC, cameras=[CameraConfig(**cam)])
 
 
 def test_every_frame_arrives_in_order_and_bytes_add_up(broker, clip, tmp_path, collector):
@@ -176,7 +177,8 @@ def test_last_will_says_offline_when_the_edge_dies(broker, clip, collector):
 
     status = collector(broker.port, [f"{PREFIX}/cam0/status"])
     proc = subprocess.Popen([*CLI, "edge", "--source", str(clip), "--camera", "cam0",
-                             "--realtime", "--broker", broker.url, "-q"],
+                             "--realtime", "--broker", broker.url, "-q",
+                             "--set", "edge.codec.type=classical"],
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         status.wait_for(lambda m: any(status_state(p) == "online" for _, p, _ in m), 20,
@@ -211,7 +213,7 @@ def test_broker_restart_mid_stream(broker, clip, monkeypatch):
     cfg = broker_config(broker.url)
     sink = SinkThread(SinkSection(camera="cam0", tasks=["detection"], frame_timeout_s=1.0),
                       cfg).start()
-    edge_cfg = EdgeSection(queue_frames=queue_frames, cameras=one_camera(
+    edge_cfg = EdgeSection(queue_frames=queue_frames, codec=FAST_CODEC, cameras=one_camera(
         clip, realtime=True, fps=fps).cameras)
     agent = CameraAgent(edge_cfg.cameras[0], edge_cfg, cfg, PREFIX)
     seen: list[int] = []
@@ -287,6 +289,7 @@ broker:
   reconnect_min_s: 0.1
   reconnect_max_s: 0.5
 edge:
+  codec: {{type: classical}}
   cameras:
     - {{id: {cam_a}, source: "{clip}", tasks: [detection], max_frames: {n}}}
     - {{id: {cam_b}, source: "{clip}", tasks: [detection], max_frames: {n}}}

@@ -411,7 +411,10 @@ def test_binary_profile_is_a_discover_error(tmp_path, monkeypatch):
 
 
 def test_backend_options_without_type_tune_the_default_or_section_backend(tmp_path):
-    d = load_config(Deployment, sets=["edge.codec.quality=60"], environ={})
+    d = load_config(Deployment, sets=["edge.codec.quality=4"], environ={})
+    assert (d.edge.codec.type, d.edge.codec.quality) == ("learned", 4)
+    d = load_config(Deployment, sets=["edge.codec.type=classical", "edge.codec.quality=60"],
+                    environ={})
     assert (d.edge.codec.type, d.edge.codec.quality) == ("classical", 60)
     f = write(tmp_path, "edge:\n  grounder: {type: nanodet, score_threshold: 0.5}\n"
                         "  cameras:\n    - {id: a, source: x.mp4, grounder: {margin: 0.3}}\n")
