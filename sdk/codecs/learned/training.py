@@ -209,7 +209,7 @@ def load_training_images(cfg: TrainConfig, log: Log = print) -> tuple[list[np.nd
             images += photos
             sources.append(desc)
         else:
-            log("scikit-image is not installed: training on the videos only")
+            log("scikit-image is not installed: its photos are left out")
     for folder in cfg.images:
         imgs, desc = _read_folder(folder)
         images += imgs

@@ -1,0 +1,73 @@
+"""What temporal prediction saves: side and task bits per second of the learned codec with
+``codec.temporal`` on and off, on the same frames with the same grounded boxes, per rate point.
+
+    python tools/bench_temporal.py [--source VIDEO] [--max-frames 30] [--qualities 1,3,5] [--json]
+
+Progress goes to stderr; the table (or one JSON line with --json) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run(source: str, max_frames: int, qualities: list[int],
+        checkpoint: str | None = None) -> dict[str, dict[str, float]]:
+    from sdk.codecs import CODECS
+    from tools.bench_codec import BoxSource
+    from tools.bench_ground import load_frames
+
+    frames, fps = load_frames(source, 0, max_frames)
+    fps = fps or 10.0
+    boxes = BoxSource(16, None, "nanodet")
+    regions = [boxes.regions(f) for f in frames]
+    out: dict[str, dict[str, float]] = {}
+    for q in qualities:
+        for temporal in (False, True):
+            name = f"q{q}_{'temporal' if temporal else 'intra'}"
+            print(f"[bench temporal] {name}", file=sys.stderr, flush=True)
+            c = CODECS.create({"type": "learned", "checkpoint": checkpoint, "quality": q,
+                               "temporal": {"enabled": temporal}})
+            side = task = 0
+            for f, rs in zip(frames, regions, strict=True):
+                coded = c.compress(f, rs, False)
+                side += len(coded["side"])
+                task += sum(map(len, coded["regions"].values()))
+            per_s = 8 * fps / len(frames) / 1000
+            out[name] = {"side_kbps": round(side * per_s, 1), "task_kbps": round(task * per_s, 1)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sdk.assets import SAMPLE_CLIP
+    from sdk.errors import DiscoverError
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", default=str(SAMPLE_CLIP))
+    ap.add_argument("--max-frames", type=int, default=30)
+    ap.add_argument("--qualities", default="1,3,5")
+    ap.add_argument("--checkpoint", help="learned-codec checkpoint folder (default: shipped)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        qualities = [int(v) for v in a.qualities.split(",") if v.strip()]
+        res = run(a.source, a.max_frames, qualities, a.checkpoint)
+    except (DiscoverError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:14s} side {v['side_kbps']:7.1f} kbit/s  task {v['task_kbps']:7.1f} kbit/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
