@@ -64,8 +64,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def model() -> object:
+    import torch
+
     from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
+    torch.manual_seed(0)  # a random model, but the same every run
     return DiscoverCodecModel(ModelConfig.preset("tiny", steps=(2.0, 1.0, 0.5)))
 
 
@@ -120,11 +123,8 @@ def test_bits_and_region_mode(result: tuple[dict, Path]) -> None:
         full = {p["point"]: p for p in s["ours_full"]["points"]}
         region = {p["point"]: p for p in s["ours_region"]["points"]}
         for q in full:
-            # regions only (side + task) cost fewer bits than the whole frame (side + rest).
-            # Not asserted at q1: the random model's coarsest step quantises its small latent
-            # to zeros, so a near-empty rest (13 bytes) can undercut two regions' framing
-            if q != "q1":
-                assert region[q]["bits"] < full[q]["bits"], (im["name"], q)
+            # (that regions cost fewer bits than the whole frame is a property of a trained
+            # model: test_shipped_checkpoint_codes_regions_for_less_than_the_frame)
             assert full[q]["task_bits"] == 0 and region[q]["rest_bits"] == 0
             assert region[q]["task_bits"] > 0 and full[q]["rest_bits"] > 0
             assert region[q]["region_psnr"] is not None
@@ -135,7 +135,7 @@ def test_bits_and_region_mode(result: tuple[dict, Path]) -> None:
         # the anchors get better with rate
         jpeg = s["jpeg"]["points"]
         assert jpeg[0]["bits"] < jpeg[-1]["bits"] and jpeg[0]["psnr"] < jpeg[-1]["psnr"]
-    assert r["region_bits_share"] < 1
+    assert r["region_bits_share"] > 0
 
 
 def test_video_mode(result: tuple[dict, Path]) -> None:
@@ -249,3 +249,22 @@ def test_bad_video_arguments_fail_before_any_work(inputs: dict[str, Path],
     bad.write_bytes(b"not a video")
     with pytest.raises(DiscoverError, match="cannot read video"):
         run_bench_codec(images=inputs["images"], video=str(bad), out=tmp_path, quiet=True)
+
+
+def test_shipped_checkpoint_codes_regions_for_less_than_the_frame(inputs, tmp_path) -> None:
+    """With the shipped checkpoint, side + task regions cost fewer bits than the full frame at
+    every rate point, and the full-frame curve rises with the rate (a random model shows
+    neither reliably: half of the seeds tried put two regions' framing above a near-empty
+    rest)."""
+    r = run_bench_codec(images=inputs["images"], boxes=inputs["boxes"], out=tmp_path,
+                        quiet=True, jpeg_qualities=(10, 90), webp_qualities=(10, 90),
+                        x265_crfs=(51,), av1_crfs=(63,))
+    assert r["rate_points"] == 5 and r["region_bits_share"] < 1
+    for im in json.loads((tmp_path / "codec.json").read_text())["per_image"]:
+        s = im["settings"]
+        full = [p for p in s["ours_full"]["points"]]
+        region = {p["point"]: p for p in s["ours_region"]["points"]}
+        for p in full:
+            assert region[p["point"]]["bits"] < p["bits"], (im["name"], p["point"])
+        assert [p["bits"] for p in full] == sorted(p["bits"] for p in full)
+        assert full[-1]["psnr"] > full[0]["psnr"]
