@@ -63,6 +63,9 @@ def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
         raise DiscoverError(f"--max-frames must be at least 1 (got {a.max_frames})")
     if a.rest_interval is not None and a.rest_interval < 0:
         raise DiscoverError(f"--rest-interval must be 0 (never) or more (got {a.rest_interval})")
+    if a.rest_on_change is not None and not 0 <= a.rest_on_change <= 1:
+        raise DiscoverError(f"--rest-on-change is a share between 0 (off) and 1 "
+                            f"(got {a.rest_on_change:g})")
     extra: dict[str, Any] = {}
     if a.source:
         extra["edge.cameras"] = [{"id": a.camera or "cam0", "source": a.source,
@@ -81,6 +84,8 @@ def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
             cam.realtime = True
         if a.rest_interval is not None:
             cam.rest_interval = a.rest_interval
+        if a.rest_on_change is not None:
+            cam.rest_on_change = a.rest_on_change
     prog = _progress(a, "edge")
     counts: dict[str, int] = {}
 
@@ -312,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-frames", type=int)
     e.add_argument("--realtime", action="store_true", help="pace files at their frame rate")
     e.add_argument("--rest-interval", type=int, help="send rest every N frames (0: never)")
+    e.add_argument("--rest-on-change", type=float, metavar="SHARE",
+                   help="also send rest when this share of the background changed (0: off)")
     e.add_argument("--grounder", help="grounder backend (edge.grounder.type)")
     e.add_argument("--codec", help="codec backend (edge.codec.type)")
     e.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")

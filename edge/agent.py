@@ -28,6 +28,7 @@ from sdk.grounders import ANY_OBJECT, GROUNDERS
 from sdk.packet import header_size
 from sdk.profiles import load_profile
 from sdk.regions import Region, area_share, select_regions
+from sdk.rest import RestScheduler
 from sdk.stream import StreamMeta
 from sdk.topics import topic
 from sdk.tracking import TrackingGrounder
@@ -59,6 +60,7 @@ class EdgeStats:
     intra_frames: int = 0
     region_modes: Counter[str] = field(default_factory=Counter)  # intra / residual / skip
     control: Counter[str] = field(default_factory=Counter)  # refresh_requests / ignored
+    rest: Counter[str] = field(default_factory=Counter)  # rests sent, by trigger
 
     def summary(self) -> dict[str, Any]:
         n = max(self.frames, 1)
@@ -88,6 +90,7 @@ class EdgeStats:
             "region_modes": dict(self.region_modes),
             "refresh_requests": self.control["refresh_requests"],
             "control_ignored": self.control["ignored"],
+            "rest_frames": dict(self.rest),
         }
 
 
@@ -108,6 +111,7 @@ class CameraAgent:
         # grounds every edge.tracking.every frames (default: every frame), tracks in between
         self.tracker = TrackingGrounder(self.grounder, edge.tracking_for(cam))
         self.codec = CODECS.create(edge.codec_for(cam))
+        self.rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
         self.meta = StreamMeta(
             camera=cam.id, width=self.source.width, height=self.source.height,
             fps=self.source.fps, tasks=list(cam.tasks), labels=[ANY_OBJECT, *self.labels],
@@ -153,6 +157,7 @@ class CameraAgent:
             return
         self.stats.control["refresh_requests"] += 1
         self.codec.request_refresh()
+        self.rest.request()
 
     def _published(self, index: int, t: float) -> None:
         if self.timings is None:
@@ -207,7 +212,7 @@ class CameraAgent:
                 dets = self.tracker.ground(fr.image, self.labels)
                 regions = self.regions(dets, w, h)
                 t1 = time.perf_counter()
-                send_rest = self.cam.rest_interval > 0 and fr.index % self.cam.rest_interval == 0
+                send_rest = self.rest.due(fr.index, fr.image, regions)
                 coded = self.codec.compress(fr.image, regions, send_rest)
                 t2 = time.perf_counter()
                 msgs = frame_messages(self.prefix, self.meta, fr.index, fr.capture_us, regions,
@@ -254,7 +259,7 @@ class CameraAgent:
                 info.wait_for_publish(5.0)
             link.stop()
             self.source.close()
-            s.publisher, s.link = pub.counters, link.counters
+            s.publisher, s.link, s.rest = pub.counters, link.counters, self.rest.reasons
         return s.summary()
 
 

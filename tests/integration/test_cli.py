@@ -53,6 +53,8 @@ BAD_EDGE = {
     "zero max frames": (["--source", str(CLIP), "--max-frames", "0"], ["--max-frames"]),
     "negative rest interval": (["--source", str(CLIP), "--rest-interval", "-1"],
                                ["--rest-interval"]),
+    "rest-on-change over 1": (["--source", str(CLIP), "--rest-on-change", "5"],
+                              ["--rest-on-change", "between 0"]),
 }
 
 

@@ -398,6 +398,8 @@ def test_late_sink_asks_a_temporal_edge_for_a_refresh_and_recovers(broker, clip,
     assert got and got[-1] == CLIP_FRAMES - 1
     assert out["refresh_requests"] >= 1 and summary["refresh_requests"] >= 1, (out, summary)
     assert out["intra_frames"] >= 2  # the first frame and the requested refresh
+    # a refresh also brings a full view (rest) for a viewer that composes on the background
+    assert out["rest_frames"].get("requested", 0) >= 1, out
     assert out["region_modes"].get("residual", 0) > out["region_modes"].get("intra", 0)
     # only the frames before the refresh arrived lacked references
     assert 1 <= summary["missing_reference"] <= len(got) // 2, summary
