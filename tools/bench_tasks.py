@@ -9,11 +9,15 @@ counts, out of the headline).
 
 Settings:
 
-* ``ours_task``: the edge pipeline in process (nanodet grounder, CameraAgent.regions, classical
-  codec at several qualities), side + task substreams only, decoded with ``codec.decompress``;
-* ``ours_full``: the same plus rest every ``rest_interval`` frames, composed by ``background``;
+* ``ours_task``: the edge pipeline in process (nanodet grounder, CameraAgent.regions, the
+  codec at several qualities), side + task substreams only, decoded with ``codec.decompress``
+  and shown as the codec decodes it (``direct``: regions over the background M(z) rebuilds);
+* ``ours_full``: the same plus ``rest`` on every frame (the whole view coded), ``direct``;
+* ``ours_bg``: ``rest`` as the edge sends it by default (every ``rest_interval`` frames and when
+  the background changed, sdk.rest.RestScheduler), composed by ``background`` (regions pasted on
+  the last full view): the static-camera setting;
 * ``x264`` / ``x265`` / ``av1`` (libsvtav1): the clip as video, yuv420p, several CRFs;
-* ``jpeg``: every frame as its own JPEG.
+* ``jpeg`` / ``webp``: every frame as its own image (OpenCV).
 
 Bits are real bytes: MQTT packets from sdk.framing.frame_messages for ours, encoded packets for
 the anchors. Comparisons (ours vs x265, x264) are made only where the det_map50 ranges overlap:
@@ -42,15 +46,15 @@ More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, `
   setting). Always computed (``ms_ssim_every`` > 1 samples every k-th frame for MS-SSIM only,
   a cost knob for tests; default every frame).
 * BD-rates and matched-rate ratios on every score (``bd_rate_<score>_vs_<anchor>``, ``_full_``
-  for ours_full), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
+  for ours_full, ``_bg_`` for ours_bg), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
 * ``sink_fps`` {composer: frames/s}: one sink worker (sink.pipeline.SinkPipeline, reassembly
   -> decompress -> compose -> the ``nanodet`` detection task model) fed the MQTT packets of
-  ours_full at one rate point (the middle quality), for ``direct`` and ``background`` (and
+  ours_bg at one rate point (the middle quality), for ``direct`` and ``background`` (and
   ``diffusion`` only when ``diffusion_weights`` names its folder; skipped with a note
   otherwise), on this machine's CPU, in the same run.
 * per point ``per_class``: AP@0.5, AP@[.5:.95] and the reference box count per class.
-* ``side_by_side.png``: the middle frame, original / ours_task / ours_full / x265, each coded
-  setting at its lowest-rate point, labelled.
+* ``side_by_side.png``: the middle frame, original / ours_task / ours_full / ours_bg / x265,
+  each coded setting at its lowest-rate point, labelled.
 """
 
 from __future__ import annotations
@@ -73,10 +77,13 @@ from sdk.assets import SAMPLE_CLIP
 from sdk.metrics import coco_map
 from sdk.rd import bd_rate_points, overlap_points, rate_ratios
 
-OURS = ("ours_task", "ours_full")
+OURS = ("ours_task", "ours_full", "ours_bg")
+#: the summary key infix of each of ours (bd_rate_det_vs_x265, bd_rate_det_full_vs_x265, ...)
+OURS_INFIX = {"ours_task": "", "ours_full": "full_", "ours_bg": "bg_"}
 ANCHORS = ("x265", "x264")
-COLORS = {"ours_task": (0, 0, 220), "ours_full": (0, 140, 255), "x264": (200, 120, 0),
-          "x265": (160, 0, 160), "av1": (0, 150, 0), "jpeg": (100, 100, 100)}
+COLORS = {"ours_task": (0, 0, 220), "ours_full": (0, 140, 255), "ours_bg": (0, 200, 200),
+          "x264": (200, 120, 0), "x265": (160, 0, 160), "av1": (0, 150, 0),
+          "jpeg": (100, 100, 100), "webp": (60, 60, 160)}
 
 Preds = list[list[tuple[Any, str, float]]]
 
@@ -147,10 +154,12 @@ VIDEO = {"x264": ("libx264", ("h264",)), "x265": ("libx265", ("hevc",)),
          "av1": ("libsvtav1", ("libdav1d", "av1"))}
 
 
-def _jpeg(frames: list[np.ndarray], q: int) -> tuple[int, list[np.ndarray]]:
+def _image(frames: list[np.ndarray], q: int, ext: str = ".jpg") -> tuple[int, list[np.ndarray]]:
+    """Every frame as its own JPEG or WebP (OpenCV) at quality ``q``."""
+    flag = cv2.IMWRITE_WEBP_QUALITY if ext == ".webp" else cv2.IMWRITE_JPEG_QUALITY
     size, out = 0, []
     for img in frames:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+        ok, buf = cv2.imencode(ext, img, [flag, q])
         size += len(buf)
         out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
     return size, out
@@ -173,31 +182,36 @@ class OursPipeline:
         h, w = frames[0].shape[:2]
         self.frames = frames
         self.kept: tuple[Any, list[list[tuple[str, bytes]]]] | None = None
+        self.rest_reasons: dict[str, int] = {}  #: rests ours_bg sent, by trigger
         self.regions = [self.agent.regions(self.agent.tracker.ground(f, self.agent.labels), w, h)
                         for f in frames]
         self.area_share = float(np.mean([sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1])
                                               for r in rs) / (w * h) for rs in self.regions]))
 
-    def run(self, quality: int, full: bool, keep: bool = False) -> tuple[int, list[np.ndarray]]:
-        """Bytes and composed frames at ``quality``; ``keep``: also keep the stream descriptor
-        and every frame's MQTT packets in ``self.kept`` (for the sink throughput run)."""
+    def run(self, quality: int, mode: str, keep: bool = False) -> tuple[int, list[np.ndarray]]:
+        """Bytes and composed frames at ``quality``; ``mode``: ``task`` (no rest), ``full``
+        (rest on every frame) or ``background`` (rest as the edge schedules it, background
+        composer). ``keep``: also keep the stream descriptor and every frame's MQTT packets in
+        ``self.kept`` (for the sink throughput run)."""
         from dataclasses import replace
 
         from sdk.codecs import CODECS
         from sdk.framing import frame_messages
+        from sdk.rest import RestScheduler
         from sink.composers import COMPOSERS
 
         agent = self.agent
         # a fresh codec per run: temporal codecs start from an intra frame
         codec = CODECS.create({**agent.edge.codec_for(agent.cam).model_dump(), "quality": quality})
         sink_codec = CODECS.create(codec.descriptor()["config"])
-        composer = COMPOSERS.create({"type": "background" if full else "direct"})
+        composer = COMPOSERS.create({"type": "background" if mode == "background" else "direct"})
+        cam = agent.cam
+        rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
         h, w = self.frames[0].shape[:2]
-        every = agent.cam.rest_interval
         size, out = 0, []
         kept: list[list[tuple[str, bytes]]] = []
         for i, (img, regions) in enumerate(zip(self.frames, self.regions, strict=True)):
-            send_rest = full and every > 0 and i % every == 0
+            send_rest = mode == "full" or (mode == "background" and rest.due(i, img, regions))
             coded = codec.compress(img, regions, send_rest)
             msgs = frame_messages("bench", agent.meta, i, 0, regions, coded,
                                   max_packet=agent.edge.max_packet,
@@ -210,6 +224,8 @@ class OursPipeline:
             out.append(composer.compose(dec, {"frame": i, "regions": regions}))
         if keep:
             self.kept = (replace(agent.meta, codec=codec.descriptor()), kept)
+        if mode == "background":
+            self.rest_reasons = dict(rest.reasons)
         return size, out
 
 
@@ -331,6 +347,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     x265_crfs: Sequence[int] = (23, 30, 37, 44, 51),
                     av1_crfs: Sequence[int] = (30, 40, 50, 60),
                     jpeg_qualities: Sequence[int] = (10, 30, 50, 75, 90),
+                    webp_qualities: Sequence[int] = (1, 10, 30, 60, 90),
                     rest_interval: int = 10, min_refs: int = 20, ref_score: float = 0.3,
                     pred_score: float = 0.05, tasks: Sequence[str] = TASKS,
                     cls_max_regions: int = 6, ms_ssim_every: int = 1,
@@ -472,17 +489,19 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
         qualities = tuple(range(1, points + 1)) if points else (30, 50, 75, 90)
     sink_q = qualities[len(qualities) // 2]
-    for q in qualities:
-        jobs.append(("ours_task", f"q{q}", lambda q=q: ours.run(q, full=False)))
-    for q in qualities:
-        jobs.append(("ours_full", f"q{q}", lambda q=q: ours.run(q, full=True, keep=q == sink_q)))
+    for name, mode in (("ours_task", "task"), ("ours_full", "full"), ("ours_bg", "background")):
+        for q in qualities:
+            jobs.append((name, f"q{q}", lambda q=q, mode=mode:
+                         ours.run(q, mode, keep=mode == "background" and q == sink_q)))
     for name, crfs in (("x264", x264_crfs), ("x265", x265_crfs), ("av1", av1_crfs)):
         enc, decs = VIDEO[name]
         for c in crfs:
             jobs.append((name, f"crf{c}", lambda enc=enc, decs=decs, c=c:
                          _video(frames, fps, enc, c, decs)))
     for q in jpeg_qualities:
-        jobs.append(("jpeg", f"q{q}", lambda q=q: _jpeg(frames, q)))
+        jobs.append(("jpeg", f"q{q}", lambda q=q: _image(frames, q, ".jpg")))
+    for q in webp_qualities:
+        jobs.append(("webp", f"q{q}", lambda q=q: _image(frames, q, ".webp")))
 
     settings: dict[str, dict[str, Any]] = {}
     middles: dict[tuple[str, str], np.ndarray] = {}
@@ -507,7 +526,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             prog.update(f"{name} {point}: {p['kbps']} kbps, {shown}", force=True)
 
         # -- sink throughput on ours_full's packets at one rate point -------------------------
-        assert ours.kept is not None, "the ours_full run at the sink rate point kept no packets"
+        assert ours.kept is not None, "the ours_bg run at the sink rate point kept no packets"
         meta, kept = ours.kept
         fps_sink: dict[str, float] = {}
         notes: dict[str, str] = {}
@@ -518,7 +537,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             notes["diffusion"] = ("skipped: no diffusion weights folder given "
                                   "(run_bench_tasks(diffusion_weights=...))")
         for cname, ccfg in composers:
-            prog.update(f"sink throughput: {cname} on ours_full q{sink_q}", force=True)
+            prog.update(f"sink throughput: {cname} on ours_bg q{sink_q}", force=True)
             try:
                 fps_sink[cname] = sink_fps(meta, kept, ccfg)
             except Exception as e:  # noqa: BLE001 - diffusion may lack its packages / weights
@@ -558,15 +577,14 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     "overlap": list(rng) if rng else None,
                     "rate_ratio_at_matched": rate_ratios(po, pa, key),
                     "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
-                name = f"bd_rate_{short}_vs_{a}" if o == "ours_task" else \
-                    f"bd_rate_{short}_full_vs_{a}"
+                name = f"bd_rate_{short}_{OURS_INFIX[o]}vs_{a}"
                 summary[name] = None if bd is None else round(bd, 2)
                 summary[name + "_note"] = why
             comparisons[f"{o}_vs_{a}"] = comp
 
     # -- side by side: the middle frame, each coded setting at its lowest-rate point ---------
     panels: list[tuple[str, np.ndarray]] = [(f"original (frame {mid})", frames[mid])]
-    for name in ("ours_task", "ours_full", "x265"):
+    for name in ("ours_task", "ours_full", "ours_bg", "x265"):
         pts = settings.get(name, {}).get("points", [])
         if pts:
             lo = min(pts, key=lambda p: p["bytes"])
@@ -591,10 +609,13 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
             "ms_ssim": f"sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
         "ours_task_area_share": round(ours.area_share, 4),
+        "ours_bg_rest": {"rest_interval": rest_interval,
+                         "rest_on_change": ours.agent.cam.rest_on_change,
+                         "rests_by_trigger": ours.rest_reasons},
         "ours_codec": {"type": codec, "checkpoint": ours.agent.codec.checkpoint_hash()},
         "settings": settings, "comparisons": comparisons, **summary,
         "sink_fps": fps_sink,
-        "sink_fps_info": {"setting": "ours_full", "point": f"q{sink_q}", "frames": n,
+        "sink_fps_info": {"setting": "ours_bg", "point": f"q{sink_q}", "frames": n,
                           "task_model": "nanodet", "device": "cpu",
                           "cpu_count": os.cpu_count(), "notes": notes},
         "side_by_side": str(out / "side_by_side.png"),

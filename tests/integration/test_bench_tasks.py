@@ -22,7 +22,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     # boxes per frame: keeps the module under ~40 s on a 2-core CPU
     r = run_bench_tasks(max_frames=12, out=out, quiet=True, qualities=(30, 90),
                         x264_crfs=(30, 44), x265_crfs=(30, 44), av1_crfs=(),
-                        jpeg_qualities=(10, 90), min_refs=5, cls_max_regions=2,
+                        jpeg_qualities=(10, 90), webp_qualities=(5, 90), min_refs=5, cls_max_regions=2,
                         ms_ssim_every=6)
     return r, out
 
@@ -31,7 +31,7 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
     r, out = result
     saved = json.loads((out / "tasks.json").read_text())
     assert saved["frames"] == 12
-    for name in ("ours_task", "ours_full", "x264", "x265", "jpeg"):
+    for name in ("ours_task", "ours_full", "ours_bg", "x264", "x265", "jpeg", "webp"):
         s = saved["settings"][name]
         for key in ("kbps", "bpp", "det_map50", "det_map"):
             assert len(s[key]) == 2, (name, key)
@@ -41,8 +41,13 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
     assert x265[0] > x265[1]  # CRF 30 then 44
     jpeg = saved["settings"]["jpeg"]["det_map50"]
     assert jpeg[1] > jpeg[0]  # quality 90 beats quality 10
-    # ours with rest costs more than without
-    assert saved["settings"]["ours_full"]["kbps"][0] > saved["settings"]["ours_task"]["kbps"][0]
+    # rest on every frame costs more than rest every 10th frame, which costs more than none
+    kbps = {k: saved["settings"][k]["kbps"][0] for k in ("ours_task", "ours_bg", "ours_full")}
+    assert kbps["ours_full"] > kbps["ours_bg"] > kbps["ours_task"], kbps
+    # 12 frames of a static clip: rest on frames 0 and 10, no background change in between
+    assert saved["ours_bg_rest"]["rests_by_trigger"] == {"periodic": 2}
+    webp = saved["settings"]["webp"]["psnr"]
+    assert webp[1] > webp[0]  # quality 90 beats quality 5
     for key in ("bd_rate_det_vs_x265", "bd_rate_det_vs_x264"):
         assert key in saved and (saved[key] is not None
                                  or any(w in saved[key + "_note"] for w in ("overlap", "rise")))
@@ -53,7 +58,7 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
 def test_cls_seg_psnr_msssim_scores(result: tuple[dict, Path]) -> None:
     r, _ = result
     assert r["tasks"] == ["det", "cls", "seg"]
-    for name in ("ours_task", "ours_full", "x264", "x265", "jpeg"):
+    for name in ("ours_task", "ours_full", "ours_bg", "x264", "x265", "jpeg", "webp"):
         s = r["settings"][name]
         for key in ("cls_top1", "seg_miou", "ms_ssim"):
             assert len(s[key]) == 2 and all(0 <= v <= 1 for v in s[key]), (name, key, s[key])
@@ -65,11 +70,13 @@ def test_cls_seg_psnr_msssim_scores(result: tuple[dict, Path]) -> None:
     assert jpeg["psnr"][1] > jpeg["psnr"][0]
     assert jpeg["cls_top1"][1] >= jpeg["cls_top1"][0]
     assert jpeg["seg_miou"][1] >= jpeg["seg_miou"][0]
+    # the whole view coded beats the regions alone over the whole frame
+    assert r["settings"]["ours_full"]["psnr"][1] > r["settings"]["ours_task"]["psnr"][1] + 3
     # ours codes its regions well: inside them, PSNR is high at q90
     assert r["settings"]["ours_task"]["psnr_task"][1] > 25
     for short in ("cls", "seg", "psnr", "msssim"):
-        for a in ("x265", "x264"):
-            key = f"bd_rate_{short}_vs_{a}"
+        for a, infix in [(a, i) for a in ("x265", "x264") for i in ("", "full_", "bg_")]:
+            key = f"bd_rate_{short}_{infix}vs_{a}"
             assert key in r and (r[key] is not None
                                  or any(w in r[key + "_note"] for w in ("overlap", "rise"))), key
     # per-class AP with its reference count
@@ -81,7 +88,7 @@ def test_cls_seg_psnr_msssim_scores(result: tuple[dict, Path]) -> None:
 def test_side_by_side_and_sink_fps(result: tuple[dict, Path]) -> None:
     r, out = result
     img = cv2.imread(str(out / "side_by_side.png"))
-    assert img is not None and img.shape[1] == 4 * r["width"] and img.shape[0] > r["height"]
+    assert img is not None and img.shape[1] == 5 * r["width"] and img.shape[0] > r["height"]
     fps = r["sink_fps"]
     assert set(fps) == {"direct", "background"} and all(v > 0 for v in fps.values())
     assert "diffusion" in r["sink_fps_info"]["notes"]
