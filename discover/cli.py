@@ -285,7 +285,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
                                quiet=a.quiet, codec=a.codec or "learned",
                                checkpoint=a.checkpoint,
-                               tasks=a.tasks.split(","))
+                               tasks=a.tasks.split(","), annotations=a.annotations)
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
                             "codec")
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["stream", "ground", "tasks", "codec"])
     b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured "
                    "one); codec: the grounder for the task boxes (default: nanodet)")
-    b.add_argument("--source", help="video (default: the bundled sample clip)")
+    b.add_argument("--source", help="video or image folder (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)
     b.add_argument("--start", type=int, default=0, help="ground: first frame of the source "
                    "(vtest.avi's evaluation split starts at 500)")
@@ -399,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "temporal prediction on; classical: WebP q30-90)")
     b.add_argument("--tasks", default="det,cls,seg", help="tasks: task models scored on every "
                    "decoded frame, comma-separated of det, cls, seg (default: all three)")
+    b.add_argument("--annotations", type=Path, metavar="COCO.json", help="tasks: score "
+                   "detection against these COCO-format boxes instead of NanoDet on the "
+                   "originals (images matched to frames by frame_id or file name)")
     bc = b.add_argument_group("codec options")
     bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
                     "held-out OpenCV photos, from apt-get install opencv-doc)")

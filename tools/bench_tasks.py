@@ -5,7 +5,8 @@ score >= ``ref_score`` are the reference. Every setting codes the same frames at
 points; NanoDet runs again on each decoded (or composed) frame and is scored against the
 reference with COCO AP (sdk.metrics): ``det_map50`` (mAP@0.5) and ``det_map`` (mAP@[.5:.95]),
 over the classes with at least ``min_refs`` reference boxes (the others are listed with their
-counts, out of the headline).
+counts, out of the headline). With ``--annotations FILE`` (COCO format) the file's boxes are the
+reference instead, on the frames it annotates (tools/coco_annotations.py).
 
 Settings:
 
@@ -74,6 +75,7 @@ import numpy as np
 
 from discover.progress import Progress
 from sdk.assets import SAMPLE_CLIP
+from sdk.errors import DiscoverError
 from sdk.metrics import coco_map
 from sdk.rd import bd_rate_points, overlap_points, rate_ratios
 
@@ -352,8 +354,11 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     pred_score: float = 0.05, tasks: Sequence[str] = TASKS,
                     cls_max_regions: int = 6, ms_ssim_every: int = 1,
                     sink_composers: Sequence[str] = ("direct", "background"),
-                    diffusion_weights: Path | None = None) -> dict[str, Any]:
-    """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``."""
+                    diffusion_weights: Path | None = None,
+                    annotations: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
+    ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
+    reference (tools/coco_annotations.py; only its annotated frames are scored)."""
     from sdk import masks
     from sdk.models.nanodet import NanoDet
     from sdk.rd import masked_psnr, ms_ssim, psnr
@@ -362,8 +367,6 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
 
     tasks = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
     if not tasks or set(tasks) - set(TASKS):
-        from sdk.errors import DiscoverError
-
         raise DiscoverError(f"bench tasks: --tasks takes a comma-separated subset of "
                             f"{','.join(TASKS)} (got {','.join(tasks) or 'nothing'})")
     src = source or str(SAMPLE_CLIP)
@@ -384,12 +387,32 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                         for b, lb, s in zip(d.boxes, d.labels, d.scores, strict=True)])
         return res
 
-    ref_full = detect(frames, ref_score)
-    counts = Counter(lb for f in ref_full for _, lb, _ in f)
+    scored = list(range(n))  # the frames detection is scored on
+    ann_info: dict[str, Any] | None = None
+    if annotations is not None:
+        from sdk.models.nanodet import COCO80_LABELS
+        from tools.coco_annotations import load_coco_references
+
+        names = None
+        if Path(src).is_dir():
+            from edge.sources import ImageFolderSource
+
+            names = [p.name for p in ImageFolderSource(Path(src), fps).paths]
+            if len(names) != len(frames) and (max_frames is None or len(names) < max_frames):
+                raise DiscoverError(f"{src}: {len(names) - len(frames)} of its images could "
+                                    "not be read, so frames cannot be matched to --annotations "
+                                    "by file name; remove them")
+            names = names[:n]
+        ann_refs, ann_info = load_coco_references(annotations, n, COCO80_LABELS, names)
+        scored = ann_info["frames"]
+        ref_full = [[(b, lb, 1.0) for b, lb in f] for f in ann_refs]
+    else:
+        ref_full = detect(frames, ref_score)
+    counts = Counter(lb for f in scored for _, lb, _ in ref_full[f])
     headline = sorted(c for c, k in counts.items() if k >= min_refs)
-    refs = [[(b, lb) for b, lb, _ in f if lb in headline] for f in ref_full]
-    prog.update(f"reference: {sum(counts.values())} boxes; headline classes {headline}",
-                force=True)
+    refs = [[(b, lb) for b, lb, _ in ref_full[f] if lb in headline] for f in scored]
+    prog.update(f"reference: {sum(counts.values())} boxes on {len(scored)} frames; headline "
+                f"classes {headline}", force=True)
 
     # -- classification and segmentation references: the task models on the originals -------
     def table(f: int, task: str, person: bool) -> list[Region]:
@@ -437,7 +460,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                              "kbps": round(size * 8 / 1000 / (n / fps), 2),
                              "bpp": round(size * 8 / (n * w * h), 5)}
         if "det" in tasks:
-            m = coco_map(detect(decoded, pred_score), refs)
+            m = coco_map(detect([decoded[f] for f in scored], pred_score), refs)
             p.update({"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
                       "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
                       "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
@@ -595,8 +618,11 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     result = {
         "source": src, "frames": n, "width": w, "height": h, "fps": fps,
         "tasks": list(tasks),
-        "reference": {"model": "nanodet (original frames)", "score_threshold": ref_score,
-                      "prediction_score_threshold": pred_score, "boxes": sum(counts.values())},
+        "reference": ({"annotations": ann_info, "boxes": sum(counts.values()),
+                       "prediction_score_threshold": pred_score} if ann_info is not None else
+                      {"model": "nanodet (original frames)", "score_threshold": ref_score,
+                       "prediction_score_threshold": pred_score,
+                       "boxes": sum(counts.values())}),
         "min_refs": min_refs, "headline_classes": {c: counts[c] for c in headline},
         "excluded_classes": {c: k for c, k in sorted(counts.items()) if c not in headline},
         "reference_boxes_per_class": dict(sorted(counts.items())),

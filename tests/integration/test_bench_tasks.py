@@ -12,6 +12,7 @@ import cv2
 import pytest
 from conftest import CLI, cli_env
 
+from sdk.assets import SAMPLE_CLIP
 from tools.bench_tasks import bd_rate, rate_ratios, run_bench_tasks
 
 
@@ -147,3 +148,37 @@ def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: 
     assert [p["point"] for p in task["points"]] == ["q1", "q2"]
     assert all(k > 0 for k in task["kbps"])
     assert all(0.0 <= m <= 1.0 for m in task["det_map50"])
+
+
+def test_coco_annotations_replace_the_model_reference(tmp_path: Path) -> None:
+    """Boxes from a COCO file are the reference: NanoDet's own confident boxes as annotations
+    score high on near-lossless frames, the same boxes moved off their objects score low."""
+    from sdk.models.nanodet import COCO80_LABELS, NanoDet
+    from tools.bench_ground import load_frames
+
+    frames, _ = load_frames(str(SAMPLE_CLIP), 0, 4)
+    model = NanoDet()
+    images, anns = [], []
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(COCO80_LABELS)]
+    for f, img in enumerate(frames[:3]):  # frame 3 unannotated: not scored
+        images.append({"id": 100 + f, "file_name": f"frame_{f:06d}.jpg"})
+        d = model.detect(img, score_threshold=0.5)
+        for b, lb in zip(d.boxes, d.labels, strict=True):
+            x0, y0, x1, y1 = (float(v) for v in b)
+            anns.append({"id": len(anns) + 1, "image_id": 100 + f, "iscrowd": 0,
+                         "category_id": COCO80_LABELS.index(lb) + 1,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    good, moved = tmp_path / "good.json", tmp_path / "moved.json"
+    good.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    shifted = [{**a, "bbox": [a["bbox"][0] + 300 if a["bbox"][0] < 300 else a["bbox"][0] - 300,
+                              *a["bbox"][1:]]} for a in anns]
+    moved.write_text(json.dumps({"images": images, "annotations": shifted, "categories": cats}))
+    kw = dict(max_frames=4, quiet=True, qualities=(90,), x264_crfs=(23,), x265_crfs=(23,),
+              av1_crfs=(), jpeg_qualities=(95,), webp_qualities=(95,), min_refs=1,
+              tasks=("det",), sink_composers=("direct",))
+    r = run_bench_tasks(out=tmp_path / "good", annotations=good, **kw)
+    assert r["reference"]["boxes"] == len(anns)
+    assert r["reference"]["annotations"]["frames"] == [0, 1, 2]
+    assert r["settings"]["jpeg"]["det_map50"][0] > 0.8
+    r2 = run_bench_tasks(out=tmp_path / "moved", annotations=moved, **kw)
+    assert r2["settings"]["jpeg"]["det_map50"][0] < 0.2
