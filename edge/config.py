@@ -31,13 +31,13 @@ class CameraConfig(BaseModel):
                                               "are always real time)")
     fps: float | None = Field(None, gt=0, description="override the source's frame rate")
     max_frames: int | None = Field(None, ge=1)
-    rest_interval: int = Field(10, ge=0, description="send rest every N frames (0: no "
-                               "periodic rest)")
-    rest_on_change: float = Field(0.05, ge=0, le=1, description="also send rest when more than "
-                                  "this share of the view outside the task regions changed "
-                                  "since the last rest (grey level at 1/8 size moved by over "
-                                  "8 %; sdk/rest.py); a static street stays under 0.02 for "
-                                  "10 s. 0: off")
+    rest_interval: int = Field(10, ge=0, description="send rest every N frames (0: never, "
+                               "task substreams only)")
+    rest_on_change: float = Field(0.05, ge=0, le=1, description="with rest_interval > 0, also "
+                                  "send rest when more than this share of the view outside "
+                                  "the task regions changed since the last rest (grey level at "
+                                  "1/8 size moved by over 8 %; sdk/rest.py); a static street "
+                                  "stays under 0.02 for 10 s. 0: off")
     rest_min_gap: int = Field(5, ge=1, description="frames after a rest before a change may "
                               "send the next (bounds the cost on a moving camera)")
     grounder: GrounderChoice | None = Field(None, description="per-camera grounder override")

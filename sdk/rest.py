@@ -58,11 +58,12 @@ def background_change(thumb: np.ndarray, ref: np.ndarray, regions: Sequence[Regi
 class RestScheduler:
     """Decides per frame whether ``rest`` goes out.
 
-    ``interval``: every N-th frame (frame index multiple of N; 0: no periodic rest).
+    ``interval``: every N-th frame (frame index multiple of N); 0 turns rest off altogether
+    (a camera that serves task substreams only), whatever the other settings.
     ``on_change``: also when more than this share of the background changed since the last
-    rest (0: off), but not sooner than ``min_gap`` frames after it. ``request()``: the next
-    frame carries rest (a sink asked for a refresh). With neither trigger on, rest never goes
-    out, and requests are ignored.
+    rest (0: off), but not sooner than ``min_gap`` frames after it; a large ``interval`` with
+    ``on_change`` sends rest almost only on changes. ``request()``: the next frame carries rest
+    (a sink asked for a refresh).
     """
 
     def __init__(self, interval: int, on_change: float = 0.0, min_gap: int = 1) -> None:
@@ -74,7 +75,7 @@ class RestScheduler:
 
     @property
     def enabled(self) -> bool:
-        return self.interval > 0 or self.on_change > 0
+        return self.interval > 0
 
     def request(self) -> None:
         """Send rest with the next frame (a late-joining viewer needs a full view)."""
@@ -88,7 +89,7 @@ class RestScheduler:
         reason = ""
         if self._requested:
             reason = "requested"
-        elif self.interval > 0 and index % self.interval == 0:
+        elif index % self.interval == 0:
             reason = "periodic"
         elif self.on_change > 0 and (self._ref is None or self._ref.shape != thumb.shape):
             reason = "first"

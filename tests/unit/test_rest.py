@@ -40,27 +40,38 @@ def test_periodic_only_without_change_trigger():
 
 
 def test_change_sends_rest_once_then_waits_for_the_next_change():
-    s = RestScheduler(interval=0, on_change=0.05, min_gap=2)
+    s = RestScheduler(interval=1000, on_change=0.05, min_gap=2)
     bg, other = scene(0), scene(1)
     got = [s.due(i, f, []) for i, f in enumerate([bg, bg, bg, other, other, other, bg])]
-    # the first frame (no view yet), the cut to `other`, the cut back
+    # frame 0 (periodic), the cut to `other`, the cut back
     assert got == [True, False, False, True, False, False, True]
-    assert s.reasons == {"first": 1, "change": 2}
+    assert s.reasons == {"periodic": 1, "change": 2}
 
 
 def test_min_gap_holds_back_a_change_right_after_a_rest():
-    s = RestScheduler(interval=0, on_change=0.05, min_gap=3)
+    s = RestScheduler(interval=1000, on_change=0.05, min_gap=3)
     a, b, c = scene(0), scene(1), scene(2)
     got = [s.due(i, f, []) for i, f in enumerate([a, b, c, c, c])]
     assert got == [True, False, False, True, False]
 
 
 def test_small_change_under_the_threshold_sends_nothing():
-    s = RestScheduler(interval=0, on_change=0.05)
+    s = RestScheduler(interval=1000, on_change=0.05)
     bg = scene()
     noisy = np.clip(bg.astype(int) + np.random.default_rng(3).integers(-6, 7, bg.shape),
                     0, 255).astype(np.uint8)
     assert [s.due(i, f, []) for i, f in enumerate([bg, noisy, noisy])] == [True, False, False]
+
+
+def test_interval_zero_turns_rest_off_even_with_the_change_trigger():
+    s = RestScheduler(interval=0, on_change=0.05)
+    frames = [scene(0), scene(1), scene(2)]
+    assert not any(s.due(i, f, []) for i, f in enumerate(frames))
+
+
+def test_first_frame_after_a_late_start_is_a_rest():
+    s = RestScheduler(interval=10, on_change=0.05)
+    assert s.due(3, scene(), []) and s.reasons == {"first": 1}
 
 
 def test_request_forces_the_next_frame_unless_rest_is_off():
@@ -70,6 +81,6 @@ def test_request_forces_the_next_frame_unless_rest_is_off():
     s.request()
     assert s.due(2, bg, []) and not s.due(3, bg, [])
     assert s.reasons == {"periodic": 1, "requested": 1}
-    off = RestScheduler(interval=0, on_change=0.0)
+    off = RestScheduler(interval=0, on_change=0.05)
     off.request()
     assert not any(off.due(i, bg, []) for i in range(3))
