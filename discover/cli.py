@@ -285,13 +285,28 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
                                quiet=a.quiet, codec=a.codec or "learned",
                                checkpoint=a.checkpoint,
-                               tasks=a.tasks.split(","), annotations=a.annotations)
+                               tasks=a.tasks.split(","), annotations=a.annotations,
+                               perceptual=_perceptual(a.perceptual))
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
                             "codec")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=out,
                             broker_url=a.broker, quiet=a.quiet, grounder=a.grounder,
                             codec=a.codec)
+
+
+def _perceptual(spec: str) -> tuple[str, ...]:
+    """``--perceptual``: 'none' or a comma-separated subset of fid, kid, lpips, dists."""
+    from tools.bench_tasks import PERCEPTUAL
+
+    names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    if names in ((), ("none",)):
+        return ()
+    bad = [m for m in names if m not in PERCEPTUAL]
+    if bad:
+        raise DiscoverError(f"--perceptual takes 'none' or a comma-separated subset of "
+                            f"{','.join(PERCEPTUAL)} (got {','.join(bad)})")
+    return names
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -402,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--annotations", type=Path, metavar="COCO.json", help="tasks: score "
                    "detection against these COCO-format boxes instead of NanoDet on the "
                    "originals (images matched to frames by frame_id or file name)")
+    b.add_argument("--perceptual", default="fid,kid,lpips,dists", help="tasks: perceptual "
+                   "distances to the originals, comma-separated, or 'none'; each needs its "
+                   "pretrained backbone in the torch hub cache (python -m tools.perceptual "
+                   "--fetch), skipped with a note otherwise")
     bc = b.add_argument_group("codec options")
     bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
                     "held-out OpenCV photos, from apt-get install opencv-doc)")

@@ -46,6 +46,10 @@ More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, `
   inside the union of ours' task regions (the pixels ours codes, the same mask for every
   setting). Always computed (``ms_ssim_every`` > 1 samples every k-th frame for MS-SSIM only,
   a cost knob for tests; default every frame).
+* ``fid``, ``kid``, ``lpips``, ``dists`` (tools/perceptual.py, torchmetrics): distances of the
+  decoded frames to the originals, lower is closer, for each metric whose pretrained weights
+  are in the torch hub cache (``python -m tools.perceptual`` says which; ``--fetch`` gets them
+  where there is internet); skipped with a note in ``perceptual.skipped`` otherwise.
 * BD-rates and matched-rate ratios on every score (``bd_rate_<score>_vs_<anchor>``, ``_full_``
   for ours_full, ``_bg_`` for ours_bg), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
 * ``sink_fps`` {composer: frames/s}: one sink worker (sink.pipeline.SinkPipeline, reassembly
@@ -339,6 +343,8 @@ TASKS = ("det", "cls", "seg")
 #: score key per short name, as the BD-rate keys name them (bd_rate_<short>_vs_<anchor>)
 SCORES = {"det": "det_map50", "cls": "cls_top1", "seg": "seg_miou", "psnr": "psnr",
           "psnr_task": "psnr_task", "msssim": "ms_ssim"}
+#: distances to the originals (lower is closer), where their weights are present
+PERCEPTUAL = ("fid", "kid", "lpips", "dists")
 
 
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
@@ -355,10 +361,13 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     cls_max_regions: int = 6, ms_ssim_every: int = 1,
                     sink_composers: Sequence[str] = ("direct", "background"),
                     diffusion_weights: Path | None = None,
-                    annotations: Path | None = None) -> dict[str, Any]:
+                    annotations: Path | None = None,
+                    perceptual: Sequence[str] = PERCEPTUAL) -> dict[str, Any]:
     """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
     ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
-    reference (tools/coco_annotations.py; only its annotated frames are scored)."""
+    reference (tools/coco_annotations.py; only its annotated frames are scored);
+    ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (tools/perceptual.py), each
+    scored only where its weights are in the torch hub cache (skipped with a note otherwise)."""
     from sdk import masks
     from sdk.models.nanodet import NanoDet
     from sdk.rd import masked_psnr, ms_ssim, psnr
@@ -452,6 +461,15 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
 
     ref_cls = [classify(frames[f], f) for f in range(n)] if cls_model else []
     ref_seg = [segment(frames[f], f) for f in range(n)] if seg_model else []
+    scorer = None
+    perceptual_notes: dict[str, str] = {}
+    if perceptual:
+        from tools.perceptual import PerceptualScorer
+
+        scorer = PerceptualScorer(tuple(perceptual))
+        perceptual_notes = scorer.load()
+        for m, why in perceptual_notes.items():
+            prog.update(f"{m}: skipped ({why})", force=True)
     # ours' task pixels: the union of its region boxes per frame (psnr_task for every setting)
     ours_masks: list[np.ndarray] = []
 
@@ -496,6 +514,9 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         p.update({"psnr": round(float(np.mean(ps)), 3),
                   "psnr_task": round(float(np.mean(pt)), 3) if pt else None,
                   "ms_ssim": round(float(np.mean(ss)), 5)})
+        if scorer is not None and len(perceptual_notes) < len(perceptual):
+            got = scorer.score(frames, decoded)
+            p.update({m: round(float(got[m]), 6) for m in PERCEPTUAL if got.get(m) is not None})
         return p
 
     jobs: list[tuple[str, str, Callable[[], tuple[int, list[np.ndarray]]]]] = []
@@ -569,7 +590,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                 notes[cname] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
     finally:
         prog.done()
-    keys = ["kbps", "bpp", *(v for v in SCORES.values())]
+    keys = ["kbps", "bpp", *(v for v in SCORES.values()), *PERCEPTUAL]
     if "det" in tasks:
         keys.append("det_map")
     for s in settings.values():
@@ -634,6 +655,10 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             "psnr": "RGB, whole frame, mean over frames",
             "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
             "ms_ssim": f"sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
+        "perceptual": {"metrics": list(perceptual), "skipped": perceptual_notes,
+                       "note": "FID/KID over the benchmarked frames (tens): comparisons between "
+                               "settings on the same frames, not absolute figures; LPIPS (alex) "
+                               "and DISTS on frames scaled to 256 px on the long side"},
         "ours_task_area_share": round(ours.area_share, 4),
         "ours_bg_rest": {"rest_interval": rest_interval,
                          "rest_on_change": ours.agent.cam.rest_on_change,

@@ -54,6 +54,10 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
                                  or any(w in saved[key + "_note"] for w in ("overlap", "rise")))
     img = cv2.imread(str(out / "tasks_rate.png"))
     assert img is not None and img.shape[0] > 100
+    # no pretrained backbones in the torch hub cache here: each metric skipped, saying why
+    if not any(m in saved["settings"]["jpeg"] for m in ("fid", "kid", "lpips", "dists")):
+        assert set(saved["perceptual"]["skipped"]) == {"fid", "kid", "lpips", "dists"}
+        assert all("--fetch" in why for why in saved["perceptual"]["skipped"].values())
 
 
 def test_cls_seg_psnr_msssim_scores(result: tuple[dict, Path]) -> None:
@@ -120,12 +124,18 @@ def test_no_overlap_gives_none() -> None:
 
 def test_cli(tmp_path: Path) -> None:
     p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "2", "--out", str(tmp_path),
-                        "--tasks", "det", "--codec", "classical", "--json", "-q"], env=cli_env(), capture_output=True, text=True,
+                        "--tasks", "det", "--codec", "classical", "--perceptual", "none",
+                        "--json", "-q"], env=cli_env(), capture_output=True, text=True,
                        timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout.splitlines()[-1])
     assert r["frames"] == 2 and "x265" in r["settings"] and r["tasks"] == ["det"]
     assert "cls_top1" not in r["settings"]["x265"] and "psnr" in r["settings"]["x265"]
+    assert r["perceptual"] == {**r["perceptual"], "metrics": [], "skipped": {}}
+    bad = subprocess.run([*CLI, "bench", "tasks", "--perceptual", "fid,psnr"], env=cli_env(),
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--perceptual" in bad.stderr and "psnr" in bad.stderr
     assert (tmp_path / "tasks.json").is_file() and (tmp_path / "tasks_rate.png").is_file()
 
 
@@ -182,3 +192,26 @@ def test_coco_annotations_replace_the_model_reference(tmp_path: Path) -> None:
     assert r["settings"]["jpeg"]["det_map50"][0] > 0.8
     r2 = run_bench_tasks(out=tmp_path / "moved", annotations=moved, **kw)
     assert r2["settings"]["jpeg"]["det_map50"][0] < 0.2
+
+
+def test_perceptual_scores_through_the_real_loader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """LPIPS (alex) with a random AlexNet saved where torchvision looks: every setting gets a
+    score per point, and the near-lossless JPEG is closer to the originals than the worst."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchmetrics")
+    from fake_hub_weights import HUB_FILES, write_weights
+
+    write_weights(tmp_path / "home" / "hub" / "checkpoints", (HUB_FILES[1],))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    r = run_bench_tasks(out=tmp_path / "out", max_frames=3, quiet=True, qualities=(90,),
+                        x264_crfs=(23,), x265_crfs=(51,), av1_crfs=(),
+                        jpeg_qualities=(5, 95), webp_qualities=(95,), tasks=("det",),
+                        sink_composers=("direct",), perceptual=("lpips", "dists"))
+    assert set(r["perceptual"]["skipped"]) == {"dists"}  # its VGG16 is absent
+    for name in ("ours_task", "ours_full", "x265", "jpeg", "webp"):
+        assert all(v >= 0 for v in r["settings"][name]["lpips"]), name
+        assert "dists" not in r["settings"][name]
+    lo, hi = r["settings"]["jpeg"]["lpips"]
+    assert hi < lo
