@@ -139,14 +139,36 @@ def _shared(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
     return (float(lo), float(hi)) if hi > lo else None
 
 
+def front(log_rate: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Indices of the points on the rate-quality front, cheapest first: a point stays when its
+    quality beats every cheaper point's (a point that costs more for less is one nobody would
+    operate at). Equal rates keep the best quality."""
+    order = np.lexsort((-quality, log_rate))
+    keep, best = [], -np.inf
+    for i in order:
+        if quality[i] > best and (not keep or log_rate[i] > log_rate[keep[-1]]):
+            keep.append(int(i))
+            best = quality[i]
+    return np.array(keep, dtype=int)
+
+
 def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
             rate_test: Sequence[float], quality_test: Sequence[float], *,
-            method: Method = "cubic") -> BDResult:
+            method: Method = "cubic", on_front: bool = False) -> BDResult:
     """Bjontegaard delta rate of test vs anchor in percent, and a note saying over which
     quality range (or why there is no value). Points with rate <= 0 or a non-finite value are
-    left out."""
+    left out. A curve whose quality does not rise with rate has no BD-rate, unless
+    ``on_front``: then each curve's dominated points (:func:`front`) are left out first, and
+    the note says how many."""
     la, qa = _clean(rate_anchor, quality_anchor)
     lt, qt = _clean(rate_test, quality_test)
+    dropped = ""
+    if on_front:
+        fa, ft = front(la, qa), front(lt, qt)
+        gone = {"anchor": len(la) - len(fa), "test": len(lt) - len(ft)}
+        la, qa, lt, qt = la[fa], qa[fa], lt[ft], qt[ft]
+        dropped = "; ".join(f"{k}: {v} dominated point{'s' * (v > 1)} left out"
+                            for k, v in gone.items() if v)
     for name, lr, q in (("anchor", la, qa), ("test", lt, qt)):
         if not _monotone(lr, q):
             # log-rate as a function of quality does not exist: a fit through such points
@@ -164,7 +186,8 @@ def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
     it = _integral(qt, lt, lo, hi, method)
     if ia is None or it is None:
         return None, "too few distinct quality values (need 2 per curve)"
-    return float((10 ** ((it - ia) / (hi - lo)) - 1) * 100), f"quality range {lo:.4g}..{hi:.4g}"
+    note = f"quality range {lo:.4g}..{hi:.4g}" + (f" ({dropped})" if dropped else "")
+    return float((10 ** ((it - ia) / (hi - lo)) - 1) * 100), note
 
 
 def bd_quality(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
@@ -205,10 +228,11 @@ def overlap_points(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], key
 
 
 def bd_rate_points(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]], key: str,
-                   rate_key: str = "kbps", method: Method = "cubic") -> BDResult:
+                   rate_key: str = "kbps", method: Method = "cubic",
+                   on_front: bool = False) -> BDResult:
     """:func:`bd_rate` of point dicts (``rate_key`` and ``key`` in each); note names ``key``."""
     (rt, qt), (ra, qa) = _points(test, key, rate_key), _points(anchor, key, rate_key)
-    value, note = bd_rate(ra, qa, rt, qt, method=method)
+    value, note = bd_rate(ra, qa, rt, qt, method=method, on_front=on_front)
     return value, note.replace("quality", key, 1)
 
 

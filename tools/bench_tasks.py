@@ -23,7 +23,9 @@ Settings:
 Bits are real bytes: MQTT packets from sdk.framing.frame_messages for ours, encoded packets for
 the anchors. Comparisons (ours vs x265, x264) are made only where the det_map50 ranges overlap:
 the rate ratio at matched score (log-rate interpolation) and the Bjontegaard delta rate (cubic
-fit of log-rate over score); no extrapolation. Writes ``<out>/tasks.json``,
+fit of log-rate over score, on each curve's rate-score front: task scores on 50 frames are
+noisy, and a rate point that costs more for a lower score than a cheaper one is left out, the
+note says how many); no extrapolation. Writes ``<out>/tasks.json``,
 ``<out>/tasks_rate.png`` and ``<out>/side_by_side.png``.
 
 More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, ``seg``):
@@ -103,8 +105,10 @@ def overlap(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
 def bd_rate(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
             key: str = "det_map50") -> tuple[float | None, str]:
     """Bjontegaard delta rate of ``test`` vs ``anchor`` in percent on kbps (sdk.rd, cubic fit,
-    overlapping score range only); (None, reason) without overlap."""
-    return bd_rate_points(test, anchor, key)
+    overlapping score range only, each curve's rate-score front: a rate point that costs more
+    than another for a lower score is left out, and the note says so); (None, reason) without
+    overlap."""
+    return bd_rate_points(test, anchor, key, on_front=True)
 
 
 # -- settings ---------------------------------------------------------------------------------

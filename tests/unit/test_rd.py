@@ -209,3 +209,24 @@ def test_bd_rate_refuses_a_curve_whose_quality_falls_with_rate():
     test = ([566.0, 800.0, 1100.0, 1436.0], [0.880, 0.87, 0.86, 0.855])
     value, note = bd_rate(*anchor, *test)
     assert value is None and "does not rise" in note
+
+
+def test_front_drops_points_that_cost_more_for_less():
+    from sdk.rd import front
+
+    lr = np.log10([100.0, 200.0, 300.0, 400.0, 400.0, 500.0])
+    q = np.array([0.5, 0.7, 0.65, 0.8, 0.75, 0.8])
+    assert front(lr, q).tolist() == [0, 1, 3]
+
+
+def test_bd_rate_on_front_equals_bd_rate_without_the_dominated_point():
+    from sdk.rd import bd_rate
+
+    anchor_r, anchor_q = [100, 200, 400, 800], [0.5, 0.6, 0.7, 0.8]
+    test_r, test_q = [60, 120, 180, 240, 480], [0.5, 0.6, 0.58, 0.7, 0.8]  # 180 is dominated
+    strict, why = bd_rate(anchor_r, anchor_q, test_r, test_q)
+    assert strict is None and "does not rise" in why
+    value, note = bd_rate(anchor_r, anchor_q, test_r, test_q, on_front=True)
+    clean, _ = bd_rate(anchor_r, anchor_q, [60, 120, 240, 480], [0.5, 0.6, 0.7, 0.8])
+    assert value == pytest.approx(clean) and value < 0
+    assert "test: 1 dominated point left out" in note
