@@ -1,7 +1,8 @@
 """``background``: for static cameras, paste each frame's task regions onto the latest full view.
 
-The edge sends ``rest`` only every N frames; in between, this composer keeps the last decoded
-full frame as the background, so a full-view stream costs little more than the task stream.
+The edge sends ``rest`` only every N frames and when the view outside the task regions changed
+(sdk/rest.py); in between, this composer keeps the last decoded full frame as the background,
+so a full-view stream costs little more than the task stream.
 Until the first ``rest`` arrives it falls back to the codec's own reconstruction.
 
 ::
