@@ -287,9 +287,18 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                                checkpoint=a.checkpoint,
                                tasks=a.tasks.split(","), annotations=a.annotations,
                                perceptual=_perceptual(a.perceptual))
+    if a.what == "diffusion":
+        from tools.bench_diffusion import run_bench_diffusion
+
+        return run_bench_diffusion(
+            base=a.base, controlnet=a.controlnet, inpaint=a.inpaint,
+            random_weights=a.random_weights, source=a.source,
+            frames=a.frames if a.frames is not None else a.max_frames or 3, size=a.size,
+            composers=a.composers, steps=a.steps, device=a.device, dtype=a.dtype,
+            max_seconds=a.max_seconds, checkpoint=a.checkpoint, out=out, quiet=a.quiet)
     if a.what != "stream":
         raise DiscoverError(f"unknown benchmark {a.what!r}; available: stream, ground, tasks, "
-                            "codec")
+                            "codec, diffusion")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=out,
                             broker_url=a.broker, quiet=a.quiet, grounder=a.grounder,
                             codec=a.codec)
@@ -398,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_ground)
 
     b = sub.add_parser("bench", parents=[common],
-                       help="benchmarks (stream, ground, tasks, codec)")
-    b.add_argument("what", choices=["stream", "ground", "tasks", "codec"])
+                       help="benchmarks (stream, ground, tasks, codec, diffusion)")
+    b.add_argument("what", choices=["stream", "ground", "tasks", "codec", "diffusion"])
     b.add_argument("--grounder", help="stream: the edge's grounder (default: the configured "
                    "one); codec: the grounder for the task boxes (default: nanodet)")
     b.add_argument("--source", help="video or image folder (default: the bundled sample clip)")
@@ -428,8 +437,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "...]} task boxes per image (default: found by the grounder)")
     bc.add_argument("--video", help="codec: also code this video's frames in order (with "
                     "--max-frames N), against x264 and x265")
-    bc.add_argument("--checkpoint", type=Path, help="codec, tasks: learned-codec checkpoint folder "
-                    "(default: the shipped sdk/codecs/learned/checkpoints/small)")
+    bc.add_argument("--checkpoint", type=Path, help="codec, tasks, diffusion: learned-codec "
+                    "checkpoint folder (default: the shipped sdk/codecs/learned/checkpoints/small)")
+    bd = b.add_argument_group("diffusion options (sink throughput of the Stable Diffusion "
+                              "composers; tools/bench_diffusion.py)")
+    bd.add_argument("--base", help="SD 2.1-base folder (diffusers layout)")
+    bd.add_argument("--controlnet", help="control module folder for 'diffusion' "
+                    "(tools/train_control.py)")
+    bd.add_argument("--inpaint", help="SD 2 inpainting folder for 'sd-inpaint' (default: "
+                    "--base, blended)")
+    bd.add_argument("--random-weights", type=Path, nargs="?", const=Path("out/sd21-random"),
+                    metavar="DIR", help="instead of --base: SD 2.1-base's architecture with "
+                    "random weights, written to DIR once (default out/sd21-random, ~5 GB): real "
+                    "timings, meaningless images")
+    bd.add_argument("--frames", type=int, help="frames of the clip (default 3; the first is "
+                    "the warm-up)")
+    bd.add_argument("--size", type=int, default=512, help="square frame size in pixels "
+                    "(default 512)")
+    bd.add_argument("--composers", default="direct,background,diffusion,sd-inpaint",
+                    help="comma-separated composers to time (default: "
+                         "direct,background,diffusion,sd-inpaint)")
+    bd.add_argument("--steps", default="8,50", help="denoising step counts for diffusion and "
+                    "sd-inpaint, comma-separated (default 8,50)")
+    bd.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where Stable Diffusion runs (auto: cuda if available)")
+    bd.add_argument("--dtype", choices=["auto", "float32", "float16"], default="auto",
+                    help="Stable Diffusion precision (auto: float16 on cuda, float32 on cpu)")
+    bd.add_argument("--max-seconds", type=float, help="per configuration: do not start a "
+                    "frame that would end past this many seconds (the result says so)")
     b.set_defaults(func=cmd_bench)
     return p
 

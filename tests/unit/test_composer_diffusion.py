@@ -10,8 +10,6 @@ and the one-line errors.
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE vocab")
+
+from fake_sd import tiny_controlnet, tiny_stable_diffusion, write_clip_tokenizer  # noqa: E402
 
 from sdk.errors import DiscoverError  # noqa: E402
 from sdk.regions import Region  # noqa: E402
@@ -35,108 +35,9 @@ from sink.composers.diffusion import (  # noqa: E402
 H, W = 100, 150  # neither a multiple of 64 nor of 8
 BOX = (32, 16, 96, 80)  # on the codec's 16 px grid: SD latent cells x 4..12, y 2..10
 REGIONS = [Region(1, BOX, "person", 0.9, ("detection",))]
-# SD 2.1-base's scheduler_config.json (a PNDM config that the composers read as DDIM / DPM)
-SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-            "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
-            "steps_offset": 1, "prediction_type": "epsilon"}
-TEXT_DIM = 32
 
 
-# -- tiny models in diffusers' folder layout --------------------------------------------------
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte alphabet: printable bytes as themselves, the rest shifted past 255."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    order = keep + [b for b in range(256) if b not in keep]
-    return [chars[b] for b in order]
-
-
-def write_clip_tokenizer(folder: Path) -> Path:
-    """A real CLIPTokenizer (49408 tokens, as SD 2.1's) from open_clip's BPE merges."""
-    from transformers import CLIPTokenizer
-
-    gz = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1:49152 - 256 - 2 + 1]  # the merges CLIP uses (line 0 is a header)
-    alphabet = _bytes_to_unicode()
-    vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    raw = folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), model_max_length=77,
-                        pad_token="!")  # SD 2.x pads with "!"
-    tok.save_pretrained(folder)
-    return folder
-
-
-def tiny_unet(in_channels: int = 4):  # noqa: ANN201 - diffusers.UNet2DConditionModel
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=in_channels, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 32), norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=(2, 4, 4), use_linear_projection=True)
-
-
-def tiny_controlnet(unet, lively: bool = True):  # noqa: ANN001, ANN201
-    """The control module's shape: 4-channel latent condition, no downsampling embedding. The
-    zero convolutions start at zero (no effect); ``lively`` gives them small random weights so
-    the condition visibly steers the UNet."""
-    from diffusers import ControlNetModel
-
-    net = ControlNetModel.from_unet(unet, conditioning_channels=4,
-                                    conditioning_embedding_out_channels=(16,))
-    if lively:
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block",
-                                    "controlnet_cond_embedding.conv_out")):
-                    p.normal_(0, 0.2)
-    return net
-
-
-def tiny_stable_diffusion(folder: Path, tokenizer: Path, inpainting: bool = False) -> Path:
-    """unet/, vae/, text_encoder/, tokenizer/, scheduler/ and model_index.json, as
-    ``StableDiffusionPipeline.save_pretrained`` lays them out."""
-    import shutil
-
-    from diffusers import AutoencoderKL, PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(1 if inpainting else 0)
-    tiny_unet(9 if inpainting else 4).save_pretrained(folder / "unet")
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                  block_out_channels=(8, 8, 16, 16), norm_num_groups=8, layers_per_block=1,
-                  down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4,
-                  sample_size=64).save_pretrained(folder / "vae")
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, projection_dim=TEXT_DIM,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
-        hidden_act="gelu")).save_pretrained(folder / "text_encoder")
-    shutil.copytree(tokenizer, folder / "tokenizer")
-    PNDMScheduler(**SCHEDULE).save_pretrained(folder / "scheduler")
-    kinds = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"],
-             "scheduler": ["diffusers", "PNDMScheduler"]}
-    pipe = "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline"
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipe, **kinds}))
-    return folder
-
+# -- tiny models in diffusers' folder layout (tests/fake_sd.py) -------------------------------
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
