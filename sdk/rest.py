@@ -85,20 +85,23 @@ class RestScheduler:
         """Whether frame ``index`` carries rest; when it does, it becomes the reference."""
         if not self.enabled:
             return False
-        thumb = thumbnail(frame) if self.on_change > 0 else None
-        reason = ""
+        reason, thumb = "", None
         if self._requested:
             reason = "requested"
         elif index % self.interval == 0:
             reason = "periodic"
-        elif self.on_change > 0 and (self._ref is None or self._ref.shape != thumb.shape):
-            reason = "first"
-        elif (self.on_change > 0 and index - self._last >= self.min_gap
-              and background_change(thumb, self._ref, regions, frame.shape[1], frame.shape[0])
-              > self.on_change):
-            reason = "change"
+        elif self.on_change > 0:
+            h, w = frame.shape[:2]
+            if self._ref is None or self._ref.shape != (max(1, h // CELL), max(1, w // CELL)):
+                reason = "first"
+            elif index - self._last >= self.min_gap:  # no thumbnail within min_gap of a rest
+                thumb = thumbnail(frame)
+                if background_change(thumb, self._ref, regions, w, h) > self.on_change:
+                    reason = "change"
         if not reason:
             return False
+        if thumb is None and self.on_change > 0:
+            thumb = thumbnail(frame)
         self._requested = False
         self._last = index
         self._ref = thumb

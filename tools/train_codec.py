@@ -15,9 +15,10 @@ Progress lines go to stderr; ``--json`` prints a one-line summary on stdout at t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -102,8 +103,6 @@ def detection_boxes():  # noqa: ANN201 - returns training.BoxesFn
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sdk.errors import DiscoverError
-
     try:
         from sdk.codecs.learned.training import (
             DEFAULT_LAMBDAS,
@@ -127,16 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, threads=args.threads, videos=videos, images=args.images or [],
         use_skimage=not args.no_skimage, temporal_pairs=args.pairs,
         opencv_photos=args.opencv_photos)
-    try:
+    from tools._training_cli import run_training
+
+    def train(log: Callable[[str], None]) -> dict[str, Any]:
         boxes_fn = detection_boxes() if "T" in cfg.stages else None
-        result = train_codec(cfg, log=lambda line: print(line, file=sys.stderr, flush=True),
-                             boxes_fn=boxes_fn)
-    except DiscoverError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
-    return 0
+        return train_codec(cfg, log=log, boxes_fn=boxes_fn)
+
+    return run_training(train, args.json)
 
 
 if __name__ == "__main__":

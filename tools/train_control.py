@@ -377,14 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         gradient_checkpointing=args.gradient_checkpointing, videos=videos,
         images=args.images or [], use_skimage=not args.no_skimage,
         opencv_photos=args.opencv_photos)
-    try:
-        result = train_control(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
-    except DiscoverError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
-    return 0
+    from tools._training_cli import run_training
+
+    return run_training(lambda log: train_control(cfg, log=log), args.json)
 
 
 if __name__ == "__main__":
