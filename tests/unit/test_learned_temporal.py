@@ -112,6 +112,25 @@ def test_static_scene_skips_regions_and_reuses_z(model, frames):
         assert np.array_equal(a["region_pixels"][rid], b["region_pixels"][rid])
 
 
+def test_a_moving_box_over_a_static_scene_is_predicted_without_the_move(model, frames):
+    """The encoder tries the box's move and no move and keeps the cheaper: when only the box
+    moved (a detector's jitter over a static scene), the unmoved reference predicts it."""
+    from sdk.codecs.learned.temporal import _REF, RESIDUAL, SKIP
+
+    edge, sink = codec(model), codec(model)
+    first = edge.compress(frames[0], regions(), send_rest=False)
+    decode(sink, first, regions())
+    moved = regions(shift=16)  # the person box one latent cell to the right, same picture
+    coded = edge.compress(frames[0], moved, send_rest=False)
+    body = coded["regions"][1][5:]  # after the seal (format version, CRC)
+    mode, _, ref_rid, dx, dy = _REF.unpack(body[:_REF.size])
+    assert mode in (RESIDUAL, SKIP) and ref_rid == 1 and (dx, dy) == (0, 0)
+    assert len(coded["regions"][1]) < 0.5 * len(first["regions"][1])
+    out = decode(sink, coded, moved)
+    assert out["errors"] == {}
+    assert np.array_equal(out["region_latents"][1], kept(edge)[1])
+
+
 def test_a_sink_of_one_task_decodes_its_regions_exactly_like_a_sink_of_all(model, frames):
     """Region 3 serves classification only, so no detection region may take it as reference;
     a detection-only sink then decodes its regions bit-exactly every frame."""

@@ -6,7 +6,9 @@ of a region's latent is what the sink already has. So, per camera stream:
 * a region that continues one of the previous frame's regions (best box IoU, and that region
   reaches every sink this one reaches: its tasks include this one's) is coded as the residual
   between its latent and that region's *decoded* latent, shifted by the box's move on the
-  latent grid; cells the shifted reference does not cover are coded intra;
+  latent grid or not shifted (a detector's box jitters over a static scene), or intra: the
+  encoder keeps whichever payload is shortest; cells the shifted reference does not cover are
+  coded intra;
 * a region whose residual symbols average under ``skip_threshold`` in magnitude is not
   re-coded: its payload is a 13-byte "same as before" marker (so a sink can tell a
   skipped region from a lost one) and the sink reuses what it has;
@@ -202,27 +204,30 @@ class TemporalCoder:
                 iou = box_iou(box, p.box)
                 if iou >= best and tk <= p.tasks:
                     ref_rid, best = prid, iou
-            if ref_rid is None:
-                body = struct.pack(">B", INTRA) + self._cells(
-                    np.rint((y[sl] - mu[sl]) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-                    .astype(np.int32), idx[sl], res_idx[sl], np.zeros(y[sl].shape[1:], bool))
-                lat = y_hat[sl].copy()
-                modes.append(INTRA)
-            else:
+            y_sym = np.rint((y[sl] - mu[sl]) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+            body = struct.pack(">B", INTRA) + self._cells(
+                y_sym.astype(np.int32), idx[sl], res_idx[sl], np.zeros(y[sl].shape[1:], bool))
+            lat, mode = y_hat[sl].copy(), INTRA
+            if ref_rid is not None:
+                # the encoder's choice, the decoder follows the header: the box's move or no
+                # move (a static background inside a moving box), or intra, whichever is fewest
+                # bytes; a covered region whose residual is all but zero is skipped
                 ref = prev[ref_rid]
-                dx, dy = _shift(box, ref.box)
-                pred, cover = predict(ref, box, dx, dy)
-                target = np.where(cover, pred, mu[sl])
-                sym = np.rint((y[sl] - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-                hdr = _REF.pack(RESIDUAL, st.seq, ref_rid, dx, dy)
-                if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
-                    body = _REF.pack(SKIP, st.seq, ref_rid, dx, dy)
-                    lat = pred
-                    modes.append(SKIP)
-                else:
-                    body = hdr + self._cells(sym.astype(np.int32), idx[sl], res_idx[sl], cover)
-                    lat = sym * step + target
-                    modes.append(RESIDUAL)
+                moves = [_shift(box, ref.box)]
+                if moves[0] != (0, 0):
+                    moves.append((0, 0))
+                for dx, dy in moves:
+                    pred, cover = predict(ref, box, dx, dy)
+                    target = np.where(cover, pred, mu[sl])
+                    sym = np.rint((y[sl] - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+                    if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
+                        body, lat, mode = _REF.pack(SKIP, st.seq, ref_rid, dx, dy), pred, SKIP
+                        break
+                    cand = _REF.pack(RESIDUAL, st.seq, ref_rid, dx, dy) + self._cells(
+                        sym.astype(np.int32), idx[sl], res_idx[sl], cover)
+                    if len(cand) < len(body):
+                        body, lat, mode = cand, sym * step + target, RESIDUAL
+            modes.append(mode)
             y_hat[sl] = lat
             kept[rid] = _Kept(box, tk, lat)
             payloads.append(seal(body, region_tag(digest, box)))
