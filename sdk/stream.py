@@ -6,6 +6,7 @@ container. Binary layouts are documented in docs/packet-format.md.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
 import uuid
@@ -13,19 +14,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdk import varint
 from sdk.errors import PacketError
 from sdk.regions import Region
 
 STREAM_FORMAT = "discover-stream"
-STREAM_VERSION = 1
+STREAM_VERSION = 2  # 2: compact side table, task container and learned-codec region headers
+SIDE_VERSION = 2
 MAX_TASKS = 16
 
 SIDE_FLAG_REST = 0x01
 SIDE_FLAG_INTRA = 0x02
 
-_SIDE_HEAD = struct.Struct(">BBHHHH")  # version, flags, width, height, task bits sent, n_regions
-_REGION = struct.Struct(">HHHHHHBH")  # rid, x0, y0, x1, y1, label index, score*255, task bits
-_ITEM = struct.Struct(">HI")  # rid, payload length
+# version, flags, width, height, task bits sent, n_regions, box unit (px)
+_SIDE_HEAD = struct.Struct(">BBHHHHB")
 
 
 def _is_size(v: Any) -> bool:
@@ -66,8 +68,13 @@ class StreamMeta:
             obj = json.loads(data)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
-            if obj.pop("format") != STREAM_FORMAT or obj.pop("version") != STREAM_VERSION:
-                raise ValueError("not a version 1 DISCOVER stream descriptor")
+            if obj.pop("format") != STREAM_FORMAT:
+                raise ValueError("not a DISCOVER stream descriptor")
+            version = obj.pop("version")
+            if version != STREAM_VERSION:
+                raise ValueError(f"stream format version {version}, this release reads version "
+                                 f"{STREAM_VERSION}: run edge and sink (or replay) with the same "
+                                 f"DISCOVER release")
             meta = cls(**obj)
             if not (isinstance(meta.camera, str) and _is_size(meta.width)
                     and _is_size(meta.height) and isinstance(meta.fps, int | float)
@@ -104,62 +111,83 @@ class SideInfo:
     def encode(self, meta: StreamMeta) -> bytes:
         flags = (SIDE_FLAG_REST if self.rest_sent else 0) | (SIDE_FLAG_INTRA if self.intra else 0)
         label_ix = {label: i for i, label in enumerate(meta.labels)}
-        parts = [_SIDE_HEAD.pack(1, flags, self.width, self.height,
-                                 meta.task_bits(self.tasks_sent), len(self.regions))]
+        unit = box_unit(self.regions)
+        out = bytearray(_SIDE_HEAD.pack(SIDE_VERSION, flags, self.width, self.height,
+                                        meta.task_bits(self.tasks_sent), len(self.regions), unit))
         for r in self.regions:
-            parts.append(_REGION.pack(r.rid, *r.box, label_ix[r.label],
-                                      round(min(max(r.score, 0.0), 1.0) * 255),
-                                      meta.task_bits(r.tasks)))
-        parts.append(self.codec_data)
-        return b"".join(parts)
+            x0, y0, x1, y1 = r.box
+            for v in (r.rid, x0 // unit, y0 // unit, (x1 - x0) // unit, (y1 - y0) // unit,
+                      label_ix[r.label]):
+                varint.put(out, v)
+            out.append(round(min(max(r.score, 0.0), 1.0) * 255))
+            varint.put(out, meta.task_bits(r.tasks))
+        return bytes(out) + self.codec_data
 
     @classmethod
     def decode(cls, data: bytes, meta: StreamMeta) -> SideInfo:
         try:
-            version, flags, w, h, sent, n = _SIDE_HEAD.unpack_from(data)
-            if version != 1:
+            version, flags, w, h, sent, n, unit = _SIDE_HEAD.unpack_from(data)
+            if version != SIDE_VERSION:
                 raise ValueError(f"side version {version}")
+            if unit == 0:
+                raise ValueError("box unit 0")
             regions = []
             pos = _SIDE_HEAD.size
             for _ in range(n):
-                rid, x0, y0, x1, y1, li, score, bits = _REGION.unpack_from(data, pos)
-                pos += _REGION.size
-                if not (x0 < x1 <= w and y0 < y1 <= h):
+                vals = []
+                for _ in range(6):
+                    v, pos = varint.get(data, pos)
+                    vals.append(v)
+                rid, x0, y0, bw, bh, li = vals
+                score = data[pos]
+                bits, pos = varint.get(data, pos + 1)
+                box = (x0 * unit, y0 * unit, (x0 + bw) * unit, (y0 + bh) * unit)
+                if not (bw > 0 and bh > 0 and box[2] <= w and box[3] <= h):
                     raise ValueError(f"region {rid} box outside the frame")
-                regions.append(Region(rid, (x0, y0, x1, y1), meta.labels[li], score / 255,
-                                      meta.tasks_of(bits)))
+                regions.append(Region(rid, box, meta.labels[li], score / 255, meta.tasks_of(bits)))
             return cls(w, h, meta.tasks_of(sent), bool(flags & SIDE_FLAG_REST), regions,
                        bytes(data[pos:]), bool(flags & SIDE_FLAG_INTRA))
         except (struct.error, IndexError, ValueError) as e:
             raise PacketError("bad_side", str(e)) from None
 
 
+def box_unit(regions: Sequence[Region]) -> int:
+    """The side table's coordinate unit: the largest integer (<= 255) dividing every box
+    coordinate; codecs that align boxes to their blocks (the learned codec: 16 px) get 1-byte
+    coordinates."""
+    g = math.gcd(*(v for r in regions for v in r.box))
+    return g if 0 < g <= 255 else 1
+
+
 def peek_manifest(side: bytes, tasks: Sequence[str]) -> tuple[set[str], bool]:
     """Substreams a side payload says were sent (task names, rest?) without the full parse."""
     try:
-        _, flags, _, _, sent, _ = _SIDE_HEAD.unpack_from(side)
+        _, flags, _, _, sent, _, _ = _SIDE_HEAD.unpack_from(side)
     except struct.error:
         raise PacketError("bad_side", "short side header") from None
     return {t for i, t in enumerate(tasks) if sent >> i & 1}, bool(flags & SIDE_FLAG_REST)
 
 
 def pack_items(items: Mapping[int, bytes]) -> bytes:
-    """Task substream container: ``u16 count`` then ``(u16 region id, u32 length, bytes)``."""
-    out = [struct.pack(">H", len(items))]
+    """Task substream container: varint count, then per item varint region id, varint length,
+    the bytes."""
+    out = bytearray()
+    varint.put(out, len(items))
     for rid, blob in items.items():
-        out.append(_ITEM.pack(rid, len(blob)))
-        out.append(blob)
-    return b"".join(out)
+        varint.put(out, rid)
+        varint.put(out, len(blob))
+        out += blob
+    return bytes(out)
 
 
 def unpack_items(data: bytes) -> dict[int, bytes]:
     """Inverse of :func:`pack_items`; raises PacketError on a malformed container."""
     try:
-        (n,) = struct.unpack_from(">H", data)
-        pos, items = 2, {}
+        n, pos = varint.get(data, 0)
+        items = {}
         for _ in range(n):
-            rid, length = _ITEM.unpack_from(data, pos)
-            pos += _ITEM.size
+            rid, pos = varint.get(data, pos)
+            length, pos = varint.get(data, pos)
             if pos + length > len(data):
                 raise ValueError("item runs past the end")
             items[rid] = bytes(data[pos : pos + length])
@@ -167,5 +195,5 @@ def unpack_items(data: bytes) -> dict[int, bytes]:
         if pos != len(data):
             raise ValueError("trailing bytes")
         return items
-    except (struct.error, ValueError) as e:
+    except ValueError as e:
         raise PacketError("bad_task_payload", str(e)) from None

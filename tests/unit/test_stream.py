@@ -15,6 +15,7 @@ from sdk.stream import (
     MAX_TASKS,
     SideInfo,
     StreamMeta,
+    box_unit,
     pack_items,
     peek_manifest,
     unpack_items,
@@ -91,21 +92,45 @@ def _side_bytes(regs, meta=None, **kw) -> bytes:
     return SideInfo(kw.get("w", W), kw.get("h", H), ("detection",), False, regs, b"zz").encode(meta)
 
 
+def _one_region_side(rid=1, x0=0, y0=0, bw=9, bh=9, label=0, score=0, bits=1, unit=1,
+                     version=2) -> bytes:
+    """A side payload with one table entry written field by field (varints < 128)."""
+    head = struct.pack(">BBHHHHB", version, 0, W, H, 1, 1, unit)
+    return head + bytes([rid, x0, y0, bw, bh, label, score, bits]) + b"zz"
+
+
 @pytest.mark.parametrize("mutate", [
     lambda b: b[:5],                                   # short header
-    lambda b: b[:12],                                  # header says 1 region, none follows
-    lambda b: b"\x02" + b[1:],                         # unknown side version
-    lambda b: b[:10] + struct.pack(">HHHHHHBH", 1, 5, 5, 5, 9, 0, 0, 0) + b[25:],  # x0 == x1
-    lambda b: b[:10] + struct.pack(">HHHHHHBH", 1, 0, 0, W + 1, 9, 0, 0, 0) + b[25:],  # x1 > W
-    lambda b: b[:10] + struct.pack(">HHHHHHBH", 1, 0, 0, 9, H + 1, 0, 0, 0) + b[25:],  # y1 > H
-    lambda b: b[:10] + struct.pack(">HHHHHHBH", 1, 0, 0, 9, 9, 99, 0, 0) + b[25:],  # label index
+    lambda b: b[:12],                                  # header says 1 region, a part follows
+    lambda b: b"\x01" + b[1:],                         # side version 1 (older release)
+    lambda b: _one_region_side(unit=0),                # no coordinate unit
+    lambda b: _one_region_side(bw=0),                  # x0 == x1
+    lambda b: _one_region_side(bh=0),                  # y0 == y1
+    lambda b: _one_region_side(x0=120, bw=120, unit=4),  # x1 = 960 > W
+    lambda b: _one_region_side(y0=100, bh=100, unit=3),  # y1 = 600 > H
+    lambda b: _one_region_side(label=99),              # label index
+    lambda b: _one_region_side()[:-3],                 # task bits cut off
+    lambda b: _one_region_side()[:11] + b"\xff" * 8,   # a varint that never ends
 ])
 def test_malformed_side_is_a_packet_error(mutate):
     good = _side_bytes([Region(1, (0, 0, 9, 9), "person", 0.5, ("detection",))])
     assert SideInfo.decode(good, make_meta()).regions[0].box == (0, 0, 9, 9)
+    assert SideInfo.decode(_one_region_side(), make_meta()).regions[0].box == (0, 0, 9, 9)
     with pytest.raises(PacketError) as e:
         SideInfo.decode(mutate(good), make_meta())
     assert e.value.reason == "bad_side"
+
+
+def test_side_table_of_codec_aligned_boxes_is_compact():
+    """Boxes on the learned codec's 16-px grid are written in grid units: 8 bytes a region
+    at 768x576 (15 in the fixed-width table of format version 1)."""
+    meta = make_meta()
+    regs = [Region(i, (16 * i, 16 * (i % 30), 16 * i + 64, 16 * (i % 30) + 96), "car", 0.9,
+                   ("detection",)) for i in range(40)]
+    side = SideInfo(W, H, ("detection",), False, regs, b"").encode(meta)
+    assert len(side) == 11 + 8 * 40
+    assert [r.box for r in SideInfo.decode(side, meta).regions] == [r.box for r in regs]
+    assert box_unit(regs) == 16 and box_unit([Region(1, (0, 0, 9, 10), "car", 1.0)]) == 1
 
 
 @FAST
@@ -138,17 +163,21 @@ def test_peek_manifest_reads_bits_in_meta_task_order():
 @given(st.dictionaries(st.integers(0, 65535), st.binary(max_size=300), max_size=30))
 def test_items_round_trip(items):
     packed = pack_items(items)
-    assert len(packed) == 2 + sum(6 + len(v) for v in items.values())
+    vlen = lambda v: 1 if v < 128 else 2 if v < 2**14 else 3  # noqa: E731
+    assert len(packed) == vlen(len(items)) + sum(vlen(k) + vlen(len(v)) + len(v)
+                                                 for k, v in items.items())
     assert unpack_items(packed) == items
 
 
 @pytest.mark.parametrize("blob", [
     b"",                                            # no count
-    b"\x00",                                        # half a count
-    b"\x00\x01",                                    # one item announced, none there
-    b"\x00\x01\x00\x05\x00\x00\x00\x09abc",         # item runs past the end
-    b"\x00\x00junk",                                # trailing bytes
-    b"\x00\x01\x00\x05\x00\x00\x00\x01ab",          # trailing after the last item
+    b"\x80",                                        # half a count
+    b"\x01",                                        # one item announced, none there
+    b"\x01\x05",                                    # its length missing
+    b"\x01\x05\x09abc",                             # item runs past the end
+    b"\x00junk",                                    # trailing bytes
+    b"\x01\x05\x01ab",                              # trailing after the last item
+    b"\x01\xff\xff\xff\xff\xff\xff",                 # a varint that never ends
 ])
 def test_malformed_items_are_packet_errors(blob):
     with pytest.raises(PacketError) as e:
@@ -174,7 +203,13 @@ def test_meta_json_round_trip():
     assert back == meta
     assert back.session == meta.session and len(meta.session) == 16
     obj = json.loads(meta.to_json())
-    assert obj["format"] == "discover-stream" and obj["version"] == 1
+    assert obj["format"] == "discover-stream" and obj["version"] == 2
+
+
+def test_meta_of_another_format_version_says_what_to_do():
+    with pytest.raises(PacketError) as e:
+        StreamMeta.from_json(_meta_obj(version=1))
+    assert "version 1" in str(e.value) and "same DISCOVER release" in str(e.value)
 
 
 def test_meta_sessions_differ():
@@ -208,7 +243,7 @@ def _meta_obj(**kw) -> bytes:
     b'"a string"',
     b"42",
     _meta_obj(format="other"),
-    _meta_obj(version=2),
+    _meta_obj(version=1),                     # an older release's stream
     _meta_obj(format=...),                    # missing format
     _meta_obj(camera=...),                    # missing field
     _meta_obj(extra_field=1),                 # unknown field

@@ -49,7 +49,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 LATENT_STRIDE = 16  #: pixels per latent cell (g_a downsamples 4 x 2)
 HYPER_STRIDE = 64  #: pixels per hyper-latent cell (h_a downsamples 2 x 2 more)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: varint region reference, no reference seq
 EXACT_LIMIT = 2.0**52  # every |partial sum| stays below this: float64 integers are exact
 
 LatentBox = tuple[int, int, int, int]  # lx0, ly0, lx1, ly1 in latent cells, exclusive ends

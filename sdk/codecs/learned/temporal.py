@@ -10,7 +10,7 @@ of a region's latent is what the sink already has. So, per camera stream:
   encoder keeps whichever payload is shortest; cells the shifted reference does not cover are
   coded intra;
 * a region whose residual symbols average under ``skip_threshold`` in magnitude is not
-  re-coded: its payload is a 13-byte "same as before" marker (so a sink can tell a
+  re-coded: its payload is a "same as before" marker of about 9 bytes (so a sink can tell a
   skipped region from a lost one) and the sink reuses what it has;
 * z is re-sent only when more than ``z_reuse_share`` of its symbols changed; otherwise the side
   names the frame whose z to reuse (a few bytes instead of the hyperprior);
@@ -25,9 +25,11 @@ consecutive training frames (``fit_residual_offsets``); their mean is the refere
 ::
 
     side   [h u16][w u16][rate u8][z mode u8][seq u32][z seq u32][rANS z if mode 0]
-    region [mode u8]                                   mode 0 intra:    [rANS cells]
-           [mode u8][ref seq u32][ref rid u16][dx i8][dy i8]  1 residual: [rANS cells]
-                                                             2 skip:     (nothing)
+    region [mode u8]                                    mode 0 intra:    [rANS cells]
+           [mode u8][ref rid varint][dx i8][dy i8]     1 residual: [rANS cells]
+                                                       2 skip:     (nothing)
+
+    (the reference is region ``ref rid`` of frame ``seq - 1``)
 
     residual cells (shifted reference covers them): round((y - ref) / step), index - offset
     other cells:                                    round((y - mu) / step),  index
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdk import varint
 from sdk.codecs.learned.entropy import (
     HYPER_STRIDE,
     LATENT_STRIDE,
@@ -64,7 +67,7 @@ from sdk.regions import box_iou
 INTRA, RESIDUAL, SKIP = 0, 1, 2
 Z_INTRA, Z_REUSE = 0, 1
 _SIDE = struct.Struct(">HHBBII")
-_REF = struct.Struct(">BIHbb")
+_SHIFT = struct.Struct(">bb")
 SYMBOL_LIMIT = 2**15
 
 
@@ -221,9 +224,9 @@ class TemporalCoder:
                     target = np.where(cover, pred, mu[sl])
                     sym = np.rint((y[sl] - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
                     if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
-                        body, lat, mode = _REF.pack(SKIP, st.seq, ref_rid, dx, dy), pred, SKIP
+                        body, lat, mode = ref_header(SKIP, ref_rid, dx, dy), pred, SKIP
                         break
-                    cand = _REF.pack(RESIDUAL, st.seq, ref_rid, dx, dy) + self._cells(
+                    cand = ref_header(RESIDUAL, ref_rid, dx, dy) + self._cells(
                         sym.astype(np.int32), idx[sl], res_idx[sl], cover)
                     if len(cand) < len(body):
                         body, lat, mode = cand, sym * step + target, RESIDUAL
@@ -296,10 +299,9 @@ class TemporalCoder:
                     sym = self._uncells(b[1:], idx[sl], res_idx[sl], np.zeros(box_shape(box), bool))
                     lat = sym * step + mu[sl]
                 elif mode in (RESIDUAL, SKIP):
-                    if len(b) < _REF.size:
-                        raise PayloadError("truncated reference header")
-                    _, ref_seq, ref_rid, dx, dy = _REF.unpack(b[:_REF.size])
-                    ref = st.regions.get(ref_rid) if ref_seq == st.seq else None
+                    ref_rid, dx, dy, start = parse_ref_header(b)
+                    # the reference is a region of the previous frame, as this decoder has it
+                    ref = st.regions.get(ref_rid) if st.seq == seq - 1 else None
                     if ref is None:
                         needs_refresh = True
                         raise PayloadError("reference region missing (joined late or lost a "
@@ -310,7 +312,7 @@ class TemporalCoder:
                             raise PayloadError("skipped region not covered by its reference")
                         lat = pred
                     else:
-                        sym = self._uncells(b[_REF.size:], idx[sl], res_idx[sl], cover)
+                        sym = self._uncells(b[start:], idx[sl], res_idx[sl], cover)
                         lat = sym * step + np.where(cover, pred, mu[sl])
                 else:
                     raise PayloadError(f"unknown region mode {mode}")
@@ -325,6 +327,23 @@ class TemporalCoder:
         return {"z_sym": z_sym, "y_hat": y_hat, "received": received, "region_latents": latents,
                 "errors": errors, "indexes": idx, "rate": rate, "needs_refresh": needs_refresh,
                 "seq": seq}
+
+
+def ref_header(mode: int, ref_rid: int, dx: int, dy: int) -> bytes:
+    """``[mode u8][ref rid varint][dx i8][dy i8]``: a predicted region's reference."""
+    out = bytearray([mode])
+    varint.put(out, ref_rid)
+    return bytes(out) + _SHIFT.pack(dx, dy)
+
+
+def parse_ref_header(body: bytes) -> tuple[int, int, int, int]:
+    """Inverse of :func:`ref_header`: reference rid, dx, dy and where the cells start."""
+    try:
+        ref_rid, pos = varint.get(body, 1)
+        dx, dy = _SHIFT.unpack_from(body, pos)
+    except (ValueError, struct.error):
+        raise PayloadError("truncated reference header") from None
+    return ref_rid, dx, dy, pos + _SHIFT.size
 
 
 def box_shape(box: LatentBox) -> tuple[int, int]:
