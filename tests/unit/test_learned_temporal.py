@@ -175,6 +175,46 @@ def test_late_join_and_loss_recover_with_a_requested_refresh(model, frames):
             assert np.array_equal(out["region_latents"][rid], lat)
 
 
+def rest_state(c):
+    r = c._temporal.state.rest
+    return None if r is None else (r.seq, r.latent.copy(), r.have.copy())
+
+
+def test_rest_is_predicted_from_the_last_rest_and_decodes_exactly(model, frames):
+    """Rest on every frame: after the first (intra) one, rest is the residual against the
+    background the earlier rests left, cheaper on this static street, bit-exact at the sink."""
+    edge, sink = codec(model), codec(model)
+    sizes = []
+    for i, f in enumerate(frames[:5]):
+        table = regions(shift=16 * (i // 2))  # boxes move: cells enter and leave the rest
+        coded = edge.compress(f, table, send_rest=True)
+        sizes.append(len(coded["rest"]))
+        assert coded["rest"][5] == (0 if i == 0 else 1)  # mode after the seal: intra, residual
+        out = decode(sink, coded, table)
+        assert out["errors"] == {} and out["has_rest"]
+        e, s_ = rest_state(edge), rest_state(sink)
+        assert e[0] == s_[0] == i and np.array_equal(e[2], s_[2])
+        assert np.array_equal(e[1][:, e[2]], s_[1][:, s_[2]])
+    assert max(sizes[1:]) < 0.6 * sizes[0], sizes
+
+
+def test_a_sink_that_missed_a_rest_asks_for_a_refresh(model, frames):
+    edge, sink = codec(model), codec(model)
+    decode(sink, edge.compress(frames[0], regions(), send_rest=True), regions())
+    edge.compress(frames[1], regions(), send_rest=True)  # this frame never reaches the sink
+    out = decode(sink, edge.compress(frames[2], regions(), send_rest=True), regions())
+    assert out["needs_refresh"] and not out["has_rest"]
+    assert any("reference rest missing" in e for e in out["errors"].values()), out["errors"]
+    # a frame without rest does not start the background anew; the refresh does
+    edge.request_refresh()
+    fresh = edge.compress(frames[3], regions(), send_rest=True)
+    assert fresh["intra"] and fresh["rest"][5] == 0
+    out = decode(sink, fresh, regions())
+    assert out["errors"] == {} and out["has_rest"] and not out["needs_refresh"]
+    nxt = edge.compress(frames[4], regions(), send_rest=True)
+    assert nxt["rest"][5] == 1 and decode(sink, nxt, regions())["errors"] == {}
+
+
 def test_intra_period_and_damaged_payloads(model, frames):
     edge, sink = codec(model, intra_period=3), codec(model)
     intra = []

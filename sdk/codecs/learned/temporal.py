@@ -14,6 +14,9 @@ of a region's latent is what the sink already has. So, per camera stream:
   skipped region from a lost one) and the sink reuses what it has;
 * z is re-sent only when more than ``z_reuse_share`` of its symbols changed; otherwise the side
   names the frame whose z to reuse (a few bytes instead of the hyperprior);
+* ``rest`` is coded as the residual against the background every earlier ``rest`` since the
+  last intra frame left (cells none of them covered are coded intra), or intra if shorter: a
+  static background re-sent costs a fraction of a new one, so a viewer's full view stays cheap;
 * every ``intra_period`` frames, and when a sink asks over ``<prefix>/<camera>/control``
   (late join, a lost packet), the whole frame is intra, so any sink can start decoding there.
 
@@ -30,6 +33,10 @@ consecutive training frames (``fit_residual_offsets``); their mean is the refere
                                                        2 skip:     (nothing)
 
     (the reference is region ``ref rid`` of frame ``seq - 1``)
+
+    rest   [0 u8][rANS cells]                          intra
+           [1 u8][ref seq u32][rANS cells]             residual against the rest kept at
+                                                       frame ``ref seq``
 
     residual cells (shifted reference covers them): round((y - ref) / step), index - offset
     other cells:                                    round((y - mu) / step),  index
@@ -52,7 +59,6 @@ from sdk.codecs.learned.entropy import (
     LatentBox,
     LatentCoder,
     PayloadError,
-    decode_rest_into,
     outside_mask,
     rans_decode,
     rans_encode,
@@ -68,7 +74,13 @@ INTRA, RESIDUAL, SKIP = 0, 1, 2
 Z_INTRA, Z_REUSE = 0, 1
 _SIDE = struct.Struct(">HHBBII")
 _SHIFT = struct.Struct(">bb")
+_REST_REF = struct.Struct(">BI")  # residual mode, frame of the reference rest
 SYMBOL_LIMIT = 2**15
+
+
+class MissingReference(PayloadError):
+    """A payload predicted from something this decoder does not have; an intra refresh
+    (the sink asks for one) makes the stream decodable again."""
 
 
 class TemporalConfig(BaseModel):
@@ -104,6 +116,17 @@ class _State:
     z_seq: int = -1  # frame whose z is current
     z_sym: np.ndarray | None = None
     regions: dict[int, _Kept] = field(default_factory=dict)
+    rest: _Rest | None = None  # the background as the rest substream last left it
+
+
+@dataclass
+class _Rest:
+    """The decoded background of every ``rest`` since the last intra one (both ends keep it):
+    the reference of the next ``rest``, so a static background costs little to re-send."""
+
+    seq: int  # frame of the last rest
+    latent: np.ndarray  # float64 M x h x w, valid where ``have``
+    have: np.ndarray  # bool h x w
 
 
 def predict(ref: _Kept, box: LatentBox, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,15 +258,74 @@ class TemporalCoder:
             kept[rid] = _Kept(box, tk, lat)
             payloads.append(seal(body, region_tag(digest, box)))
         rest = None
+        if intra:
+            st.rest = None
         if send_rest:
             grid = (y.shape[1], y.shape[2])
             mask = outside_mask(boxes, grid)
-            sym = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT).astype(np.int32)
-            rest = c.encode_cells(sym, idx, mask, rest_tag(digest, grid, boxes))
+            body, lat = self._encode_rest(y[:, mask], mu[:, mask], idx[:, mask],
+                                          res_idx[:, mask], step, mask)
+            rest = seal(body, rest_tag(digest, grid, boxes))
+            y_hat[:, mask] = lat
+            self._keep_rest(seq, mask, lat, body[0] == INTRA)
         st.seq, st.z_seq, st.z_sym, st.regions = seq, z_seq, z_sym, kept
         return {"side": side, "regions": payloads, "rest": rest, "modes": modes,
                 "y_hat": y_hat, "intra": intra, "z_mode": z_mode, "z_sym": z_sym,
                 "indexes": idx}
+
+    def _encode_rest(self, y: np.ndarray, mu: np.ndarray, idx: np.ndarray, res_idx: np.ndarray,
+                     step: float, mask: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The rest body of the cells in ``mask`` (arrays M x n) and their decoded latent:
+        intra, or the residual against the last rest where it covered these cells (cells
+        it did not cover coded intra), whichever is shorter."""
+        st = self.state
+        sym = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+        body = bytes([INTRA]) + rans_encode(sym.astype(np.int32), idx, self.coder.tables.y_cdf)
+        lat = sym * step + mu
+        if st.rest is not None:
+            cover = st.rest.have[mask]
+            target = np.where(cover, st.rest.latent[:, mask], mu)
+            res = np.rint((y - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+            cand = _REST_REF.pack(RESIDUAL, st.rest.seq) + self._cells(
+                res.astype(np.int32), idx, res_idx, cover)
+            if len(cand) < len(body):
+                body, lat = cand, res * step + target
+        return body, lat
+
+    def _keep_rest(self, seq: int, mask: np.ndarray, lat: np.ndarray, intra: bool) -> None:
+        st = self.state
+        if intra or st.rest is None:
+            m = lat.shape[0]
+            st.rest = _Rest(seq, np.zeros((m, *mask.shape)), np.zeros(mask.shape, bool))
+        st.rest.seq = seq
+        st.rest.latent[:, mask] = lat
+        st.rest.have |= mask
+
+    def _decode_rest(self, payload: bytes, seq: int, idx: np.ndarray, res_idx: np.ndarray,
+                     mu: np.ndarray, step: float, mask: np.ndarray, tag: bytes) -> np.ndarray:
+        """Latent (M x n) of the rest cells in ``mask``; :class:`PayloadError` if the payload
+        is bad or references a rest this decoder does not have."""
+        st = self.state
+        b = unseal(payload, tag)
+        if not b:
+            raise PayloadError("empty rest payload")
+        if b[0] == INTRA:
+            lat = rans_decode(b[1:], idx[:, mask], self.coder.tables.y_cdf) * step + mu[:, mask]
+        elif b[0] == RESIDUAL:
+            if len(b) < _REST_REF.size:
+                raise PayloadError("truncated rest reference")
+            _, ref_seq = _REST_REF.unpack_from(b)
+            if st.rest is None or st.rest.seq != ref_seq:
+                raise MissingReference("reference rest missing (joined late or lost a frame): "
+                                       "waiting for an intra refresh")
+            cover = st.rest.have[mask]
+            target = np.where(cover, st.rest.latent[:, mask], mu[:, mask])
+            sym = self._uncells(b[_REST_REF.size:], idx[:, mask], res_idx[:, mask], cover)
+            lat = sym * step + target
+        else:
+            raise PayloadError(f"unknown rest mode {b[0]}")
+        self._keep_rest(seq, mask, lat, b[0] == INTRA)
+        return lat
 
     # -- decode -----------------------------------------------------------------------------
 
@@ -286,7 +368,14 @@ class TemporalCoder:
         kept: dict[int, _Kept] = {}
         needs_refresh = False
         if rest:
-            decode_rest_into(c, rest, idx, mu, step, digest, table_boxes, y_hat, received, errors)
+            mask = outside_mask(table_boxes, grid)
+            try:
+                y_hat[:, mask] = self._decode_rest(rest, seq, idx, res_idx, mu, step, mask,
+                                                   rest_tag(digest, grid, table_boxes))
+                received |= mask
+            except PayloadError as e:
+                errors["rest"] = str(e)
+                needs_refresh = needs_refresh or isinstance(e, MissingReference)
         for key, (box, payload) in regions.items():
             lx0, ly0, lx1, ly1 = box
             sl = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
