@@ -1,5 +1,7 @@
-"""What temporal prediction saves: side and task bits per second of the learned codec with
-``codec.temporal`` on and off, on the same frames with the same grounded boxes, per rate point.
+"""What temporal prediction saves: side, task and rest (sent on every frame) bits per second of
+the learned codec with ``codec.temporal`` on and off, on the same frames with the same grounded
+boxes, per rate point; with temporal on, how often z was re-sent and how the regions were
+coded (intra, residual, skip).
 
     python tools/bench_temporal.py [--source VIDEO] [--max-frames 30] [--qualities 1,3,5] [--json]
 
@@ -34,13 +36,22 @@ def run(source: str, max_frames: int, qualities: list[int],
             print(f"[bench temporal] {name}", file=sys.stderr, flush=True)
             c = CODECS.create({"type": "learned", "checkpoint": checkpoint, "quality": q,
                                "temporal": {"enabled": temporal}})
-            side = task = 0
+            side = task = rest = z_new = 0
+            modes = [0, 0, 0]
             for f, rs in zip(frames, regions, strict=True):
-                coded = c.compress(f, rs, False)
+                coded = c.compress(f, rs, True)
                 side += len(coded["side"])
                 task += sum(map(len, coded["regions"].values()))
+                rest += len(coded["rest"] or b"")
+                z_new += bool(coded.get("z_new", True))
+                for md in coded.get("modes", {}).values():
+                    modes[md] += 1
             per_s = 8 * fps / len(frames) / 1000
-            out[name] = {"side_kbps": round(side * per_s, 1), "task_kbps": round(task * per_s, 1)}
+            out[name] = {"side_kbps": round(side * per_s, 1), "task_kbps": round(task * per_s, 1),
+                         "rest_kbps": round(rest * per_s, 1), "z_frames": z_new,
+                         "frames": len(frames)}
+            if temporal:
+                out[name]["regions"] = dict(zip(("intra", "residual", "skip"), modes, strict=True))
     return out
 
 
@@ -65,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
     else:
         for k, v in res.items():
-            print(f"{k:14s} side {v['side_kbps']:7.1f} kbit/s  task {v['task_kbps']:7.1f} kbit/s")
+            print(f"{k:14s} side {v['side_kbps']:7.1f} kbit/s  task {v['task_kbps']:7.1f} kbit/s  "
+                  f"rest {v['rest_kbps']:7.1f} kbit/s  z on {v['z_frames']}/{v['frames']} frames"
+                  + (f"  regions {v['regions']}" if "regions" in v else ""))
     return 0
 
 

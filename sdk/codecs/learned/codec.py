@@ -203,7 +203,7 @@ class LearnedCodec(Codec):
                                     [r.rid for r in regions], send_rest, self.rate)
         return {"side": out["side"],
                 "regions": {r.rid: p for r, p in zip(regions, out["regions"], strict=True)},
-                "rest": out["rest"], "intra": out["intra"],
+                "rest": out["rest"], "intra": out["intra"], "z_new": out["z_mode"] == 0,
                 "modes": {r.rid: md for r, md in zip(regions, out["modes"], strict=True)}}
 
     def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
