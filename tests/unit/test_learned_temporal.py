@@ -198,6 +198,30 @@ def test_rest_is_predicted_from_the_last_rest_and_decodes_exactly(model, frames)
     assert max(sizes[1:]) < 0.6 * sizes[0], sizes
 
 
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.9])
+def test_changed_cell_mask_is_lossless_and_used_only_where_it_pays(model, density):
+    from sdk.codecs.learned.entropy import PayloadError
+    from sdk.codecs.learned.temporal import NO_MASK
+
+    t = codec(model)._temporal
+    rng = np.random.default_rng(1)
+    m, n = model.config.M, 400
+    idx = rng.integers(5, 40, (m, n)).astype(np.int32)
+    res_idx = np.maximum(idx - 6, 0)
+    cover = rng.random(n) < 0.9
+    sym = np.where(rng.random((1, n)) < density, rng.integers(-3, 4, (m, n)), 0)
+    sym[:, ~cover] = rng.integers(-5, 6, (m, int((~cover).sum())))  # intra cells
+    sym = sym.astype(np.int32)
+    body = t._masked_cells(sym, idx, res_idx, cover)
+    assert np.array_equal(t._unmasked_cells(body, idx, res_idx, cover), sym)
+    plain = bytes([NO_MASK]) + t._cells(sym, idx, res_idx, cover)
+    assert len(body) <= len(plain)
+    assert (body[0] != NO_MASK) == (density < 0.5), (density, len(body), len(plain))
+    if body[0] != NO_MASK:
+        with pytest.raises(PayloadError):
+            t._unmasked_cells(bytes([200]) + body[1:], idx, res_idx, cover)  # no such row
+
+
 def test_a_sink_that_missed_a_rest_asks_for_a_refresh(model, frames):
     edge, sink = codec(model), codec(model)
     decode(sink, edge.compress(frames[0], regions(), send_rest=True), regions())

@@ -74,6 +74,7 @@ INTRA, RESIDUAL, SKIP = 0, 1, 2
 Z_INTRA, Z_REUSE = 0, 1
 _SIDE = struct.Struct(">HHBBII")
 _SHIFT = struct.Struct(">bb")
+NO_MASK = 255  # residual cells sent without a changed-cell mask
 _REST_REF = struct.Struct(">BI")  # residual mode, frame of the reference rest
 SYMBOL_LIMIT = 2**15
 
@@ -161,6 +162,7 @@ class TemporalCoder:
     def __init__(self, coder: LatentCoder, offsets: np.ndarray, config: TemporalConfig) -> None:
         self.coder, self.offsets, self.config = coder, offsets, config
         self.state = _State()
+        self._mask_bits: np.ndarray | None = None
         self._refresh = threading.Event()
         self._refresh.set()  # the first frame is intra
 
@@ -189,6 +191,65 @@ class TemporalCoder:
         n = int((~cover).sum()) * idx.shape[0]
         sym[:, ~cover] = flat[:n].reshape(idx.shape[0], -1)
         sym[:, cover] = flat[n:].reshape(idx.shape[0], -1)
+        return sym
+
+    def _mask_rows(self) -> np.ndarray:
+        """Per CDF row, the bits a 0 and a 1 cost (2 x rows): the changed-cell mask borrows
+        the rows of the y table whose zero probability fits its density best."""
+        if self._mask_bits is None:
+            t = self.coder.tables.y_cdf
+            bits = np.full((2, len(t.length)), 64.0)
+            for r, (row, n, off) in enumerate(zip(t.cdf, t.length, t.offset, strict=True)):
+                for s in (0, 1):
+                    pos = s - int(off)
+                    if 0 <= pos < int(n) - 1:
+                        p = (int(row[pos + 1]) - int(row[pos])) / 2**16
+                        bits[s, r] = -np.log2(p) if p > 0 else 64.0
+            self._mask_bits = bits
+        return self._mask_bits
+
+    def _masked_cells(self, sym: np.ndarray, idx: np.ndarray, res_idx: np.ndarray,
+                      cover: np.ndarray) -> bytes:
+        """Residual cells with a changed-cell mask: ``[row u8][varint n][rANS mask, n bytes]``
+        then :meth:`_cells` of the uncovered cells and of the covered cells whose residual is
+        not all zero. On a static background most covered cells are all zero, and one mask
+        bit each costs less than their channels' zero symbols (lossless: same values). Where
+        the mask does not pay (a moving object fills the region), ``[255]`` and all cells."""
+        changed = (sym != 0).any(axis=0) & cover
+        bits = changed[cover].astype(np.int32)
+        cost = self._mask_rows()
+        ones = int(bits.sum())
+        row = int(np.argmin((bits.size - ones) * cost[0] + ones * cost[1]))
+        mask = rans_encode(bits, np.full(bits.shape, row, np.int32), self.coder.tables.y_cdf)
+        keep = ~cover | changed
+        out = bytearray([row])
+        varint.put(out, len(mask))
+        masked = bytes(out) + mask + self._cells(sym[:, keep], idx[:, keep], res_idx[:, keep],
+                                                 cover[keep])
+        plain = bytes([NO_MASK]) + self._cells(sym, idx, res_idx, cover)
+        return masked if len(masked) < len(plain) else plain
+
+    def _unmasked_cells(self, body: bytes, idx: np.ndarray, res_idx: np.ndarray,
+                        cover: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`_masked_cells`: the residual symbols (shape of ``idx``)."""
+        if body[:1] == bytes([NO_MASK]):
+            return self._uncells(body[1:], idx, res_idx, cover)
+        try:
+            row = body[0]
+            n, pos = varint.get(body, 1)
+        except (IndexError, ValueError):
+            raise PayloadError("truncated changed-cell mask") from None
+        if row >= len(self.coder.tables.y_cdf.length) or pos + n > len(body):
+            raise PayloadError("bad changed-cell mask")
+        bits = rans_decode(body[pos:pos + n], np.full(int(cover.sum()), row, np.int32),
+                           self.coder.tables.y_cdf)
+        if np.any((bits != 0) & (bits != 1)):
+            raise PayloadError("bad changed-cell mask")
+        changed = np.zeros(cover.shape, bool)
+        changed[cover] = bits == 1
+        keep = ~cover | changed
+        sym = np.zeros(idx.shape, np.int32)
+        sym[:, keep] = self._uncells(body[pos + n:], idx[:, keep], res_idx[:, keep], cover[keep])
         return sym
 
     # -- encode -----------------------------------------------------------------------------
@@ -249,7 +310,7 @@ class TemporalCoder:
                     if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
                         body, lat, mode = ref_header(SKIP, ref_rid, dx, dy), pred, SKIP
                         break
-                    cand = ref_header(RESIDUAL, ref_rid, dx, dy) + self._cells(
+                    cand = ref_header(RESIDUAL, ref_rid, dx, dy) + self._masked_cells(
                         sym.astype(np.int32), idx[sl], res_idx[sl], cover)
                     if len(cand) < len(body):
                         body, lat, mode = cand, sym * step + target, RESIDUAL
@@ -286,7 +347,7 @@ class TemporalCoder:
             cover = st.rest.have[mask]
             target = np.where(cover, st.rest.latent[:, mask], mu)
             res = np.rint((y - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-            cand = _REST_REF.pack(RESIDUAL, st.rest.seq) + self._cells(
+            cand = _REST_REF.pack(RESIDUAL, st.rest.seq) + self._masked_cells(
                 res.astype(np.int32), idx, res_idx, cover)
             if len(cand) < len(body):
                 body, lat = cand, res * step + target
@@ -320,7 +381,8 @@ class TemporalCoder:
                                        "waiting for an intra refresh")
             cover = st.rest.have[mask]
             target = np.where(cover, st.rest.latent[:, mask], mu[:, mask])
-            sym = self._uncells(b[_REST_REF.size:], idx[:, mask], res_idx[:, mask], cover)
+            sym = self._unmasked_cells(b[_REST_REF.size:], idx[:, mask], res_idx[:, mask],
+                                       cover)
             lat = sym * step + target
         else:
             raise PayloadError(f"unknown rest mode {b[0]}")
@@ -401,7 +463,7 @@ class TemporalCoder:
                             raise PayloadError("skipped region not covered by its reference")
                         lat = pred
                     else:
-                        sym = self._uncells(b[start:], idx[sl], res_idx[sl], cover)
+                        sym = self._unmasked_cells(b[start:], idx[sl], res_idx[sl], cover)
                         lat = sym * step + np.where(cover, pred, mu[sl])
                 else:
                     raise PayloadError(f"unknown region mode {mode}")
