@@ -23,6 +23,7 @@ machine decodes the same symbols (see ``entropy.py``)::
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
     from sdk.codecs.learned.model import DiscoverCodecModel
 
 DEFAULT_CHECKPOINT = "small"
+
+#: One learned-codec call at a time per process. Several threads running torch forward passes
+#: at once (the demo's edge and two sinks, a multi-camera edge) twice left a sink's g_s
+#: convolution spinning at full CPU without end on the 2-core machine; torch already spreads
+#: one pass over every core, so serialising costs little throughput.
+MODEL_LOCK = threading.RLock()
 SIDE_ERROR, REST_ERROR = -2, -1  # error keys, as the classical codec uses them
 
 
@@ -171,6 +178,14 @@ class LearnedCodec(Codec):
             self._temporal.request_refresh()
 
     def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
+        with MODEL_LOCK:
+            return self._compress(frame, regions, send_rest)
+
+    def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
+        with MODEL_LOCK:
+            return self._decompress(coded)
+
+    def _compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
         import torch
 
         h, w = frame.shape[:2]
@@ -206,7 +221,7 @@ class LearnedCodec(Codec):
                 "rest": out["rest"], "intra": out["intra"], "z_new": out["z_mode"] == 0,
                 "modes": {r.rid: md for r, md in zip(regions, out["modes"], strict=True)}}
 
-    def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
+    def _decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         w, h = coded["size"]
