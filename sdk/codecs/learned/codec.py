@@ -50,8 +50,9 @@ DEFAULT_CHECKPOINT = "small"
 
 #: One learned-codec call at a time per process. Several threads running torch forward passes
 #: at once (the demo's edge and two sinks, a multi-camera edge) twice left a sink's g_s
-#: convolution spinning at full CPU without end on the 2-core machine; torch already spreads
-#: one pass over every core, so serialising costs little throughput.
+#: convolution spinning at full CPU without end on the 2-core machine. Serialising costs
+#: throughput where threads share a process (the demo: edge 3.0 -> 1.05 frames/s, sinks
+#: 1.6 -> 1.0); separate edge and sink processes, as deployed, are not affected.
 MODEL_LOCK = threading.RLock()
 SIDE_ERROR, REST_ERROR = -2, -1  # error keys, as the classical codec uses them
 
