@@ -35,9 +35,13 @@ PIXEL_CHANGE = 0.08  #: a cell changed when its grey level moved by more than th
 def thumbnail(frame: np.ndarray) -> np.ndarray:
     """The frame as a float32 grey thumbnail in [0, 1], one value per CELL x CELL block."""
     gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    h, w = gray.shape[:2]
-    size = (max(1, w // CELL), max(1, h // CELL))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    th, tw = thumb_shape(*gray.shape[:2])
+    return cv2.resize(gray, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def thumb_shape(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of :func:`thumbnail` for a frame of this size."""
+    return max(1, height // CELL), max(1, width // CELL)
 
 
 def background_change(thumb: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
@@ -92,7 +96,7 @@ class RestScheduler:
             reason = "periodic"
         elif self.on_change > 0:
             h, w = frame.shape[:2]
-            if self._ref is None or self._ref.shape != (max(1, h // CELL), max(1, w // CELL)):
+            if self._ref is None or self._ref.shape != thumb_shape(h, w):
                 reason = "first"
             elif index - self._last >= self.min_gap:  # no thumbnail within min_gap of a rest
                 thumb = thumbnail(frame)

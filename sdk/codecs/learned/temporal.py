@@ -282,7 +282,8 @@ class TemporalCoder:
         res_idx = self._res_index(idx, rate)
         prev = {} if intra else st.regions
         payloads, modes, kept = [], [], {}
-        y_hat = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT) * step + mu
+        q = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)  # intra symbols
+        y_hat = q * step + mu
         for box, tk, rid in zip(boxes, tasks, rids, strict=True):
             lx0, ly0, lx1, ly1 = box
             sl = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
@@ -291,14 +292,11 @@ class TemporalCoder:
                 iou = box_iou(box, p.box)
                 if iou >= best and tk <= p.tasks:
                     ref_rid, best = prid, iou
-            y_sym = np.rint((y[sl] - mu[sl]) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-            body = struct.pack(">B", INTRA) + self._cells(
-                y_sym.astype(np.int32), idx[sl], res_idx[sl], np.zeros(y[sl].shape[1:], bool))
-            lat, mode = y_hat[sl].copy(), INTRA
+            # the encoder's choice, the decoder follows the header: a covered region whose
+            # residual is all but zero is skipped; else the box's move, no move (a static
+            # background inside a moving box) or intra, whichever is fewest bytes
+            body, lat, mode = b"", None, INTRA
             if ref_rid is not None:
-                # the encoder's choice, the decoder follows the header: the box's move or no
-                # move (a static background inside a moving box), or intra, whichever is fewest
-                # bytes; a covered region whose residual is all but zero is skipped
                 ref = prev[ref_rid]
                 moves = [_shift(box, ref.box)]
                 if moves[0] != (0, 0):
@@ -312,8 +310,13 @@ class TemporalCoder:
                         break
                     cand = ref_header(RESIDUAL, ref_rid, dx, dy) + self._masked_cells(
                         sym.astype(np.int32), idx[sl], res_idx[sl], cover)
-                    if len(cand) < len(body):
+                    if not body or len(cand) < len(body):
                         body, lat, mode = cand, sym * step + target, RESIDUAL
+            if mode != SKIP:
+                intra_body = bytes([INTRA]) + self._cells(
+                    q[sl].astype(np.int32), idx[sl], res_idx[sl], np.zeros(box_shape(box), bool))
+                if not body or len(intra_body) <= len(body):
+                    body, lat, mode = intra_body, y_hat[sl].copy(), INTRA
             modes.append(mode)
             y_hat[sl] = lat
             kept[rid] = _Kept(box, tk, lat)
@@ -324,7 +327,7 @@ class TemporalCoder:
         if send_rest:
             grid = (y.shape[1], y.shape[2])
             mask = outside_mask(boxes, grid)
-            body, lat = self._encode_rest(y[:, mask], mu[:, mask], idx[:, mask],
+            body, lat = self._encode_rest(y[:, mask], q[:, mask], mu[:, mask], idx[:, mask],
                                           res_idx[:, mask], step, mask)
             rest = seal(body, rest_tag(digest, grid, boxes))
             y_hat[:, mask] = lat
@@ -334,15 +337,15 @@ class TemporalCoder:
                 "y_hat": y_hat, "intra": intra, "z_mode": z_mode, "z_sym": z_sym,
                 "indexes": idx}
 
-    def _encode_rest(self, y: np.ndarray, mu: np.ndarray, idx: np.ndarray, res_idx: np.ndarray,
-                     step: float, mask: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The rest body of the cells in ``mask`` (arrays M x n) and their decoded latent:
-        intra, or the residual against the last rest where it covered these cells (cells
-        it did not cover coded intra), whichever is shorter."""
+    def _encode_rest(self, y: np.ndarray, q: np.ndarray, mu: np.ndarray, idx: np.ndarray,
+                     res_idx: np.ndarray, step: float,
+                     mask: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The rest body of the cells in ``mask`` (arrays M x n; ``q`` their intra symbols) and
+        their decoded latent: intra, or the residual against the last rest where it covered
+        these cells (cells it did not cover coded intra), whichever is shorter."""
         st = self.state
-        sym = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-        body = bytes([INTRA]) + rans_encode(sym.astype(np.int32), idx, self.coder.tables.y_cdf)
-        lat = sym * step + mu
+        body = bytes([INTRA]) + rans_encode(q.astype(np.int32), idx, self.coder.tables.y_cdf)
+        lat = q * step + mu
         if st.rest is not None:
             cover = st.rest.have[mask]
             target = np.where(cover, st.rest.latent[:, mask], mu)
@@ -454,9 +457,8 @@ class TemporalCoder:
                     # the reference is a region of the previous frame, as this decoder has it
                     ref = st.regions.get(ref_rid) if st.seq == seq - 1 else None
                     if ref is None:
-                        needs_refresh = True
-                        raise PayloadError("reference region missing (joined late or lost a "
-                                           "frame): waiting for an intra refresh")
+                        raise MissingReference("reference region missing (joined late or lost "
+                                               "a frame): waiting for an intra refresh")
                     pred, cover = predict(ref, box, dx, dy)
                     if mode == SKIP:
                         if not cover.all():
@@ -469,6 +471,7 @@ class TemporalCoder:
                     raise PayloadError(f"unknown region mode {mode}")
             except PayloadError as e:
                 errors[key] = str(e)
+                needs_refresh = needs_refresh or isinstance(e, MissingReference)
                 continue
             latents[key] = lat
             y_hat[sl] = lat
