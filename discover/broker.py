@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 log = logging.getLogger("discover")
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
@@ -41,7 +41,7 @@ def _common() -> argparse.ArgumentParser:
 
 def load_deployment(a: argparse.Namespace, extra: dict[str, Any] | None = None):  # noqa: ANN201
     from discover.config import Deployment
-    from sdk.config import load_config
+    from discover.sdk.config import load_config
 
     overrides = {"broker.url": a.broker, "prefix": a.prefix, **(extra or {})}
     return load_config(Deployment, a.config, a.sets, overrides)
@@ -56,7 +56,7 @@ def _progress(a: argparse.Namespace, label: str):  # noqa: ANN202
 # -- subcommands ------------------------------------------------------------------------------
 
 def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
-    from edge.agent import run_edge
+    from discover.edge.agent import run_edge
 
     # these are set on the validated cameras below, so check them here
     if a.max_frames is not None and a.max_frames < 1:
@@ -141,7 +141,7 @@ def _frame_progress(a: argparse.Namespace, label: str):  # noqa: ANN202
 
 
 def cmd_sink(a: argparse.Namespace) -> dict[str, Any]:
-    from sink.runner import run_sink
+    from discover.sink.runner import run_sink
 
     dep = load_deployment(a, _sink_overrides(a))
     prog, on_frame = _frame_progress(a, "sink")
@@ -169,7 +169,7 @@ def cmd_record(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
     from discover.replay import replay_to_broker, replay_to_sink
-    from sdk.recording import read_recording
+    from discover.sdk.recording import read_recording
 
     next(iter(read_recording(a.file)), None)  # fail early on a file that is not a recording
     if not a.asap and a.speed <= 0:
@@ -206,7 +206,7 @@ def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
-    from sdk.profile_maker import get_or_make_profile, profile_path
+    from discover.sdk.profile_maker import get_or_make_profile, profile_path
 
     path = profile_path(a.task, a.out)
     cached = path.is_file() and not a.force
@@ -216,19 +216,19 @@ def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
-    """``discover train codec|control ...``: the options are tools/train_<what>.py's own."""
+    """``discover train codec|control ...``: the options are discover/train/<what>.py's own."""
     if a.what == "control":
-        from tools.train_control import main as train_control
+        from discover.train.control import main as train_control
 
         raise SystemExit(train_control(a.args))
-    from tools.train_codec import main as train_codec
+    from discover.train.codec import main as train_codec
 
     raise SystemExit(train_codec(a.args))
 
 
 def cmd_export(a: argparse.Namespace) -> dict[str, Any]:
-    """``discover export codec ...``: the options are tools/export_codec_onnx.py's own."""
-    from tools.export_codec_onnx import main as export_codec
+    """``discover export codec ...``: the options are discover/train/export_onnx.py's own."""
+    from discover.train.export_onnx import main as export_codec
 
     raise SystemExit(export_codec(a.args))
 
@@ -262,10 +262,10 @@ def cmd_ground(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
-    from tools.bench_stream import run_bench_stream
+    from discover.bench.stream import run_bench_stream
 
     if a.what == "codec":
-        from tools.bench_codec import run_bench_codec
+        from discover.bench.codec import run_bench_codec
 
         if a.source:
             raise DiscoverError("bench codec takes --images DIR and --video FILE, not --source")
@@ -275,12 +275,12 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                                grounder=a.grounder or "nanodet")
     out = a.out or Path("out/bench")
     if a.what == "ground":
-        from tools.bench_ground import run_bench_ground
+        from discover.bench.ground import run_bench_ground
 
         return run_bench_ground(source=a.source, max_frames=a.max_frames, out=out,
                                 start=a.start, quiet=a.quiet)
     if a.what == "tasks":
-        from tools.bench_tasks import run_bench_tasks
+        from discover.bench.tasks import run_bench_tasks
 
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
                                quiet=a.quiet, codec=a.codec or "learned",
@@ -288,7 +288,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                                tasks=a.tasks.split(","), annotations=a.annotations,
                                perceptual=_perceptual(a.perceptual))
     if a.what == "diffusion":
-        from tools.bench_diffusion import run_bench_diffusion
+        from discover.bench.diffusion import run_bench_diffusion
 
         return run_bench_diffusion(
             base=a.base, controlnet=a.controlnet, inpaint=a.inpaint,
@@ -306,7 +306,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
 
 def _perceptual(spec: str) -> tuple[str, ...]:
     """``--perceptual``: 'none' or a comma-separated subset of fid, kid, lpips, dists."""
-    from tools.bench_tasks import PERCEPTUAL
+    from discover.bench.tasks import PERCEPTUAL
 
     names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
     if names in ((), ("none",)):
@@ -381,12 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "control module (discover train codec|control --help)")
     tr.add_argument("what", choices=["codec", "control"])
     tr.add_argument("args", nargs=argparse.REMAINDER,
-                    help="options of tools/train_codec.py or tools/train_control.py")
+                    help="options of discover/train/codec.py or discover/train/control.py")
     tr.set_defaults(func=cmd_train, quiet=False, verbose=0, debug=False, json=False)
     ex = sub.add_parser("export", help="export the learned codec's edge half to ONNX "
                                        "(discover export codec --help)")
     ex.add_argument("what", choices=["codec"])
-    ex.add_argument("args", nargs=argparse.REMAINDER, help="options of tools/export_codec_onnx.py")
+    ex.add_argument("args", nargs=argparse.REMAINDER, help="options of discover/train/export_onnx.py")
     ex.set_defaults(func=cmd_export, quiet=False, verbose=0, debug=False, json=False)
 
     c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "originals (images matched to frames by frame_id or file name)")
     b.add_argument("--perceptual", default="fid,kid,lpips,dists", help="tasks: perceptual "
                    "distances to the originals, comma-separated, or 'none'; each needs its "
-                   "pretrained backbone in the torch hub cache (python -m tools.perceptual "
+                   "pretrained backbone in the torch hub cache (python -m discover.bench.perceptual "
                    "--fetch), skipped with a note otherwise")
     bc = b.add_argument_group("codec options")
     bc.add_argument("--images", type=Path, help="codec: folder of images (default: the "
@@ -440,10 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--checkpoint", type=Path, help="codec, tasks, diffusion: learned-codec "
                     "checkpoint folder (default: the shipped sdk/codecs/learned/checkpoints/small)")
     bd = b.add_argument_group("diffusion options (sink throughput of the Stable Diffusion "
-                              "composers; tools/bench_diffusion.py)")
+                              "composers; discover/bench/diffusion.py)")
     bd.add_argument("--base", help="SD 2.1-base folder (diffusers layout)")
     bd.add_argument("--controlnet", help="control module folder for 'diffusion' "
-                    "(tools/train_control.py)")
+                    "(discover/train/control.py)")
     bd.add_argument("--inpaint", help="SD 2 inpainting folder for 'sd-inpaint' (default: "
                     "--base, blended)")
     bd.add_argument("--random-weights", type=Path, nargs="?", const=Path("out/sd21-random"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge.config import EdgeSection
-from sdk.topics import DEFAULT_PREFIX, check_prefix
-from sdk.transport.broker import BrokerConfig
-from sink.config import SinkSection
+from discover.edge.config import EdgeSection
+from discover.sdk.topics import DEFAULT_PREFIX, check_prefix
+from discover.sdk.transport.broker import BrokerConfig
+from discover.sink.config import SinkSection
 
 
 class Deployment(BaseModel):

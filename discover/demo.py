@@ -23,15 +23,15 @@ import cv2
 import numpy as np
 
 from discover.broker import LocalBroker
+from discover.edge.agent import run_edge
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.edge.sources import open_source
 from discover.progress import Progress
-from edge.agent import run_edge
-from edge.config import CameraConfig, EdgeSection
-from edge.sources import open_source
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
-from sdk.transport.broker import BrokerConfig
-from sink.config import SinkSection
-from sink.runner import run_sink
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
+from discover.sdk.transport.broker import BrokerConfig
+from discover.sink.config import SinkSection
+from discover.sink.runner import run_sink
 
 CAMERA = "street"
 PREFIX = "discover"

@@ -27,8 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sdk.errors import DiscoverError
-from sdk.regions import Detection
+from discover.sdk.errors import DiscoverError
+from discover.sdk.regions import Detection
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -111,7 +111,7 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
 def task_labels(tasks: Sequence[str]) -> list[str]:
     """The union of the tasks' profile labels, in profile order (as the edge asks for them)."""
-    from sdk.profiles import load_profile
+    from discover.sdk.profiles import load_profile
 
     profiles = [load_profile(t) for t in tasks]
     return list(dict.fromkeys(lb for p in profiles for lb in p.labels))
@@ -120,7 +120,7 @@ def task_labels(tasks: Sequence[str]) -> list[str]:
 def ground_image(path: Path, tasks: Sequence[str], grounder_cfg: Any,
                  annotate: Path | None = None) -> dict[str, Any]:
     """Ground one image with the tasks' labels; optionally write it annotated."""
-    from sdk.grounders import GROUNDERS
+    from discover.sdk.grounders import GROUNDERS
 
     check_image_path(annotate)
     img = read_image(path)
@@ -149,9 +149,9 @@ def ground_video(source: str, tasks: Sequence[str], grounder_cfg: Any, tracking:
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Ground a video's frames (tracked between groundings if ``tracking`` says so); optionally
     write one frame annotated (``annotate_frame``, default the last)."""
-    from edge.sources import open_source, paced
-    from sdk.grounders import GROUNDERS
-    from sdk.tracking import TrackingGrounder
+    from discover.edge.sources import open_source, paced
+    from discover.sdk.grounders import GROUNDERS
+    from discover.sdk.tracking import TrackingGrounder
 
     if max_frames is not None and max_frames < 1:
         raise DiscoverError(f"--max-frames must be at least 1 (got {max_frames})")

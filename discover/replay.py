@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from sdk.errors import DiscoverError
-from sdk.recording import RecordingWriter, read_recording
-from sdk.topics import topic
-from sdk.transport.broker import BrokerConfig
-from sdk.transport.mqtt import MqttLink
-from sink.config import SinkSection
-from sink.pipeline import SinkPipeline
+from discover.sdk.errors import DiscoverError
+from discover.sdk.recording import RecordingWriter, read_recording
+from discover.sdk.topics import topic
+from discover.sdk.transport.broker import BrokerConfig
+from discover.sdk.transport.mqtt import MqttLink
+from discover.sink.config import SinkSection
+from discover.sink.pipeline import SinkPipeline
 
 
 def record(broker: BrokerConfig, prefix: str, camera: str, out: Path, *,

@@ -19,21 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from edge.config import CameraConfig, EdgeSection
-from edge.sources import open_source, paced
-from sdk.codecs import CODECS
-from sdk.errors import DiscoverError
-from sdk.framing import frame_messages
-from sdk.grounders import ANY_OBJECT, GROUNDERS
-from sdk.packet import header_size
-from sdk.profiles import load_profile
-from sdk.regions import Region, area_share, select_regions
-from sdk.rest import RestScheduler
-from sdk.stream import StreamMeta
-from sdk.topics import topic
-from sdk.tracking import TrackingGrounder
-from sdk.transport.broker import BrokerConfig
-from sdk.transport.mqtt import FramePublisher, MqttLink, Will
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.edge.sources import open_source, paced
+from discover.sdk.codecs import CODECS
+from discover.sdk.errors import DiscoverError
+from discover.sdk.framing import frame_messages
+from discover.sdk.grounders import ANY_OBJECT, GROUNDERS
+from discover.sdk.packet import header_size
+from discover.sdk.profiles import load_profile
+from discover.sdk.regions import Region, area_share, select_regions
+from discover.sdk.rest import RestScheduler
+from discover.sdk.stream import StreamMeta
+from discover.sdk.topics import topic
+from discover.sdk.tracking import TrackingGrounder
+from discover.sdk.transport.broker import BrokerConfig
+from discover.sdk.transport.mqtt import FramePublisher, MqttLink, Will
 
 log = logging.getLogger(__name__)
 

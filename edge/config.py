@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from discover.sdk.codecs import CODECS
+from discover.sdk.grounders import GROUNDERS
+from discover.sdk.packet import DEFAULT_MAX_PACKET
+from discover.sdk.topics import check_name
+from discover.sdk.tracking import TrackingConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from sdk.codecs import CODECS
-from sdk.grounders import GROUNDERS
-from sdk.packet import DEFAULT_MAX_PACKET
-from sdk.topics import check_name
-from sdk.tracking import TrackingConfig
 
 GrounderChoice = GROUNDERS.config_union()
 DEFAULT_GROUNDER = "nanodet"

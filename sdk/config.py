@@ -16,10 +16,9 @@ from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import yaml
+from discover.sdk.errors import DiscoverError
+from discover.sdk.registry import first_error
 from pydantic import BaseModel, ValidationError
-
-from sdk.errors import DiscoverError
-from sdk.registry import first_error
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "DISCOVER_"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdk.errors import PacketError
-from sdk.packet import FLAG_INTRA, Kind, fragment
-from sdk.reassembly import AssembledFrame
-from sdk.regions import Region
-from sdk.stream import SideInfo, StreamMeta, pack_items, unpack_items
-from sdk.topics import substream_topic
+from discover.sdk.errors import PacketError
+from discover.sdk.packet import FLAG_INTRA, Kind, fragment
+from discover.sdk.reassembly import AssembledFrame
+from discover.sdk.regions import Region
+from discover.sdk.stream import SideInfo, StreamMeta, pack_items, unpack_items
+from discover.sdk.topics import substream_topic
 
 
 def frame_messages(

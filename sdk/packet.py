@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from sdk.errors import PacketError
+from discover.sdk.errors import PacketError
 
 MAGIC = b"DC"
 VERSION = 1

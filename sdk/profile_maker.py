@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
-
-from sdk.errors import DiscoverError
-from sdk.profiles import (
+from discover.sdk.errors import DiscoverError
+from discover.sdk.profiles import (
     PROFILE_FORMAT,
     PROFILE_VERSION,
     REPO_PROFILES,
@@ -33,7 +32,7 @@ from sdk.profiles import (
     load_profile_file,
     normalise_labels,
 )
-from sdk.topics import check_name
+from discover.sdk.topics import check_name
 
 if TYPE_CHECKING:
     import openai

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from sdk.errors import DiscoverError
-from sdk.topics import check_name
+from discover.sdk.errors import DiscoverError
+from discover.sdk.resources import config_path
+from discover.sdk.topics import check_name
 
 PROFILE_FORMAT = "discover-task-profile"
 PROFILE_VERSION = 1
 PROFILES_ENV = "DISCOVER_PROFILES_DIR"
-REPO_PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles"
+REPO_PROFILES = config_path("profiles")
 
 
 @dataclass

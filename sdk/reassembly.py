@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from sdk.errors import PacketError
-from sdk.packet import Kind, Packet, decode_packet
-from sdk.stream import StreamMeta, peek_manifest
+from discover.sdk.errors import PacketError
+from discover.sdk.packet import Kind, Packet, decode_packet
+from discover.sdk.stream import StreamMeta, peek_manifest
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 MAGIC = b"DSCVREC1"
 _REC = struct.Struct(">dHIB")

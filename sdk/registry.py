@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union
 
+from discover.sdk.errors import DiscoverError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from sdk.errors import DiscoverError
 
 
 class BackendConfig(BaseModel):

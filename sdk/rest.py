@@ -25,8 +25,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-
-from sdk.regions import Region
+from discover.sdk.regions import Region
 
 CELL = 8  #: thumbnail cell size in pixels
 PIXEL_CHANGE = 0.08  #: a cell changed when its grey level moved by more than this (of 255)

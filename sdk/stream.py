@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk import varint
-from sdk.errors import PacketError
-from sdk.regions import Region
+from discover.sdk import varint
+from discover.sdk.errors import PacketError
+from discover.sdk.regions import Region
 
 STREAM_FORMAT = "discover-stream"
 STREAM_VERSION = 2  # 2: compact side table, task container and learned-codec region headers

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 DEFAULT_PREFIX = "discover"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

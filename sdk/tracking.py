@@ -29,11 +29,10 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.grounders.base import Grounder
+from discover.sdk.metrics import box_iou
+from discover.sdk.regions import Detection
 from pydantic import BaseModel, ConfigDict, Field
-
-from sdk.grounders.base import Grounder
-from sdk.metrics import box_iou
-from sdk.regions import Detection
 
 THUMB_SIZE = (32, 24)  #: width, height of the scene-change thumbnail
 MIN_POINTS = 3  #: fewer tracked points than this and a box counts as lost

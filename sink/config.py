@@ -6,11 +6,10 @@ import zlib
 from pathlib import Path
 from typing import Literal
 
+from discover.sdk.topics import check_name
+from discover.sink.composers import COMPOSERS
+from discover.sink.tasks import TASK_MODELS
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from sdk.topics import check_name
-from sink.composers import COMPOSERS
-from sink.tasks import TASK_MODELS
 
 ComposerChoice = COMPOSERS.config_union()
 TaskModelChoice = TASK_MODELS.config_union()

@@ -19,17 +19,16 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
-
-from sdk.codecs import CODECS, Codec
-from sdk.errors import DiscoverError, PacketError
-from sdk.framing import codec_input
-from sdk.reassembly import AssembledFrame, Reassembler
-from sdk.stream import StreamMeta
-from sdk.topics import parse_topic, topic
-from sink.composers import COMPOSERS, Composer
-from sink.config import SinkSection
-from sink.tasks import TASK_MODELS, TaskModel
-from sink.writers import FrameWriter, make_writer
+from discover.sdk.codecs import CODECS, Codec
+from discover.sdk.errors import DiscoverError, PacketError
+from discover.sdk.framing import codec_input
+from discover.sdk.reassembly import AssembledFrame, Reassembler
+from discover.sdk.stream import StreamMeta
+from discover.sdk.topics import parse_topic, topic
+from discover.sink.composers import COMPOSERS, Composer
+from discover.sink.config import SinkSection
+from discover.sink.tasks import TASK_MODELS, TaskModel
+from discover.sink.writers import FrameWriter, make_writer
 
 log = logging.getLogger(__name__)
 

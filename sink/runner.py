@@ -9,13 +9,12 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
-
-from sdk.errors import DiscoverError
-from sdk.topics import parse_topic, sink_topics, topic
-from sdk.transport.broker import BrokerConfig
-from sdk.transport.mqtt import MqttLink
-from sink.config import SinkSection
-from sink.pipeline import SinkPipeline
+from discover.sdk.errors import DiscoverError
+from discover.sdk.topics import parse_topic, sink_topics, topic
+from discover.sdk.transport.broker import BrokerConfig
+from discover.sdk.transport.mqtt import MqttLink
+from discover.sink.config import SinkSection
+from discover.sink.pipeline import SinkPipeline
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 
 class FrameWriter:

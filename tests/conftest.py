@@ -87,7 +87,7 @@ def broker(broker_factory: Callable[[], Any]) -> Any:
 def broker_config(url: str, **kw: Any) -> Any:
     """BrokerConfig with fast reconnects, so a restarted broker is found again in well under
     a second."""
-    from sdk.transport.broker import BrokerConfig
+    from discover.sdk.transport.broker import BrokerConfig
 
     return BrokerConfig(url=url, **{"reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                                     "keepalive": 10, **kw})
@@ -134,7 +134,7 @@ class SinkThread:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        from sink.runner import run_sink
+        from discover.sink.runner import run_sink
 
         try:
             self.result = run_sink(self.section, self.broker, self.prefix, stop=self.stop,

@@ -1,4 +1,4 @@
-"""Randomly initialised stand-ins for the pretrained backbones tools/perceptual.py loads from
+"""Randomly initialised stand-ins for the pretrained backbones discover/bench/perceptual.py loads from
 the torch hub cache, saved under the exact file names the real loaders look for (the real
 weights cannot be had offline; DESIGN.md section 5)."""
 

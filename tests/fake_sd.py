@@ -1,10 +1,10 @@
 """Tiny randomly initialised Stable Diffusion parts in diffusers' folder layout, for the tests
 of the SD composers (sink/composers/diffusion.py, inpaint.py) and their benchmark
-(tools/bench_diffusion.py).
+(discover/bench/diffusion.py).
 
 No hub here (DESIGN §5): a tiny UNet, ControlNet, VAE (4 latent channels, 1/8 scale) and CLIP
 text encoder are saved as ``StableDiffusionPipeline.save_pretrained`` lays them out, with a real
-CLIP tokenizer (open_clip's BPE vocabulary; ``tools.bench_diffusion.write_clip_tokenizer``, which
+CLIP tokenizer (open_clip's BPE vocabulary; ``discover.bench.diffusion.write_clip_tokenizer``, which
 also builds the full-size random SD 2.1-base) and SD 2.1-base's schedule, so they load through
 the composers' own loaders.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tools.bench_diffusion import SD21_SCHEDULE, write_clip_tokenizer
+from discover.bench.diffusion import SD21_SCHEDULE, write_clip_tokenizer
 
 __all__ = ["SCHEDULE", "TEXT_DIM", "tiny_controlnet", "tiny_stable_diffusion",
            "tiny_text_encoder", "tiny_unet", "tiny_vae", "write_clip_tokenizer"]

@@ -10,8 +10,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.models.nanodet import (  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.models.nanodet import (  # noqa: E402
     COCO80_LABELS,
     DEFAULT_WEIGHTS,
     Detections,

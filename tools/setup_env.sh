@@ -57,7 +57,7 @@ VPY=$VENV/bin/python
 
 # ---- skip if nothing changed ---------------------------------------------------------------
 key=$( {
-    cat pyproject.toml constraints.txt tools/setup_env.sh tools/torchvision_cpu_fix.py
+    cat pyproject.toml setup.py constraints.txt tools/setup_env.sh tools/torchvision_cpu_fix.py
     echo "extras=$EXTRAS torch_args=${TORCH_PIP_ARGS:-}"
     "$VPY" -c 'import sys; print(sys.version)'
 } | sha256sum | cut -c1-16)

@@ -187,7 +187,7 @@ def tta_views(width: int, height: int) -> list[tuple[int, int, int, int]]:
 
 def nanodet_tta(model, frame: np.ndarray) -> list[dict]:
     """Reference objects of one frame: [{box, group, score, views}] (see module doc)."""
-    from sdk.models.nanodet import COCO80_LABELS
+    from discover.sdk.models.nanodet import COCO80_LABELS
 
     group_of = {COCO80_LABELS.index(k): g for k, g in _NANODET_GROUPS.items()}
     h, w = frame.shape[:2]
@@ -246,7 +246,7 @@ def nanodet_tta(model, frame: np.ndarray) -> list[dict]:
 
 
 def reference_key(video: Path, frames: Sequence[int]) -> str:
-    from sdk.models.nanodet import DEFAULT_WEIGHTS
+    from discover.sdk.models.nanodet import DEFAULT_WEIGHTS
 
     h = hashlib.sha256()
     h.update(json.dumps([REF_VERSION, str(video), video.stat().st_size, list(frames),
@@ -264,7 +264,7 @@ def build_reference(video: Path, frames: Sequence[int], step: int, cache: Path |
         if data.get("key") == key:
             return {int(k): v for k, v in data["frames"].items()}
         print(f"reference cache {cache} is for other settings; rebuilding", file=sys.stderr)
-    from sdk.models.nanodet import NanoDet
+    from discover.sdk.models.nanodet import NanoDet
 
     model = NanoDet(intra_op_num_threads=threads)
     out: dict[int, list[dict]] = {}
@@ -300,8 +300,8 @@ def ignored(boxes: np.ndarray, regions: Sequence[Sequence[float]]) -> np.ndarray
 # -- evaluation -------------------------------------------------------------------------------
 
 def make_grounder(key: str, threshold: float, threads: int):
-    import sdk.grounders.ssd_oid  # noqa: F401  (registers ssd-oid until the package imports it)
-    from sdk.grounders import GROUNDERS
+    import discover.sdk.grounders.ssd_oid  # noqa: F401  (registers ssd-oid until the package imports it)
+    from discover.sdk.grounders import GROUNDERS
 
     return GROUNDERS.create({"type": key, "score_threshold": threshold, "threads": threads})
 
@@ -318,8 +318,8 @@ def evaluate(key: str, thresholds: Sequence[float], video: Path, frames: Sequenc
              step: int, reference: dict[int, list[dict]], threads: int,
              ignore: Sequence[Sequence[float]] = IGNORE_REGIONS, dedupe: float = 0.0
              ) -> list[dict]:
-    from sdk.codecs import CODECS
-    from sdk.regions import Region, area_share, pad_and_clip
+    from discover.sdk.codecs import CODECS
+    from discover.sdk.regions import Region, area_share, pad_and_clip
 
     codec = CODECS.create("classical")
     grounders = {t: make_grounder(key, t, threads) for t in thresholds}

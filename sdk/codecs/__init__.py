@@ -1,6 +1,6 @@
 """Region codecs, chosen by ``codec.type`` in the config. One import line per backend."""
 
-from sdk.codecs import classical, learned  # noqa: F401
-from sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.codecs import classical, learned  # noqa: F401
+from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
 
 __all__ = ["CODECS", "Codec", "CodecConfig"]

@@ -23,9 +23,8 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-
-from sdk.regions import Region
-from sdk.registry import Backend, BackendConfig, Registry
+from discover.sdk.regions import Region
+from discover.sdk.registry import Backend, BackendConfig, Registry
 
 
 class CodecConfig(BackendConfig):

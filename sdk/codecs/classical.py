@@ -19,10 +19,9 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.regions import Region
 from pydantic import Field
-
-from sdk.codecs.base import CODECS, Codec, CodecConfig
-from sdk.regions import Region
 
 
 class ClassicalConfig(CodecConfig):

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
+from discover.sdk.regions import Detection
+from discover.sdk.registry import Backend, BackendConfig, Registry
 from pydantic import Field
-
-from sdk.regions import Detection
-from sdk.registry import Backend, BackendConfig, Registry
 
 #: label a class-agnostic grounder gives every box; such boxes serve every task
 ANY_OBJECT = "object"

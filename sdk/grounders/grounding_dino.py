@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.errors import DiscoverError
+from discover.sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from discover.sdk.hub import is_path_like, short_reason
+from discover.sdk.regions import Detection
 from pydantic import Field
-
-from sdk.errors import DiscoverError
-from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
-from sdk.hub import is_path_like, short_reason
-from sdk.regions import Detection
 
 if TYPE_CHECKING:
     import torch

@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
-
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 log = logging.getLogger(__name__)
 

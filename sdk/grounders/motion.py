@@ -16,10 +16,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from discover.sdk.grounders.base import ANY_OBJECT, GROUNDERS, Grounder, GrounderConfig
+from discover.sdk.regions import Detection
 from pydantic import Field
-
-from sdk.grounders.base import ANY_OBJECT, GROUNDERS, Grounder, GrounderConfig
-from sdk.regions import Detection
 
 
 class MotionConfig(GrounderConfig):

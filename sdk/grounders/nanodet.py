@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from discover.sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from discover.sdk.grounders.label_map import LabelPlan, load_label_map
+from discover.sdk.regions import Detection
+from discover.sdk.resources import config_path
 from pydantic import Field
 
-from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
-from sdk.grounders.label_map import LabelPlan, load_label_map
-from sdk.regions import Detection
-
-LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label-maps" / "coco80.yaml"
+LABEL_MAP = config_path("label-maps", "coco80.yaml")
 
 
 class NanoDetConfig(GrounderConfig):
@@ -49,7 +49,7 @@ class NanoDetGrounder(Grounder):
 
     def __init__(self, config: NanoDetConfig) -> None:
         super().__init__(config)
-        from sdk.models.nanodet import COCO80_LABELS, NanoDet
+        from discover.sdk.models.nanodet import COCO80_LABELS, NanoDet
 
         self.model = NanoDet(config.weights, intra_op_num_threads=config.threads)
         self.classes = COCO80_LABELS

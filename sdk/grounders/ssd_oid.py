@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from discover.sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
+from discover.sdk.grounders.label_map import LabelPlan, load_label_map
+from discover.sdk.regions import Detection
+from discover.sdk.resources import config_path
 from pydantic import Field
 
-from sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
-from sdk.grounders.label_map import LabelPlan, load_label_map
-from sdk.regions import Detection
-
-LABEL_MAP = Path(__file__).resolve().parents[2] / "configs" / "label-maps" / "oid24.yaml"
+LABEL_MAP = config_path("label-maps", "oid24.yaml")
 
 
 class SsdOidConfig(GrounderConfig):
@@ -51,7 +51,7 @@ class SsdOidGrounder(Grounder):
 
     def __init__(self, config: SsdOidConfig) -> None:
         super().__init__(config)
-        from sdk.models.ssd_oid import BACKGROUND, OID_LABELS, OID_PARENTS, SsdOid
+        from discover.sdk.models.ssd_oid import BACKGROUND, OID_LABELS, OID_PARENTS, SsdOid
 
         self.model = SsdOid(config.weights, intra_op_num_threads=config.threads)
         self.classes = tuple(c.lower() for c in OID_LABELS)

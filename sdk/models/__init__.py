@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 
 class ModelWeightsNotFoundError(DiscoverError, FileNotFoundError):

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from sdk.errors import DiscoverError
-from sdk.models import Detections as _Detections
-from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
+from discover.sdk.errors import DiscoverError
+from discover.sdk.models import Detections as _Detections
+from discover.sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 COCO80_LABELS: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from sdk.errors import DiscoverError
-from sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
+from discover.sdk.errors import DiscoverError
+from discover.sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "selfie_segmentation.onnx"
 CONVERT_COMMAND = "python tools/convert_person_mask.py"

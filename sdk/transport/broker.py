@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from discover.sdk.errors import DiscoverError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-
-from sdk.errors import DiscoverError
 
 PASSWORD_ENV = "DISCOVER_BROKER_PASSWORD"
 

@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from discover.sdk.errors import DiscoverError
+from discover.sdk.transport.broker import BrokerConfig
 from paho.mqtt.enums import CallbackAPIVersion
-
-from sdk.errors import DiscoverError
-from sdk.transport.broker import BrokerConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
-
-from sink.composers.base import COMPOSERS, Composer, ComposerConfig
 
 
 class BackgroundConfig(ComposerConfig):

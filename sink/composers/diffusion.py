@@ -2,7 +2,7 @@
 
 The learned codec's ``sd_latent`` head rebuilds z_c, the SD VAE latent of the frame, from the
 task latents that arrived and M(z); that estimate is rough outside the task regions. Here a
-ControlNet (the control module, trained with ``tools/train_control.py``) takes the estimate as
+ControlNet (the control module, trained with ``discover/train/control.py``) takes the estimate as
 its condition and steers SD 2.1-base's UNet while it denoises a latent, the task regions are put
 back from the codec at each step (or once at the end), and the SD VAE decodes the result::
 
@@ -43,11 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from discover.sdk.errors import DiscoverError
+from discover.sdk.hub import is_path_like, short_reason
+from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
-
-from sdk.errors import DiscoverError
-from sdk.hub import is_path_like, short_reason
-from sink.composers.base import COMPOSERS, Composer, ComposerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +104,7 @@ class DiffusionConfig(StableDiffusionConfig):
     type: Literal["diffusion"] = "diffusion"
     controlnet: str | None = Field(None, description="control module folder (ControlNetModel "
                                    "save_pretrained layout, 4-channel latent condition) or HF "
-                                   "id; train one with tools/train_control.py. Unset: no "
+                                   "id; train one with discover/train/control.py. Unset: no "
                                    "control, then strength must be below 1 (SDEdit from the "
                                    "decoded latent)")
     control_scale: float = Field(1.0, ge=0, description="weight of the ControlNet residuals")
@@ -290,7 +289,7 @@ def load_controlnet(path: str, parts: StableDiffusionParts, *, revision: str | N
         return _MODELS[key]
     folder = Path(path).expanduser()
     local = folder.is_dir()
-    train = ("train one with `python tools/train_control.py --base SD_FOLDER --codec "
+    train = ("train one with `discover train control --base SD_FOLDER --codec "
              f"CODEC_CHECKPOINT --out {path}`")
     if not local and is_path_like(path):
         raise DiscoverError(f"ControlNet folder {path} does not exist ({key_name}); {train}")
@@ -593,7 +592,7 @@ class DiffusionComposer(StableDiffusionComposer):
         if not config.controlnet and config.strength >= 1.0:  # checked before loading SD
             raise DiscoverError("composer 'diffusion' without sink.composer.controlnet has "
                                 "nothing to keep the frame: set sink.composer.controlnet to a "
-                                "control module (tools/train_control.py), or "
+                                "control module (discover/train/control.py), or "
                                 "sink.composer.strength below 1 to refine the decoded latent, "
                                 "or use composer 'sd-inpaint'")
         super().__init__(config)

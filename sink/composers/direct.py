@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-
-from sink.composers.base import COMPOSERS, Composer, ComposerConfig
+from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 
 
 class DirectConfig(ComposerConfig):

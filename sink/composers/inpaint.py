@@ -25,10 +25,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
-
-from sink.composers.base import COMPOSERS
-from sink.composers.diffusion import (
+from discover.sink.composers.base import COMPOSERS
+from discover.sink.composers.diffusion import (
     SIDE_ERROR,
     VAE_STRIDE,
     StableDiffusionComposer,
@@ -38,6 +36,7 @@ from sink.composers.diffusion import (
     frame_size,
     vae_latent,
 )
+from pydantic import Field
 
 DEFAULT_INPAINT_BASE = "stabilityai/stable-diffusion-2-inpainting"
 

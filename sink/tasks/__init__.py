@@ -1,6 +1,6 @@
 """Task models, chosen per task under ``sink.task_models``. One import line per backend."""
 
-from sink.tasks import (  # noqa: F401
+from discover.sink.tasks import (  # noqa: F401
     efficientnet,
     fasterrcnn,
     maskrcnn,
@@ -9,6 +9,6 @@ from sink.tasks import (  # noqa: F401
     regions,
     resnet50,
 )
-from sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
+from discover.sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
 
 __all__ = ["TASK_MODELS", "TaskModel", "TaskModelConfig"]

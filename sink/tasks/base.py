@@ -6,8 +6,7 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-
-from sdk.registry import Backend, BackendConfig, Registry
+from discover.sdk.registry import Backend, BackendConfig, Registry
 
 
 class TaskModelConfig(BackendConfig):

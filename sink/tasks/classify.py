@@ -24,10 +24,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from discover.sink.tasks.base import TaskModel, TaskModelConfig
+from discover.sink.tasks.torch_common import DEVICE_FIELD, Device
 from pydantic import Field
-
-from sink.tasks.base import TaskModel, TaskModelConfig
-from sink.tasks.torch_common import DEVICE_FIELD, Device
 
 
 def imagenet_categories() -> list[str]:

@@ -53,7 +53,7 @@ def label_filter(classes: Iterable[str] | None, known: Sequence[str], model: str
     names = {n.lower(): n for n in known}
     unknown = sorted(w for w in wanted if w not in names)
     if unknown:
-        from sdk.errors import DiscoverError
+        from discover.sdk.errors import DiscoverError
 
         raise DiscoverError(f"task model {model}: classes {unknown} are not among its class "
                             f"names (e.g. {', '.join(list(known)[:5])}); fix 'classes'")

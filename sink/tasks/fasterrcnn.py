@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
-
-from sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
-from sink.tasks.coco import clip_boxes, detection, label_filter
-from sink.tasks.torch_common import (
+from discover.sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
+from discover.sink.tasks.coco import clip_boxes, detection, label_filter
+from discover.sink.tasks.torch_common import (
     DEVICE_FIELD,
     WEIGHTS_FIELD,
     Device,
@@ -34,6 +32,7 @@ from sink.tasks.torch_common import (
     require_torchvision,
     resolve_device,
 )
+from pydantic import Field
 
 
 class FasterRCNNConfig(TaskModelConfig):

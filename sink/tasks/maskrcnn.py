@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from discover.sdk import masks
+from discover.sink.tasks.base import TASK_MODELS
+from discover.sink.tasks.coco import clip_boxes, xywh
+from discover.sink.tasks.fasterrcnn import FasterRCNNConfig, TorchvisionDetector
 from pydantic import Field
-
-from sdk import masks
-from sink.tasks.base import TASK_MODELS
-from sink.tasks.coco import clip_boxes, xywh
-from sink.tasks.fasterrcnn import FasterRCNNConfig, TorchvisionDetector
 
 
 class MaskRCNNConfig(FasterRCNNConfig):

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from discover.sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
+from discover.sink.tasks.coco import COCO80_TO_COCO91, detection, label_filter
 from pydantic import Field
-
-from sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
-from sink.tasks.coco import COCO80_TO_COCO91, detection, label_filter
 
 
 class NanoDetTaskConfig(TaskModelConfig):
@@ -41,7 +40,7 @@ class NanoDetTask(TaskModel):
 
     def __init__(self, config: NanoDetTaskConfig) -> None:
         super().__init__(config)
-        from sdk.models.nanodet import COCO80_LABELS, NanoDet
+        from discover.sdk.models.nanodet import COCO80_LABELS, NanoDet
 
         self.labels = COCO80_LABELS
         self.keep = label_filter(config.classes, COCO80_LABELS, self.key)

@@ -34,17 +34,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from discover.sdk import masks
+from discover.sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
+from discover.sink.tasks.coco import PERSON_CATEGORY_ID
 from pydantic import Field
-
-from sdk import masks
-from sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
-from sink.tasks.coco import PERSON_CATEGORY_ID
 
 
 def default_person_labels() -> set[str]:
     """"person" and every synonym the bundled COCO-80 label map sends to it."""
-    from sdk.grounders.nanodet import LABEL_MAP, load_label_map
-    from sdk.models.nanodet import COCO80_LABELS
+    from discover.sdk.grounders.nanodet import LABEL_MAP, load_label_map
+    from discover.sdk.models.nanodet import COCO80_LABELS
 
     person = COCO80_LABELS.index("person")
     return {k for k, v in load_label_map(LABEL_MAP, COCO80_LABELS).items() if v == person}
@@ -77,12 +76,12 @@ class PersonMaskTask(TaskModel):
 
     def __init__(self, config: PersonMaskConfig) -> None:
         super().__init__(config)
-        from sdk.models.person_mask import PersonMask
+        from discover.sdk.models.person_mask import PersonMask
 
         self.model = PersonMask(config.weights, intra_op_num_threads=config.threads)
         self.detector = None
         if config.boxes == "nanodet":
-            from sdk.models.nanodet import NanoDet
+            from discover.sdk.models.nanodet import NanoDet
 
             self.detector = NanoDet(intra_op_num_threads=config.threads)
         labels = (config.person_labels if config.person_labels is not None

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-
-from sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
+from discover.sink.tasks.base import TASK_MODELS, TaskModel, TaskModelConfig
 
 
 class RegionsConfig(TaskModelConfig):

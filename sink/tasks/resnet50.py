@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-
-from sink.tasks.base import TASK_MODELS
-from sink.tasks.classify import ClassifierConfig, ClassifierTask
-from sink.tasks.torch_common import (
+from discover.sink.tasks.base import TASK_MODELS
+from discover.sink.tasks.classify import ClassifierConfig, ClassifierTask
+from discover.sink.tasks.torch_common import (
     WEIGHTS_FIELD,
     apply_state_dict,
     checkpoint_path,

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from discover.sdk.errors import DiscoverError
 from pydantic import Field
-
-from sdk.errors import DiscoverError
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import CLI, CLIP, cli_env
 
-from tools.bench_codec import IMAGE_ANCHORS, run_bench_codec
+from discover.bench.codec import IMAGE_ANCHORS, run_bench_codec
 
 #: crops (x, y) of the bundled clip's first frames, 192 x 128 each
 CROPS = ((100, 200), (400, 300), (560, 40))
@@ -65,8 +65,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def model() -> object:
     import torch
-
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     torch.manual_seed(0)  # a random model, but the same every run
     return DiscoverCodecModel(ModelConfig.preset("tiny", steps=(2.0, 1.0, 0.5)))
@@ -228,8 +227,8 @@ def test_cli_bad_boxes_file(inputs: dict[str, Path], tmp_path: Path, content: st
 
 def test_missing_held_out_photos_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    import sdk.codecs.learned.training as training
-    from sdk.errors import DiscoverError
+    import discover.sdk.codecs.learned.training as training
+    from discover.sdk.errors import DiscoverError
 
     monkeypatch.setattr(training, "OPENCV_DATA", tmp_path)
     with pytest.raises(DiscoverError, match="apt-get install opencv-doc.*--images"):
@@ -238,7 +237,7 @@ def test_missing_held_out_photos_say_how_to_get_them(monkeypatch: pytest.MonkeyP
 
 def test_bad_video_arguments_fail_before_any_work(inputs: dict[str, Path],
                                                   tmp_path: Path) -> None:
-    from sdk.errors import DiscoverError
+    from discover.sdk.errors import DiscoverError
 
     with pytest.raises(DiscoverError, match="--max-frames applies to --video"):
         run_bench_codec(images=inputs["images"], max_frames=3, out=tmp_path, quiet=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import CLI, cli_env
+from discover.sdk.assets import SAMPLE_CLIP
 
-from sdk.assets import SAMPLE_CLIP
-from tools.bench_tasks import bd_rate, rate_ratios, run_bench_tasks
+from discover.bench.tasks import bd_rate, rate_ratios, run_bench_tasks
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: 
     here), with temporal prediction on, so later frames cost less than the first."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("compressai")
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     torch.manual_seed(0)
     DiscoverCodecModel(ModelConfig.preset("tiny", steps=(2.0, 1.0))).save_pretrained(
@@ -163,8 +163,9 @@ def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: 
 def test_coco_annotations_replace_the_model_reference(tmp_path: Path) -> None:
     """Boxes from a COCO file are the reference: NanoDet's own confident boxes as annotations
     score high on near-lossless frames, the same boxes moved off their objects score low."""
-    from sdk.models.nanodet import COCO80_LABELS, NanoDet
-    from tools.bench_ground import load_frames
+    from discover.sdk.models.nanodet import COCO80_LABELS, NanoDet
+
+    from discover.bench.ground import load_frames
 
     frames, _ = load_frames(str(SAMPLE_CLIP), 0, 4)
     model = NanoDet()

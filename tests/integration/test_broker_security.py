@@ -19,12 +19,12 @@ from conftest import (
     broker_config,
     cli_env,
 )
+from discover.edge.agent import run_edge
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.sdk.errors import DiscoverError
+from discover.sink.config import SinkSection
 
 from discover.broker import LocalBroker
-from edge.agent import run_edge
-from edge.config import CameraConfig, EdgeSection
-from sdk.errors import DiscoverError
-from sink.config import SinkSection
 
 USER, PASSWORD = "gateway7", "s3cret-pw"
 

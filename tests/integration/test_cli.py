@@ -118,7 +118,7 @@ def test_replay_video_is_not_a_recording():
 
 
 def test_replay_speed_must_be_positive(tmp_path):
-    from sdk.recording import RecordingWriter
+    from discover.sdk.recording import RecordingWriter
 
     with RecordingWriter(tmp_path / "one.rec") as w:
         w.write(0.0, "discover/cam0/status", b"{}")

@@ -155,7 +155,7 @@ def test_edge_grounds_every_frame_by_default(broker):
 def test_bench_ground_writes_results_and_plot(tmp_path):
     """A small in-process run: tracked at K = 2 and 5; a grounder that cannot be built is
     skipped with its reason (as grounding-dino without weights)."""
-    from tools.bench_ground import run_bench_ground
+    from discover.bench.ground import run_bench_ground
 
     s = run_bench_ground(max_frames=10, out=tmp_path, quiet=True, every=(2, 5), repeats=1,
                          trackers=("flow", "hold"), grounders=("motion", "nanodet", "nosuch"))

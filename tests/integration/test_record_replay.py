@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from conftest import CLI, CLIP, FAST_CODEC, PREFIX, SinkThread, broker_config, cli_env
+from discover.edge.agent import run_edge
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.sdk.errors import DiscoverError
+from discover.sdk.recording import read_recording
+from discover.sink.config import SinkSection
 
 from discover.replay import record, replay_to_broker, replay_to_sink
-from edge.agent import run_edge
-from edge.config import CameraConfig, EdgeSection
-from sdk.errors import DiscoverError
-from sdk.recording import read_recording
-from sink.config import SinkSection
 
 N = 20
 
@@ -169,7 +169,7 @@ def test_replay_of_a_truncated_recording_decodes_what_is_whole(recorded, tmp_pat
 
 
 def test_replay_of_an_empty_recording_is_a_clear_error(tmp_path):
-    from sdk.recording import RecordingWriter
+    from discover.sdk.recording import RecordingWriter
 
     RecordingWriter(tmp_path / "empty.rec").close()
     with pytest.raises(DiscoverError, match="holds no messages"):

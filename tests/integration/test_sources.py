@@ -12,10 +12,9 @@ import av
 import cv2
 import numpy as np
 import pytest
-
-from edge.sources import open_source, paced
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
+from discover.edge.sources import open_source, paced
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import discover.edge.agent
+import discover.sink.runner
 import pytest
 from conftest import (
     CLI,
@@ -21,15 +23,13 @@ from conftest import (
     status_state,
     wait_until,
 )
+from discover.edge.agent import CameraAgent, run_edge
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.sdk.config import load_config
+from discover.sdk.stream import StreamMeta
+from discover.sink.config import SinkSection
 
-import edge.agent
-import sink.runner
 from discover.config import Deployment
-from edge.agent import CameraAgent, run_edge
-from edge.config import CameraConfig, EdgeSection
-from sdk.config import load_config
-from sdk.stream import StreamMeta
-from sink.config import SinkSection
 
 
 def one_camera(clip: Path, camera: str = "cam0", **kw: Any) -> EdgeSection:
@@ -109,12 +109,12 @@ def test_late_sink_gets_retained_meta_after_the_edge_stopped(broker, clip, colle
     # and so does a sink started after the edge is gone
     pipes = []
 
-    class Capture(sink.runner.SinkPipeline):
+    class Capture(discover.sink.runner.SinkPipeline):
         def __init__(self, *a: Any, **kw: Any) -> None:
             super().__init__(*a, **kw)
             pipes.append(self)
 
-    monkeypatch.setattr(sink.runner, "SinkPipeline", Capture)
+    monkeypatch.setattr(discover.sink.runner, "SinkPipeline", Capture)
     late = SinkThread(SinkSection(camera="cam0", tasks=["detection"], idle_timeout_s=0.5), cfg)
     late.start()
     wait_until(lambda: pipes and "cam0" in pipes[0].metas, 5, "the late sink to take meta")
@@ -204,12 +204,12 @@ def test_broker_restart_mid_stream(broker, clip, monkeypatch):
     fps = 20.0
     peak = [0]
 
-    class Watched(edge.agent.FramePublisher):
+    class Watched(discover.edge.agent.FramePublisher):
         def submit(self, frame_index: int, messages: list) -> None:
             super().submit(frame_index, messages)
             peak[0] = max(peak[0], len(self.queue))
 
-    monkeypatch.setattr(edge.agent, "FramePublisher", Watched)
+    monkeypatch.setattr(discover.edge.agent, "FramePublisher", Watched)
     cfg = broker_config(broker.url)
     sink = SinkThread(SinkSection(camera="cam0", tasks=["detection"], frame_timeout_s=1.0),
                       cfg).start()
@@ -335,12 +335,12 @@ def test_shards_split_the_cameras(broker, clip, tmp_path, monkeypatch):
 
     pipes: dict[str, Any] = {}
 
-    class Capture(sink.runner.SinkPipeline):
+    class Capture(discover.sink.runner.SinkPipeline):
         def __init__(self, section: SinkSection, *a: Any, **kw: Any) -> None:
             super().__init__(section, *a, **kw)
             pipes[section.shard] = self
 
-    monkeypatch.setattr(sink.runner, "SinkPipeline", Capture)
+    monkeypatch.setattr(discover.sink.runner, "SinkPipeline", Capture)
     shards = [SinkThread(dep.sink.model_copy(update={"shard": f"{i}/2", "max_frames": n}),
                          dep.broker).start() for i in range(2)]
     # the worker subscribes to a camera's substreams before it stores its descriptor
@@ -371,7 +371,7 @@ def test_late_sink_asks_a_temporal_edge_for_a_refresh_and_recovers(broker, clip,
     next frame intra, and from then on the sink decodes every region."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("compressai")
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     torch.manual_seed(0)
     DiscoverCodecModel(ModelConfig.preset("tiny")).save_pretrained(tmp_path / "ck")

@@ -1,4 +1,4 @@
-"""``discover bench diffusion`` (tools/bench_diffusion.py) on tiny Stable Diffusion models.
+"""``discover bench diffusion`` (discover/bench/diffusion.py) on tiny Stable Diffusion models.
 
 The bench's own code runs as it does on SD 2.1: the edge pipeline codes the sample clip, a sink
 worker decodes and composes it for each composer and step count, the JSON and the side-by-side
@@ -21,11 +21,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE vocab")
 
 import fake_sd  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sink.composers.diffusion import clear_model_cache  # noqa: E402
 
+from discover.bench import diffusion as bd  # noqa: E402
 from discover.cli import main as cli_main  # noqa: E402
-from sdk.errors import DiscoverError  # noqa: E402
-from sink.composers.diffusion import clear_model_cache  # noqa: E402
-from tools import bench_diffusion as bd  # noqa: E402
 
 SIZE = 128
 

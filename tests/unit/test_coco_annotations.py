@@ -1,4 +1,4 @@
-"""COCO-format reference boxes matched to benchmark frames (tools/coco_annotations.py)."""
+"""COCO-format reference boxes matched to benchmark frames (discover/bench/coco_annotations.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from discover.sdk.errors import DiscoverError
 
-from sdk.errors import DiscoverError
-from tools.coco_annotations import load_coco_references
+from discover.bench.coco_annotations import load_coco_references
 
 CATS = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 99, "name": "unicorn"}]
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from discover.sdk.codecs import CODECS
+from discover.sdk.codecs.classical import ClassicalCodec
+from discover.sdk.errors import DiscoverError
+from discover.sdk.regions import Region
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sdk.codecs import CODECS
-from sdk.codecs.classical import ClassicalCodec
-from sdk.errors import DiscoverError
-from sdk.regions import Region
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 W, H = 768, 576

@@ -20,17 +20,16 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE vocab")
 
-from fake_sd import tiny_controlnet, tiny_stable_diffusion, write_clip_tokenizer  # noqa: E402
-
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.regions import Region  # noqa: E402
-from sink.composers import COMPOSERS  # noqa: E402
-from sink.composers.diffusion import (  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.regions import Region  # noqa: E402
+from discover.sink.composers import COMPOSERS  # noqa: E402
+from discover.sink.composers.diffusion import (  # noqa: E402
     DiffusionComposer,
     clear_model_cache,
     load_stable_diffusion,
     prompt_for,
 )
+from fake_sd import tiny_controlnet, tiny_stable_diffusion, write_clip_tokenizer  # noqa: E402
 
 H, W = 100, 150  # neither a multiple of 64 nor of 8
 BOX = (32, 16, 96, 80)  # on the codec's 16 px grid: SD latent cells x 4..12, y 2..10
@@ -207,8 +206,8 @@ def test_inpaint_keeps_task_pixels(models, sd_decoded, kind):
 
 def test_with_the_learned_codec(models):
     """End to end: the learned codec's sd_latent head (tiny, random) -> diffusion composer."""
-    from sdk.codecs import CODECS
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs import CODECS
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     torch.manual_seed(0)
     m = DiscoverCodecModel(ModelConfig.preset("tiny", head="sd_latent")).eval()
@@ -242,7 +241,7 @@ def test_one_line_errors(models, tmp_path):
     assert "unet/config.json" in error({"type": "sd-inpaint", "base": str(tmp_path / "half")})
     msg = error({"type": "diffusion", "base": str(models["sd"]),
                  "controlnet": str(tmp_path / "no-control")})
-    assert "tools/train_control.py" in msg and "no-control" in msg
+    assert "discover train control" in msg and "no-control" in msg
     assert "controlnet" in error({"type": "diffusion", "base": str(models["sd"])})
     assert "sd-inpaint" in error({"type": "diffusion", "base": str(models["inpaint"]),
                                   "strength": 0.5})

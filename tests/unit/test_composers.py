@@ -5,12 +5,11 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-
-from sdk.assets import SAMPLE_CLIP
-from sdk.codecs import CODECS
-from sdk.grounders import GROUNDERS
-from sdk.regions import Region, pad_and_clip
-from sink.composers import COMPOSERS
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.codecs import CODECS
+from discover.sdk.grounders import GROUNDERS
+from discover.sdk.regions import Region, pad_and_clip
+from discover.sink.composers import COMPOSERS
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

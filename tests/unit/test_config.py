@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import pytest
+from discover.sdk.config import load_config, read_yaml
+from discover.sdk.errors import DiscoverError
+from discover.sdk.profiles import PROFILES_ENV, REPO_PROFILES, known_tasks, load_profile
+from discover.sdk.registry import BackendConfig, Registry
+from discover.sdk.transport.broker import PASSWORD_ENV, parse_url
 from pydantic import BaseModel, ConfigDict, Field
 
 from discover.config import Deployment
-from sdk.config import load_config, read_yaml
-from sdk.errors import DiscoverError
-from sdk.profiles import PROFILES_ENV, REPO_PROFILES, known_tasks, load_profile
-from sdk.registry import BackendConfig, Registry
-from sdk.transport.broker import PASSWORD_ENV, parse_url
 
 # -- a small model ----------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.grounders.base import GROUNDERS  # noqa: E402
-from sdk.grounders.grounding_dino import (  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.grounders.base import GROUNDERS  # noqa: E402
+from discover.sdk.grounders.grounding_dino import (  # noqa: E402
     GroundingDinoGrounder,
     ImageTransform,
     TextChunk,
@@ -30,7 +30,7 @@ from sdk.grounders.grounding_dino import (  # noqa: E402
     per_label_nms,
     plan_chunks,
 )
-from sdk.regions import Detection  # noqa: E402
+from discover.sdk.regions import Detection  # noqa: E402
 
 WORDS = ["person", "car", "bicycle", "traffic", "light", "dog", "cat", "bus", "truck",
          "motorcycle", "train", "boat", "bench", "bird", "horse", "sheep", "cow", "stop", "sign"]
@@ -257,7 +257,7 @@ def test_one_forward_per_chunk_and_one_backbone_pass_per_frame(model_dir, frame)
 
 
 def test_chunks_are_planned_once_per_label_list(grounder, monkeypatch):
-    import sdk.grounders.grounding_dino as gd
+    import discover.sdk.grounders.grounding_dino as gd
 
     planned = []
     real = gd.plan_chunks

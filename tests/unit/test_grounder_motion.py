@@ -7,10 +7,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from sdk.errors import DiscoverError
-from sdk.grounders import ANY_OBJECT, GROUNDERS
-from sdk.grounders.motion import MotionGrounder
+from discover.sdk.errors import DiscoverError
+from discover.sdk.grounders import ANY_OBJECT, GROUNDERS
+from discover.sdk.grounders.motion import MotionGrounder
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 W, H = 768, 576

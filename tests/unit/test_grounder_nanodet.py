@@ -6,12 +6,11 @@ import logging
 
 import av
 import pytest
-
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
-from sdk.grounders import GROUNDERS
-from sdk.grounders.label_map import load_label_map
-from sdk.models.nanodet import COCO80_LABELS
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
+from discover.sdk.grounders import GROUNDERS
+from discover.sdk.grounders.label_map import load_label_map
+from discover.sdk.models.nanodet import COCO80_LABELS
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +77,9 @@ def test_box_label_prefers_class_name_then_profile_order(grounder, frame0):
 
 def test_edge_routes_boxes_to_every_task_whose_labels_match(tmp_path, monkeypatch, frame0):
     """A person box serves a task listing 'person' and one listing only 'pedestrian'."""
-    from edge.agent import CameraAgent
-    from edge.config import CameraConfig, EdgeSection
-    from sdk.transport.broker import BrokerConfig
+    from discover.edge.agent import CameraAgent
+    from discover.edge.config import CameraConfig, EdgeSection
+    from discover.sdk.transport.broker import BrokerConfig
 
     for task, labels in {"people": ["person"], "walkers": ["pedestrian"], "cars": ["car"]}.items():
         (tmp_path / f"{task}.yaml").write_text(
@@ -103,10 +102,10 @@ def test_edge_routes_boxes_to_every_task_whose_labels_match(tmp_path, monkeypatc
 
 def test_edge_codes_one_object_once_serving_every_task(tmp_path, monkeypatch):
     """A van found as truck (task 'trucks') and car (task 'cars') is one region for both."""
-    from edge.agent import CameraAgent
-    from edge.config import CameraConfig, EdgeSection
-    from sdk.regions import Detection
-    from sdk.transport.broker import BrokerConfig
+    from discover.edge.agent import CameraAgent
+    from discover.edge.config import CameraConfig, EdgeSection
+    from discover.sdk.regions import Detection
+    from discover.sdk.transport.broker import BrokerConfig
 
     for task, labels in {"trucks": ["truck"], "cars": ["car"]}.items():
         (tmp_path / f"{task}.yaml").write_text(

@@ -19,24 +19,24 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
 pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
 
-from sdk.codecs import CODECS  # noqa: E402
-from sdk.codecs.learned import checkpoint as ckpt  # noqa: E402
-from sdk.codecs.learned.codec import LearnedCodec  # noqa: E402
-from sdk.codecs.learned.entropy import (  # noqa: E402
+from discover.sdk.codecs import CODECS  # noqa: E402
+from discover.sdk.codecs.learned import checkpoint as ckpt  # noqa: E402
+from discover.sdk.codecs.learned.codec import LearnedCodec  # noqa: E402
+from discover.sdk.codecs.learned.entropy import (  # noqa: E402
     hyper_parameters,
     hyper_parameters_torch,
     latent_box,
     outside_mask,
 )
-from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig, pad_to_grid  # noqa: E402
-from sdk.codecs.learned.training import (  # noqa: E402
+from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig, pad_to_grid  # noqa: E402
+from discover.sdk.codecs.learned.training import (  # noqa: E402
     TrainConfig,
     initial_steps,
     train_codec,
     train_steps,
 )
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.regions import Region, pad_and_clip  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.regions import Region, pad_and_clip  # noqa: E402
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 W, H = 192, 128  # test crops: 12 x 8 latent cells, 3 x 2 hyper cells
@@ -391,7 +391,7 @@ def test_checkpoint_without_safetensors_uses_torch_file(model, tmp_path, monkeyp
 
 def test_checkpoint_problems_are_one_line_errors(model, tmp_path):
     with pytest.raises(DiscoverError, match=r"checkpoints/no-such-ckpt does not exist; train one "
-                                            r"with 'discover train codec' \(python tools/train_codec.py\)"):
+                                            r"with 'discover train codec' \(discover train codec\)"):
         CODECS.create({"type": "learned", "name": "no-such-ckpt"})
     folder = tmp_path / "ck"
     model.save_pretrained(folder)

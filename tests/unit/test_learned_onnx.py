@@ -18,19 +18,20 @@ pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra
 pytest.importorskip("onnxruntime", reason="onnxruntime comes with the 'edge' extra")
 onnx = pytest.importorskip("onnx", reason="onnx comes with the 'dev' and 'export' extras")
 
-from sdk.codecs import CODECS  # noqa: E402
-from sdk.codecs.learned.codec import LearnedCodec  # noqa: E402
-from sdk.codecs.learned.entropy import (  # noqa: E402
+from discover.sdk.codecs import CODECS  # noqa: E402
+from discover.sdk.codecs.learned.codec import LearnedCodec  # noqa: E402
+from discover.sdk.codecs.learned.entropy import (  # noqa: E402
     hyper_parameters,
     hyper_parameters_torch,
     latent_box,
     latent_grid,
 )
-from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402
-from sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis, export_edge  # noqa: E402
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.regions import Region  # noqa: E402
-from tools.export_codec_onnx import main as export_main  # noqa: E402
+from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402
+from discover.sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis, export_edge  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.regions import Region  # noqa: E402
+
+from discover.train.export_onnx import main as export_main  # noqa: E402
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 W, H = 192, 128  # 12 x 8 latent cells
@@ -120,7 +121,7 @@ def test_onnx_and_torch_edges_make_the_same_bitstreams(edge, sink, frames):
     Float convolutions in the two runtimes differ in the last bits (~1e-6 relative), which
     flips a rounding only when a value lies that close to a boundary. Measured here: all 36
     frames byte-identical on side, regions and rest, 0 of 3,456 z and 0 of 55,296 y symbols
-    different. With the small model at 768x576 (tools/bench_onnx_edge.py) 12/12 frames are
+    different. With the small model at 768x576 (discover/bench/onnx_edge.py) 12/12 frames are
     identical; with its latents spread over many symbols 1 of 82,944 z and 2 of 1.8 million y
     symbols flip (3 of 12 frames differ). So identity is the rule, not a guarantee: a CPU with
     other SIMD kernels may flip one now and then. The test therefore bounds the share of
@@ -244,13 +245,13 @@ def one_line_error(cfg: dict) -> str:
 def test_missing_onnx_file_names_the_export_command(checkpoint, tmp_path):
     msg = one_line_error({"checkpoint": checkpoint, "edge_runtime": "onnx",
                           "onnx": tmp_path / "none.onnx"})
-    assert "none.onnx" in msg and "tools/export_codec_onnx.py --checkpoint" in msg
+    assert "none.onnx" in msg and "discover export codec --checkpoint" in msg
     assert str(checkpoint) in msg and "edge_runtime" in msg
     # a checkpoint folder without its export
     bare = tmp_path / "bare"
     random_model(0).save_pretrained(bare)
     msg = one_line_error({"checkpoint": bare, "edge_runtime": "onnx"})
-    assert str(bare / ONNX_NAME) in msg and "export_codec_onnx.py" in msg
+    assert str(bare / ONNX_NAME) in msg and "discover export codec" in msg
 
 
 def test_export_of_another_checkpoint_is_refused(checkpoint, tmp_path):
@@ -258,14 +259,14 @@ def test_export_of_another_checkpoint_is_refused(checkpoint, tmp_path):
     info = export_edge(other, tmp_path / "other.onnx", verify=False)
     msg = one_line_error({"checkpoint": checkpoint, "edge_runtime": "onnx",
                           "onnx": tmp_path / "other.onnx"})
-    assert info["hash"] in msg and "re-export" in msg and "export_codec_onnx.py" in msg
+    assert info["hash"] in msg and "re-export" in msg and "discover export codec" in msg
 
 
 def test_damaged_or_foreign_onnx_files(checkpoint, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     msg = one_line_error({"checkpoint": checkpoint, "edge_runtime": "onnx", "onnx": bad})
-    assert "damaged or not ONNX" in msg and "export_codec_onnx.py" in msg
+    assert "damaged or not ONNX" in msg and "discover export codec" in msg
     # a valid ONNX file without our metadata (not made by export_edge)
     proto = onnx.load(str(checkpoint / ONNX_NAME))
     del proto.metadata_props[:]

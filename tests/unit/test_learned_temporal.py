@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
 pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
 
-from sdk.codecs import CODECS  # noqa: E402
-from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402
-from sdk.codecs.learned.temporal import fit_offsets, residual_bits  # noqa: E402
-from sdk.regions import Region  # noqa: E402
+from discover.sdk.codecs import CODECS  # noqa: E402
+from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402
+from discover.sdk.codecs.learned.temporal import fit_offsets, residual_bits  # noqa: E402
+from discover.sdk.regions import Region  # noqa: E402
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 W, H = 192, 128
@@ -115,7 +115,7 @@ def test_static_scene_skips_regions_and_reuses_z(model, frames):
 def test_a_moving_box_over_a_static_scene_is_predicted_without_the_move(model, frames):
     """The encoder tries the box's move and no move and keeps the cheaper: when only the box
     moved (a detector's jitter over a static scene), the unmoved reference predicts it."""
-    from sdk.codecs.learned.temporal import RESIDUAL, SKIP, parse_ref_header
+    from discover.sdk.codecs.learned.temporal import RESIDUAL, SKIP, parse_ref_header
 
     edge, sink = codec(model), codec(model)
     first = edge.compress(frames[0], regions(), send_rest=False)
@@ -200,8 +200,8 @@ def test_rest_is_predicted_from_the_last_rest_and_decodes_exactly(model, frames)
 
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.9])
 def test_changed_cell_mask_is_lossless_and_used_only_where_it_pays(model, density):
-    from sdk.codecs.learned.entropy import PayloadError
-    from sdk.codecs.learned.temporal import NO_MASK
+    from discover.sdk.codecs.learned.entropy import PayloadError
+    from discover.sdk.codecs.learned.temporal import NO_MASK
 
     t = codec(model)._temporal
     rng = np.random.default_rng(1)
@@ -283,8 +283,8 @@ def test_stage_t_fits_the_residual_model_on_consecutive_frames(model, tmp_path):
     cell the fit saves, and the saved checkpoint carries them (new content hash)."""
     import copy
 
-    from sdk.codecs.learned.checkpoint import load_pretrained
-    from sdk.codecs.learned.training import TrainConfig, VideoSource, train_codec
+    from discover.sdk.codecs.learned.checkpoint import load_pretrained
+    from discover.sdk.codecs.learned.training import TrainConfig, VideoSource, train_codec
 
     fresh = copy.deepcopy(model)
     fresh.residual_offsets.zero_()

@@ -6,10 +6,9 @@ import av
 import cv2
 import numpy as np
 import pytest
+from discover.sdk import masks
+from discover.sdk.assets import SAMPLE_CLIP
 from pycocotools import mask as cocomask
-
-from sdk import masks
-from sdk.assets import SAMPLE_CLIP
 
 
 def _coco_encode(m: np.ndarray) -> dict:

@@ -7,10 +7,9 @@ import importlib.util
 
 import numpy as np
 import pytest
+from discover.sdk.metrics import COCO_IOU_THRESHOLDS, average_precision, box_iou, coco_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sdk.metrics import COCO_IOU_THRESHOLDS, average_precision, box_iou, coco_map
 
 REF = (0.0, 0.0, 100.0, 100.0)
 FAR = (300.0, 300.0, 340.0, 340.0)  # overlaps nothing

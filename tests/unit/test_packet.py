@@ -11,11 +11,8 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from sdk.errors import PacketError
-from sdk.packet import (
+from discover.sdk.errors import PacketError
+from discover.sdk.packet import (
     FIXED_SIZE,
     MAGIC,
     MAX_NAME,
@@ -28,6 +25,8 @@ from sdk.packet import (
     fragment,
     header_size,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REASON = re.compile(r"^[a-z_]{3,24}$")

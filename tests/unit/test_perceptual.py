@@ -1,4 +1,4 @@
-"""tools/perceptual.py through the real torchmetrics / torchvision / torch-fidelity loaders.
+"""discover/bench/perceptual.py through the real torchmetrics / torchvision / torch-fidelity loaders.
 
 The pretrained backbones cannot be had offline, so a temporary TORCH_HOME gets randomly
 initialised state dicts under the exact file names the loaders look for (DESIGN.md section 5).
@@ -26,8 +26,8 @@ pytest.importorskip("torch_fidelity")
 
 from fake_hub_weights import HUB_FILES, write_weights  # noqa: E402
 
-from tools import perceptual  # noqa: E402
-from tools.perceptual import PerceptualScorer, weights_status  # noqa: E402
+from discover.bench import perceptual  # noqa: E402
+from discover.bench.perceptual import PerceptualScorer, weights_status  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,7 @@ def _blurred(images: list[np.ndarray]) -> list[np.ndarray]:
 # -- status -------------------------------------------------------------------------------------
 
 def test_import_is_cheap() -> None:
-    code = "import sys, tools.perceptual; sys.exit('torch' in sys.modules)"
+    code = "import sys, discover.bench.perceptual; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 

@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("openai")
 
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.profile_maker import (  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.profile_maker import (  # noqa: E402
     LABELS_PROMPT,
     PROMPT_SHA256,
     get_or_make_profile,
@@ -25,7 +25,7 @@ from sdk.profile_maker import (  # noqa: E402
     profile_path,
     write_profile,
 )
-from sdk.profiles import REPO_PROFILES, TaskProfile, load_profile_file  # noqa: E402
+from discover.sdk.profiles import REPO_PROFILES, TaskProfile, load_profile_file  # noqa: E402
 
 KEY = "sk-test-Very-Secret-Key-0123456789"
 LABELS = [f"object {i}" for i in range(120)]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sdk.rd import (
+from discover.sdk.rd import (
     bd_quality,
     bd_rate,
     bd_rate_points,
@@ -212,7 +211,7 @@ def test_bd_rate_refuses_a_curve_whose_quality_falls_with_rate():
 
 
 def test_front_drops_points_that_cost_more_for_less():
-    from sdk.rd import front
+    from discover.sdk.rd import front
 
     lr = np.log10([100.0, 200.0, 300.0, 400.0, 400.0, 500.0])
     q = np.array([0.5, 0.7, 0.65, 0.8, 0.75, 0.8])
@@ -220,7 +219,7 @@ def test_front_drops_points_that_cost_more_for_less():
 
 
 def test_bd_rate_on_front_equals_bd_rate_without_the_dominated_point():
-    from sdk.rd import bd_rate
+    from discover.sdk.rd import bd_rate
 
     anchor_r, anchor_q = [100, 200, 400, 800], [0.5, 0.6, 0.7, 0.8]
     test_r, test_q = [60, 120, 180, 240, 480], [0.5, 0.6, 0.58, 0.7, 0.8]  # 180 is dominated

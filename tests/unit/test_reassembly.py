@@ -10,16 +10,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from discover.sdk.codecs import CODECS
+from discover.sdk.framing import codec_input, frame_messages
+from discover.sdk.packet import Kind, decode_packet, fragment
+from discover.sdk.reassembly import AssembledFrame, Reassembler
+from discover.sdk.regions import Region
+from discover.sdk.stream import SideInfo, StreamMeta, pack_items
+from discover.sdk.topics import parse_topic
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sdk.codecs import CODECS
-from sdk.framing import codec_input, frame_messages
-from sdk.packet import Kind, decode_packet, fragment
-from sdk.reassembly import AssembledFrame, Reassembler
-from sdk.regions import Region
-from sdk.stream import SideInfo, StreamMeta, pack_items
-from sdk.topics import parse_topic
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 PREFIX = "discover"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from discover.sdk.errors import DiscoverError
+from discover.sdk.packet import Kind, fragment
+from discover.sdk.recording import MAGIC, Record, RecordingWriter, read_recording
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sdk.errors import DiscoverError
-from sdk.packet import Kind, fragment
-from sdk.recording import MAGIC, Record, RecordingWriter, read_recording
 
 REC_HEAD = 8 + 2 + 4 + 1  # >dHIB
 

@@ -3,7 +3,7 @@ regions only where it codes fewer cells and sends no sink more than before."""
 
 from __future__ import annotations
 
-from sdk.regions import Detection, Region, merge_overlaps, select_regions
+from discover.sdk.regions import Detection, Region, merge_overlaps, select_regions
 
 
 def cells(regions: list[Region]) -> int:

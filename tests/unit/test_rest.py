@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from sdk.regions import Region
-from sdk.rest import RestScheduler, background_change, thumbnail
+from discover.sdk.regions import Region
+from discover.sdk.rest import RestScheduler, background_change, thumbnail
 
 W, H = 256, 192
 

@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-import sdk.grounders.ssd_oid  # noqa: E402,F401  (registers "ssd-oid")
-from sdk.assets import SAMPLE_CLIP  # noqa: E402
-from sdk.errors import DiscoverError  # noqa: E402
-from sdk.grounders import GROUNDERS  # noqa: E402
-from sdk.models.ssd_oid import (  # noqa: E402
+import discover.sdk.grounders.ssd_oid  # noqa: E402,F401  (registers "ssd-oid")
+from discover.sdk.assets import SAMPLE_CLIP  # noqa: E402
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sdk.grounders import GROUNDERS  # noqa: E402
+from discover.sdk.models.ssd_oid import (  # noqa: E402
     CONVERT_COMMAND,
     DEFAULT_WEIGHTS,
     NUM_ANCHORS,

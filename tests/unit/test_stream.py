@@ -6,12 +6,9 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from sdk.errors import PacketError
-from sdk.regions import Region
-from sdk.stream import (
+from discover.sdk.errors import PacketError
+from discover.sdk.regions import Region
+from discover.sdk.stream import (
     MAX_TASKS,
     SideInfo,
     StreamMeta,
@@ -20,6 +17,8 @@ from sdk.stream import (
     peek_manifest,
     unpack_items,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FAST = settings(max_examples=60, deadline=None)
 TASKS = ["detection", "segmentation", "vehicles"]

@@ -9,16 +9,15 @@ import json
 import av
 import numpy as np
 import pytest
-
-from sdk import masks
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
-from sdk.models.nanodet import COCO80_LABELS, NanoDet
-from sdk.regions import Region, pad_and_clip
-from sink.config import SinkSection
-from sink.tasks import TASK_MODELS
-from sink.tasks.classify import imagenet_categories
-from sink.tasks.coco import COCO80_TO_COCO91
+from discover.sdk import masks
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
+from discover.sdk.models.nanodet import COCO80_LABELS, NanoDet
+from discover.sdk.regions import Region, pad_and_clip
+from discover.sink.config import SinkSection
+from discover.sink.tasks import TASK_MODELS
+from discover.sink.tasks.classify import imagenet_categories
+from discover.sink.tasks.coco import COCO80_TO_COCO91
 
 VEHICLES = {"moving van", "minivan", "police van", "ambulance", "minibus", "recreational vehicle",
             "trailer truck", "pickup", "tow truck", "limousine", "cab", "station wagon",
@@ -155,7 +154,7 @@ def test_efficientnet_is_deterministic_and_sums_to_one(effnet, frame0, regions):
     a = effnet.run(frame0, info(regions))
     b = effnet.run(frame0, info(regions))
     assert a == b and len(a["regions"]) == len(regions)
-    from sink.tasks.classify import center_crop
+    from discover.sink.tasks.classify import center_crop
 
     p = effnet.probabilities([center_crop(frame0, 256, 224)])
     assert p.shape == (1, 1000) and abs(float(p.sum()) - 1) < 1e-4 and p.min() >= 0

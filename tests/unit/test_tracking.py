@@ -9,14 +9,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from discover.edge.config import CameraConfig, EdgeSection
+from discover.sdk.errors import DiscoverError
+from discover.sdk.grounders import GROUNDERS
+from discover.sdk.metrics import average_precision
+from discover.sdk.regions import Detection
+from discover.sdk.tracking import TrackingConfig, TrackingGrounder, scene_difference, thumbnail
 from pydantic import ValidationError
-
-from edge.config import CameraConfig, EdgeSection
-from sdk.errors import DiscoverError
-from sdk.grounders import GROUNDERS
-from sdk.metrics import average_precision
-from sdk.regions import Detection
-from sdk.tracking import TrackingConfig, TrackingGrounder, scene_difference, thumbnail
 
 CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
 
@@ -234,8 +233,9 @@ def test_per_camera_override():
 
 
 def test_command_line_overrides_are_validated():
+    from discover.sdk.config import load_config
+
     from discover.config import Deployment
-    from sdk.config import load_config
 
     dep = load_config(Deployment, None, ["edge.tracking.every=5", "edge.tracking.tracker=iou"])
     assert dep.edge.tracking.every == 5 and dep.edge.tracking.tracker == "iou"

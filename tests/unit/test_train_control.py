@@ -1,4 +1,4 @@
-"""tools/train_control.py: the control module's training on tiny models (see
+"""discover/train/control.py: the control module's training on tiny models (see
 test_composer_diffusion.py for the tiny Stable Diffusion folders).
 
 Checks that only the ControlNet learns (the frozen UNet, VAE and text encoder do not move), that
@@ -20,6 +20,9 @@ pytest.importorskip("diffusers")
 pytest.importorskip("compressai")
 pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE vocab")
 
+from discover.sdk.errors import DiscoverError  # noqa: E402
+from discover.sink.composers import COMPOSERS  # noqa: E402
+from discover.sink.composers.diffusion import clear_model_cache, load_stable_diffusion  # noqa: E402
 from test_composer_diffusion import (  # noqa: E402 - same folder, on sys.path under pytest
     INFO,
     scene,
@@ -27,14 +30,11 @@ from test_composer_diffusion import (  # noqa: E402 - same folder, on sys.path u
     write_clip_tokenizer,
 )
 
-from sdk.errors import DiscoverError  # noqa: E402
-from sink.composers import COMPOSERS  # noqa: E402
-from sink.composers.diffusion import clear_model_cache, load_stable_diffusion  # noqa: E402
-from tools.train_control import ControlTrainer, load_codec, main, new_controlnet  # noqa: E402
+from discover.train.control import ControlTrainer, load_codec, main, new_controlnet  # noqa: E402
 
 
 def _codec(folder: Path, head: str) -> Path:
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     torch.manual_seed(0)
     m = DiscoverCodecModel(ModelConfig.preset("tiny", head=head)).eval()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from discover.sdk import varint
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sdk import varint
 
 
 @settings(max_examples=200, deadline=None)

@@ -5,9 +5,9 @@
 - ``model.py``: the network (ELIC transforms, hyperprior, M(z), g_s heads)
 - ``entropy.py``: exact fixed-point probabilities, rANS substreams, payload framing
 - ``checkpoint.py``: ``save_pretrained`` / ``from_pretrained`` folders and the content hash
-- ``training.py``: stage I / stage II training (``tools/train_codec.py``)
+- ``training.py``: stage I / stage II training (``discover/train/codec.py``)
 """
 
-from sdk.codecs.learned.codec import LearnedCodec, LearnedConfig
+from discover.sdk.codecs.learned.codec import LearnedCodec, LearnedConfig
 
 __all__ = ["LearnedCodec", "LearnedConfig"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 HASH_CHARS = 16
 #: where the shipped checkpoints live (``sdk/codecs/learned/checkpoints/<name>``)
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
-TRAIN_HINT = "train one with 'discover train codec' (python tools/train_codec.py)"
+TRAIN_HINT = "train one with 'discover train codec' (discover train codec)"
 
 
 def short_hash(data: bytes) -> str:
@@ -97,8 +97,7 @@ class Checkpoint:
 def load_pretrained(folder: str | Path, device: str = "cpu") -> Checkpoint:
     """Load a checkpoint folder; every problem is one :class:`DiscoverError` line."""
     import torch
-
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
 
     folder = Path(folder)
     cfg_path = folder / CONFIG_NAME

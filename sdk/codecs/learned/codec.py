@@ -28,23 +28,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field
-
-from sdk.codecs.base import CODECS, Codec, CodecConfig
-from sdk.codecs.learned.entropy import (
+from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.codecs.learned.entropy import (
     LATENT_STRIDE,
     PayloadError,
     latent_box,
     latent_grid,
 )
-from sdk.codecs.learned.temporal import TemporalCoder, TemporalConfig
-from sdk.errors import DiscoverError
-from sdk.regions import Region
+from discover.sdk.codecs.learned.temporal import TemporalCoder, TemporalConfig
+from discover.sdk.errors import DiscoverError
+from discover.sdk.regions import Region
+from pydantic import Field
 
 if TYPE_CHECKING:
     import torch
-
-    from sdk.codecs.learned.model import DiscoverCodecModel
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel
 
 DEFAULT_CHECKPOINT = "small"
 
@@ -76,7 +74,7 @@ class LearnedConfig(CodecConfig):
                                      description="prediction between frames (video)")
     edge_runtime: Literal["torch", "onnx"] = Field(
         "torch", description="what runs the encoder's g_a/h_a: torch, or ONNX Runtime on an "
-                             "export of the same checkpoint (tools/export_codec_onnx.py; CUDA "
+                             "export of the same checkpoint (discover/train/export_onnx.py; CUDA "
                              "provider when codec.device allows and has it, else CPU)")
     onnx: Path | None = Field(
         None, description="the ONNX export for edge_runtime onnx; default: edge.onnx in the "
@@ -85,7 +83,7 @@ class LearnedConfig(CodecConfig):
 
 def _import_model() -> Any:
     try:
-        from sdk.codecs.learned import checkpoint, model
+        from discover.sdk.codecs.learned import checkpoint, model
     except ImportError as e:
         raise DiscoverError(f"the 'learned' codec needs torch and compressai ({e}); install "
                             "them with: pip install 'discover-sdk[sink]'") from None
@@ -136,7 +134,7 @@ class LearnedCodec(Codec):
                                            config.temporal)
         self._analysis: Any = None  # x -> (y, z); None: the model's own (torch)
         if config.edge_runtime == "onnx":
-            from sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis
+            from discover.sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis
 
             folder = config.checkpoint or ckpt.CHECKPOINT_ROOT / config.name
             self._analysis = OnnxAnalysis(config.onnx or folder / ONNX_NAME, config.device,
@@ -157,8 +155,7 @@ class LearnedCodec(Codec):
 
     def _to_tensor(self, frame: np.ndarray) -> torch.Tensor:
         import torch
-
-        from sdk.codecs.learned.model import pad_to_grid
+        from discover.sdk.codecs.learned.model import pad_to_grid
 
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")

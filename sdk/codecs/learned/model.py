@@ -53,9 +53,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import AttentionBlock
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
-from torch import Tensor
-
-from sdk.codecs.learned.entropy import (
+from discover.sdk.codecs.learned.entropy import (
     HYPER_STRIDE,
     LATENT_STRIDE,
     CdfTable,
@@ -71,6 +69,7 @@ from sdk.codecs.learned.entropy import (
     rest_tag,
     side_digest,
 )
+from torch import Tensor
 
 try:  # compressai >= 1.2.9 moved it into layers
     from compressai.layers import ResidualBottleneckBlock  # type: ignore[attr-defined]
@@ -220,7 +219,7 @@ class FixedPointHyper(nn.Module):
         if not int(self.ready):
             raise RuntimeError("fixed-point hyper decoder not made; call model.update() first")
         layers = []
-        from sdk.codecs.learned.entropy import FixedPointLayer
+        from discover.sdk.codecs.learned.entropy import FixedPointLayer
 
         for j, (t, s, p, op, relu) in enumerate(self._specs):
             layers.append(FixedPointLayer(
@@ -469,13 +468,13 @@ class DiscoverCodecModel(CompressionModel):
 
     def save_pretrained(self, folder: str | Path, training: dict[str, Any] | None = None) -> str:
         """Write ``config.json`` + weights to ``folder``; returns the content hash."""
-        from sdk.codecs.learned.checkpoint import save_pretrained
+        from discover.sdk.codecs.learned.checkpoint import save_pretrained
 
         return save_pretrained(self, folder, training=training)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> DiscoverCodecModel:
         """Load a folder written by :meth:`save_pretrained` (see ``checkpoint.py``)."""
-        from sdk.codecs.learned.checkpoint import load_pretrained
+        from discover.sdk.codecs.learned.checkpoint import load_pretrained
 
         return load_pretrained(folder, device=device).model

@@ -17,7 +17,7 @@ refuses a file made from another one.
 Parity. Convolutions in torch (oneDNN) and ONNX Runtime (MLAS) sum in different orders, so y
 and z differ in the last float bits (about 1e-6 relative). That changes a symbol only when a
 value lies that close to a rounding boundary. Measured on the street clip (1 thread each,
-tools/bench_onnx_edge.py and the unit tests): the tiny test model, 36 crops of 192x128, and a
+discover/bench/onnx_edge.py and the unit tests): the tiny test model, 36 crops of 192x128, and a
 random small model, 12 frames of 768x576, gave byte-identical substreams on every frame; a
 small model with latents spread over many symbols flipped 1 of 82,944 z and 2 of 1.8 million y
 symbols (3 of 12 frames differ). So identical bitstreams are the rule, not a guarantee. That
@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-
-from sdk.errors import DiscoverError
-from sdk.models import open_session, require_onnxruntime
+from discover.sdk.errors import DiscoverError
+from discover.sdk.models import open_session, require_onnxruntime
 
 if TYPE_CHECKING:
-    from sdk.codecs.learned.model import DiscoverCodecModel
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel
 
 ONNX_NAME = "edge.onnx"  #: default file name, inside the checkpoint folder
 EDGE_FORMAT = "discover-learned-edge"
@@ -59,7 +58,7 @@ Device = Literal["auto", "cpu", "cuda"]
 
 def export_command(checkpoint: str | Path | None = None) -> str:
     """The command that makes the ONNX file of a checkpoint folder (for error messages)."""
-    return f"python tools/export_codec_onnx.py --checkpoint {checkpoint or 'CHECKPOINT_DIR'}"
+    return f"discover export codec --checkpoint {checkpoint or 'CHECKPOINT_DIR'}"
 
 
 def _require_onnx() -> Any:
@@ -80,8 +79,7 @@ def export_edge(model: DiscoverCodecModel, path: str | Path, *, opset: int = DEF
     once on ONNX Runtime and compared with torch, so a broken export never reaches an edge.
     Returns a summary: file, bytes, hash, opset, seconds, max_abs_diff."""
     import torch
-
-    from sdk.codecs.learned.checkpoint import model_hash
+    from discover.sdk.codecs.learned.checkpoint import model_hash
 
     onnx = _require_onnx()
     t0 = time.perf_counter()

@@ -50,10 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
-from sdk import varint
-from sdk.codecs.learned.entropy import (
+from discover.sdk import varint
+from discover.sdk.codecs.learned.entropy import (
     HYPER_STRIDE,
     LATENT_STRIDE,
     LatentBox,
@@ -68,7 +66,8 @@ from sdk.codecs.learned.entropy import (
     side_digest,
     unseal,
 )
-from sdk.regions import box_iou
+from discover.sdk.regions import box_iou
+from pydantic import BaseModel, ConfigDict, Field
 
 INTRA, RESIDUAL, SKIP = 0, 1, 2
 Z_INTRA, Z_REUSE = 0, 1

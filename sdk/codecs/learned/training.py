@@ -1,4 +1,4 @@
-"""Training of the learned codec (seed §3.4), called by ``tools/train_codec.py`` (and later
+"""Training of the learned codec (seed §3.4), called by ``discover/train/codec.py`` (and later
 ``discover train codec``).
 
 ::
@@ -46,11 +46,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT, load_pretrained
-from sdk.codecs.learned.entropy import LATENT_STRIDE
-from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
-from sdk.errors import DiscoverError
+from discover.sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT, load_pretrained
+from discover.sdk.codecs.learned.entropy import LATENT_STRIDE
+from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+from discover.sdk.errors import DiscoverError
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 #: vtest.avi frames below this are the development split; the rest is never trained on
@@ -568,9 +567,9 @@ def fit_residual_model(model: DiscoverCodecModel, videos: Sequence[VideoSource],
     """Fit ``model.residual_offsets`` on consecutive frames: per rate point, the residuals
     round((y_t+1 - y_hat_t) / step) inside the boxes of frame t+1, with the scale indexes z_t+1
     gives (what the temporal coder codes). Returns the record of the fit."""
-    from sdk.codecs.learned.entropy import latent_box
-    from sdk.codecs.learned.model import pad_to_grid
-    from sdk.codecs.learned.temporal import fit_offsets
+    from discover.sdk.codecs.learned.entropy import latent_box
+    from discover.sdk.codecs.learned.model import pad_to_grid
+    from discover.sdk.codecs.learned.temporal import fit_offsets
 
     model.eval().cpu()
     if not model.coding_ready:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 Box = tuple[float, float, float, float]
 

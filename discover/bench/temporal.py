@@ -3,7 +3,7 @@ the learned codec with ``codec.temporal`` on and off, on the same frames with th
 boxes, per rate point; with temporal on, how often z was re-sent and how the regions were
 coded (intra, residual, skip).
 
-    python tools/bench_temporal.py [--source VIDEO] [--max-frames 30] [--qualities 1,3,5] [--json]
+    python -m discover.bench.temporal [--source VIDEO] [--max-frames 30] [--qualities 1,3,5] [--json]
 
 Progress goes to stderr; the table (or one JSON line with --json) to stdout.
 """
@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(source: str, max_frames: int, qualities: list[int],
         checkpoint: str | None = None) -> dict[str, dict[str, float]]:
-    from sdk.codecs import CODECS
-    from tools.bench_codec import BoxSource
-    from tools.bench_ground import load_frames
+    from discover.bench.codec import BoxSource
+    from discover.bench.ground import load_frames
+    from discover.sdk.codecs import CODECS
 
     frames, fps = load_frames(source, 0, max_frames)
     fps = fps or 10.0
@@ -56,8 +52,8 @@ def run(source: str, max_frames: int, qualities: list[int],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdk.assets import SAMPLE_CLIP
-    from sdk.errors import DiscoverError
+    from discover.sdk.assets import SAMPLE_CLIP
+    from discover.sdk.errors import DiscoverError
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default=str(SAMPLE_CLIP))

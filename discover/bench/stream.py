@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from discover.broker import LocalBroker
+from discover.edge.sources import open_source
 from discover.progress import Progress
-from edge.sources import open_source
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
 
 CAMERA = "bench"
 

@@ -15,8 +15,8 @@ Every metric is the real one from torchmetrics, never a reimplementation:
 Pretrained backbones are not shipped by any package: torchvision and torch-fidelity fetch them
 into the torch hub cache (``torch.hub.get_dir()/checkpoints``, moved by ``TORCH_HOME``). This
 module never downloads on its own: it checks the files first and reports a metric whose file is
-missing as skipped (``None`` plus a note). ``python -m tools.perceptual --fetch`` fills the cache
-where there is internet; ``python -m tools.perceptual`` prints what is there. The LPIPS linear
+missing as skipped (``None`` plus a note). ``python -m discover.bench.perceptual --fetch`` fills the cache
+where there is internet; ``python -m discover.bench.perceptual`` prints what is there. The LPIPS linear
 layers and the DISTS alpha/beta ship inside torchmetrics.
 
 torch, torchvision and torchmetrics are imported inside functions: importing this module is
@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 METRICS: tuple[str, ...] = ("fid", "kid", "lpips", "dists")
-FETCH_HINT = "python -m tools.perceptual --fetch"
+FETCH_HINT = "python -m discover.bench.perceptual --fetch"
 #: how to install the metric packages (the ``metrics`` extra of pyproject.toml)
 PACKAGES = "-c constraints.txt -e '.[metrics]'"
 
@@ -466,9 +466,9 @@ def format_status(status: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tools.perceptual [--fetch] [--json]``: status of (or fetch) the weights."""
+    """``python -m discover.bench.perceptual [--fetch] [--json]``: status of (or fetch) the weights."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see discover)
-    parser = argparse.ArgumentParser(prog="python -m tools.perceptual", description=(
+    parser = argparse.ArgumentParser(prog="python -m discover.bench.perceptual", description=(
         "Weights of the perceptual metrics (FID, KID, LPIPS, DISTS) in the torch hub cache "
         "(TORCH_HOME moves it)."))
     parser.add_argument("--fetch", action="store_true",

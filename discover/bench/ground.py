@@ -35,12 +35,12 @@ import cv2
 import numpy as np
 
 from discover.progress import Progress
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
-from sdk.grounders import GROUNDERS, Grounder
-from sdk.metrics import coco_map
-from sdk.regions import Detection
-from sdk.tracking import TrackingConfig, TrackingGrounder
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
+from discover.sdk.grounders import GROUNDERS, Grounder
+from discover.sdk.metrics import coco_map
+from discover.sdk.regions import Detection
+from discover.sdk.tracking import TrackingConfig, TrackingGrounder
 
 GROUNDER_KEYS = ("motion", "nanodet", "grounding-dino")
 EVERY = (2, 5, 10)
@@ -51,7 +51,7 @@ REPEATS = 3  #: timed passes per run; the fastest counts
 
 def load_frames(source: str, start: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
     """Decode frames ``start`` .. ``start + max_frames`` into memory; also the nominal fps."""
-    from edge.sources import open_source
+    from discover.edge.sources import open_source
 
     if start < 0:
         raise DiscoverError(f"--start must be 0 or more (got {start})")
@@ -210,7 +210,7 @@ def run_bench_ground(source: str | None = None, max_frames: int | None = None,
                      grounders: Sequence[str] = GROUNDER_KEYS,
                      every: Sequence[int] = EVERY, repeats: int = REPEATS,
                      trackers: Sequence[str] = TRACKERS) -> dict[str, Any]:
-    from sdk.profiles import load_profile
+    from discover.sdk.profiles import load_profile
 
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench ground", enabled=not quiet)
@@ -220,7 +220,7 @@ def run_bench_ground(source: str | None = None, max_frames: int | None = None,
     h, w = frames[0].shape[:2]
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    quiet_log = logging.getLogger("sdk.grounders")
+    quiet_log = logging.getLogger("discover.sdk.grounders")
     level = quiet_log.level
     quiet_log.setLevel(logging.ERROR)  # "labels without a COCO class" once per fresh grounder
     try:

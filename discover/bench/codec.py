@@ -48,9 +48,9 @@ import cv2
 import numpy as np
 
 from discover.progress import Progress
-from sdk.errors import DiscoverError
-from sdk.rd import bd_quality, bd_rate, masked_psnr, ms_ssim, msssim_db, psnr
-from sdk.regions import Region, area_share, merge_overlaps, pad_and_clip, select_regions
+from discover.sdk.errors import DiscoverError
+from discover.sdk.rd import bd_quality, bd_rate, masked_psnr, ms_ssim, msssim_db, psnr
+from discover.sdk.regions import Region, area_share, merge_overlaps, pad_and_clip, select_regions
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_ANCHORS = ("jpeg", "webp", "x265", "av1")
@@ -73,7 +73,7 @@ def list_images(folder: Path | None) -> list[Path]:
     """The benchmark's images: every image file in ``folder`` (sorted), or the held-out
     OpenCV photos. One DiscoverError line if there are none."""
     if folder is None:
-        from sdk.codecs.learned.training import HELD_OUT_PHOTOS, OPENCV_DATA
+        from discover.sdk.codecs.learned.training import HELD_OUT_PHOTOS, OPENCV_DATA
 
         paths = [OPENCV_DATA / n for n in HELD_OUT_PHOTOS]
         missing = [p.name for p in paths if not p.is_file()]
@@ -167,7 +167,7 @@ class BoxSource:
 
     def __init__(self, align: int, boxes: dict[str, list[tuple[float, ...]]] | None,
                  grounder: str) -> None:
-        from sdk.grounders import GROUNDERS
+        from discover.sdk.grounders import GROUNDERS
 
         self.align, self.boxes = align, boxes
         self.grounder_key = grounder
@@ -191,7 +191,7 @@ class BoxSource:
             return regions_from_boxes(self.boxes.get(name, []), w, h, self.align, self.margin)
         if self._grounder is None:
             from discover.ground import task_labels
-            from sdk.grounders import GROUNDERS
+            from discover.sdk.grounders import GROUNDERS
 
             self._labels = task_labels([TASK])
             self._grounder = GROUNDERS.create(self._cfg)
@@ -214,9 +214,9 @@ class Ours:
     """The learned codec at every rate point of one checkpoint (or an in-memory model)."""
 
     def __init__(self, checkpoint: Path | None = None, model: Any = None) -> None:
-        import sdk.codecs.learned  # noqa: F401 - registers the codec
-        from sdk.codecs.learned import checkpoint as ckpt
-        from sdk.codecs.learned.codec import DEFAULT_CHECKPOINT
+        import discover.sdk.codecs.learned  # noqa: F401 - registers the codec
+        from discover.sdk.codecs.learned import checkpoint as ckpt
+        from discover.sdk.codecs.learned.codec import DEFAULT_CHECKPOINT
 
         if model is None:
             folder = checkpoint or ckpt.CHECKPOINT_ROOT / DEFAULT_CHECKPOINT
@@ -236,7 +236,7 @@ class Ours:
         self.default_quality = self.points // 2 + 1  # LearnedConfig.quality=None
 
     def codec(self, quality: int) -> Any:
-        from sdk.codecs.base import CODECS
+        from discover.sdk.codecs.base import CODECS
 
         return CODECS.create({"type": "learned", "quality": quality}, model=self.model)
 
@@ -277,7 +277,7 @@ def _even(img: np.ndarray) -> np.ndarray:
 
 def _video_anchor(frames: list[np.ndarray], fps: float, name: str,
                   crf: int) -> tuple[int, list[np.ndarray]]:
-    from tools.bench_tasks import VIDEO, _video
+    from discover.bench.tasks import VIDEO, _video
 
     enc, decs = VIDEO[name]
     h, w = frames[0].shape[:2]
@@ -299,7 +299,7 @@ def _intra_still(img: np.ndarray, name: str, crf: int) -> tuple[int, np.ndarray]
 
     import av
 
-    from tools.bench_tasks import VIDEO
+    from discover.bench.tasks import VIDEO
 
     encoder, decoders = VIDEO[name]
     h, w = img.shape[:2]
@@ -694,12 +694,12 @@ def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
     paths = list_images(images)
     pictures = [read_image(p) for p in paths]  # an unreadable file fails before any work
     box_map = load_boxes(boxes, [p.name for p in paths]) if boxes is not None else None
-    from sdk.grounders import GROUNDERS
+    from discover.sdk.grounders import GROUNDERS
 
     GROUNDERS.parse_config(grounder)  # an unknown grounder fails before any work
     clip: tuple[list[np.ndarray], float] | None = None
     if video is not None:  # read it now: a bad file fails before the long image run
-        from tools.bench_ground import load_frames
+        from discover.bench.ground import load_frames
 
         frames, fps = load_frames(video, 0, max_frames)
         clip = (frames, fps or 10.0)

@@ -1,7 +1,7 @@
 """``discover bench diffusion``: sink throughput of the Stable Diffusion composers.
 
 Frames of the sample clip (or ``--source``), center-cropped and resized to ``--size`` square, go
-through the edge pipeline in process (tools/bench_tasks.OursPipeline: nanodet regions, the
+through the edge pipeline in process (discover.bench.tasks.OursPipeline: nanodet regions, the
 default learned codec at quality 3) into MQTT packets; a sink worker (sink.pipeline.SinkPipeline:
 reassembly -> codec decompress -> composer -> the ``regions`` task model, nothing written) takes
 them frame by frame for each composer of ``--composers``, and for the Stable Diffusion ones
@@ -22,10 +22,10 @@ frame from the composer's previous step count) is not started, and the result sa
 timed frame the warm-up frame's figures are reported, flagged ``from_warmup``.
 
 Weights: ``--base`` (SD 2.1-base in diffusers layout), ``--controlnet`` (the control module,
-tools/train_control.py) and ``--inpaint`` (SD 2 inpainting; without it ``sd-inpaint`` runs on
+discover/train/control.py) and ``--inpaint`` (SD 2 inpainting; without it ``sd-inpaint`` runs on
 ``--base``, blending the known area each step). Or ``--random-weights [DIR]``: Stable Diffusion
 2.1-base's *architecture* with random weights (UNet, VAE, OpenCLIP ViT-H text tower, a ControlNet
-as tools/train_control.py makes one, a 9-channel inpainting UNet; the real CLIP tokenizer from
+as discover/train/control.py makes one, a 9-channel inpainting UNet; the real CLIP tokenizer from
 open_clip's BPE vocabulary), written once into DIR (default ``out/sd21-random``, float16 on disk,
 about 5 GB) and loaded back through the composers' own loaders. Speed depends on the architecture,
 not on the weight values, so those timings are real; the images mean nothing, and the output
@@ -55,15 +55,15 @@ import cv2
 import numpy as np
 
 from discover.progress import Progress
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
 
 DEFAULT_RANDOM_DIR = Path("out/sd21-random")
 DEFAULT_COMPOSERS = ("direct", "background", "diffusion", "sd-inpaint")
 DEFAULT_STEPS = (8, 50)
 QUALITY = 3  # the learned codec's rate point (its middle one of five)
 REST_INTERVAL = 10  # the edge's default
-CAMERA_PREFIX = "bench"  # tools/bench_tasks.OursPipeline's topic prefix
+CAMERA_PREFIX = "bench"  # discover.bench.tasks.OursPipeline's topic prefix
 RANDOM_NOTE = ("RANDOM WEIGHTS: Stable Diffusion 2.1-base architecture with random weights; the "
                "timings are real for the architecture, the images mean nothing")
 
@@ -98,7 +98,7 @@ SD21_SCHEDULE: dict[str, Any] = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
     "steps_offset": 1, "prediction_type": "epsilon"}
-CONTROL_EMBEDDING = 256  # tools/train_control.py's default condition embedding width
+CONTROL_EMBEDDING = 256  # discover/train/control.py's default condition embedding width
 #: published parameter counts of SD 2.1-base's parts
 PUBLISHED_PARAMS = {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863}
 PARAM_TOLERANCE = 0.005  # relative
@@ -155,7 +155,7 @@ def write_clip_tokenizer(folder: Path) -> Path:
 def build_sd21(part: str, device: str = "cpu", unet: Any = None) -> Any:
     """One part of SD 2.1-base with random weights on ``device`` (``meta``: shapes only, no
     memory): ``unet``, ``inpaint_unet`` (9 input channels, as SD 2 inpainting), ``vae``,
-    ``text_encoder`` or ``controlnet`` (tools/train_control.new_controlnet of ``unet``, or of a
+    ``text_encoder`` or ``controlnet`` (discover.train.control.new_controlnet of ``unet``, or of a
     fresh one)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -171,7 +171,7 @@ def build_sd21(part: str, device: str = "cpu", unet: Any = None) -> Any:
         if part == "text_encoder":
             return CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
         if part == "controlnet":
-            from tools.train_control import new_controlnet
+            from discover.train.control import new_controlnet
 
             return new_controlnet(unet if unet is not None else build_sd21("unet", device),
                                   CONTROL_EMBEDDING)
@@ -322,7 +322,7 @@ def parse_steps(spec: str | Sequence[int]) -> tuple[int, ...]:
 
 def parse_composers(spec: str | Sequence[str]) -> tuple[str, ...]:
     """``--composers``: comma-separated composer names (sink.composer.type)."""
-    from sink.composers import COMPOSERS
+    from discover.sink.composers import COMPOSERS
 
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = tuple(dict.fromkeys(c.strip() for c in items if c.strip()))
@@ -336,8 +336,8 @@ def parse_composers(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 def is_sd(composer: str) -> bool:
     """Whether the composer denoises with Stable Diffusion (runs once per step count)."""
-    from sink.composers import COMPOSERS
-    from sink.composers.diffusion import StableDiffusionComposer
+    from discover.sink.composers import COMPOSERS
+    from discover.sink.composers.diffusion import StableDiffusionComposer
 
     return issubclass(COMPOSERS.get(composer), StableDiffusionComposer)
 
@@ -489,10 +489,10 @@ def run_config(label: str, ccfg: dict[str, Any], meta: Any,
     clear_model_cache)."""
     import torch
 
-    from sdk.topics import topic
-    from sink.composers import COMPOSERS
-    from sink.config import SinkSection
-    from sink.pipeline import SinkPipeline
+    from discover.sdk.topics import topic
+    from discover.sink.composers import COMPOSERS
+    from discover.sink.config import SinkSection
+    from discover.sink.pipeline import SinkPipeline
 
     t0 = time.perf_counter()
     composer = COMPOSERS.create(ccfg)  # loads (and caches) the models: outside the clock
@@ -645,7 +645,11 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
     torch_dev = None
     info_dev: dict[str, Any] = {}
     if sd_names:
-        from sink.composers.diffusion import import_diffusers, resolve_device, resolve_dtype
+        from discover.sink.composers.diffusion import (
+            import_diffusers,
+            resolve_device,
+            resolve_dtype,
+        )
 
         import_diffusers("bench diffusion")
         torch_dev = resolve_device(device, "--")
@@ -672,14 +676,14 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
                             "inpaint": inpaint and str(inpaint)})
         if "diffusion" in sd_names and not weights.get("controlnet"):
             notes["diffusion"] = ("skipped: no --controlnet (the control module, "
-                                  "tools/train_control.py); --random-weights builds one")
+                                  "discover/train/control.py); --random-weights builds one")
         if "sd-inpaint" in sd_names and not weights.get("inpaint"):
             notes["sd-inpaint"] = (f"on --base {base}: a text-to-image UNet, the known area "
                                    "blended in each step (no --inpaint folder)")
 
         # -- frames through the edge ------------------------------------------------------
-        from tools.bench_ground import load_frames
-        from tools.bench_tasks import OursPipeline
+        from discover.bench.ground import load_frames
+        from discover.bench.tasks import OursPipeline
 
         src = source or str(SAMPLE_CLIP)
         raw, _ = load_frames(src, 0, frames)
@@ -701,8 +705,8 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
         ckpt_hash = ours.agent.codec.checkpoint_hash()
 
         # -- configurations ---------------------------------------------------------------
-        from sink.composers import COMPOSERS
-        from sink.composers.diffusion import clear_model_cache
+        from discover.sink.composers import COMPOSERS
+        from discover.sink.composers.diffusion import clear_model_cache
 
         results: list[dict[str, Any]] = []
         panels: list[tuple[str, np.ndarray]] = [(f"original #{len(imgs) - 1}", imgs[-1])]
@@ -764,7 +768,7 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
     finally:
         prog.done()
 
-    from tools.bench_tasks import side_by_side
+    from discover.bench.tasks import side_by_side
 
     out.mkdir(parents=True, exist_ok=True)
     png = out / "diffusion_side_by_side.png"
@@ -786,7 +790,7 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
                  "rest_interval": REST_INTERVAL,
                  "regions_per_frame": [len(r) for r in ours.regions],
                  "task_area_share": round(ours.area_share, 4)},
-        "sink": {"pipeline": "sink.pipeline.SinkPipeline: reassembly, codec decompress, "
+        "sink": {"pipeline": "discover.sink.pipeline.SinkPipeline: reassembly, codec decompress, "
                              "composer, task model 'regions' (no model), nothing written",
                  "timing": "frame 0 warm-up; s_per_frame: median over frames 1..; models "
                            "loaded before frame 0 (load_s)"},
@@ -803,7 +807,7 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tools.bench_diffusion ...`` is ``discover bench diffusion ...``."""
+    """``python -m discover.bench.diffusion ...`` is ``discover bench diffusion ...``."""
     from discover.cli import main as cli
 
     return cli(["bench", "diffusion", *(sys.argv[1:] if argv is None else argv)])

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sdk.errors import DiscoverError
+from discover.sdk.errors import DiscoverError
 
 Log = Callable[[str], None]
 

@@ -19,8 +19,8 @@ with ``save_pretrained`` into --out, with ``training.json`` (data and held-out s
 seconds, device, final loss). vtest.avi frames 500 on are the evaluation split and are never
 read, whatever --last says.
 
-    python tools/train_control.py --base ~/models/sd21-base --codec CKPT --out ~/models/control
-    python tools/train_control.py --base DIR --codec CKPT --out DIR --steps 200 --crop 256 \\
+    discover train control --base ~/models/sd21-base --codec CKPT --out ~/models/control
+    discover train control --base DIR --codec CKPT --out DIR --steps 200 --crop 256 \\
         --device cpu                       # a smoke run on a CPU
 
 Progress lines go to stderr; ``--json`` prints a one-line summary on stdout at the end.
@@ -37,9 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -80,8 +77,8 @@ class ControlTrainConfig:
 
 def load_codec(folder: Path, device: Any) -> tuple[Any, str]:
     """The frozen codec (``sd_latent`` head) and its content hash."""
-    from sdk.codecs.learned.checkpoint import load_pretrained
-    from sdk.errors import DiscoverError
+    from discover.sdk.codecs.learned.checkpoint import load_pretrained
+    from discover.sdk.errors import DiscoverError
 
     ck = load_pretrained(folder, device=str(device))
     if ck.model.config.head != "sd_latent":
@@ -144,7 +141,7 @@ class ControlTrainer:
         """z_c: the SD latent of RGB batch ``x`` in [0, 1]."""
         import torch
 
-        from sink.composers.diffusion import vae_latent
+        from discover.sink.composers.diffusion import vae_latent
 
         with torch.no_grad(), self._ctx():
             return vae_latent(self.parts.vae, x).float()
@@ -154,8 +151,8 @@ class ControlTrainer:
         and a random rate point per sample."""
         import torch
 
-        from sdk.codecs.learned.entropy import LATENT_STRIDE
-        from sdk.codecs.learned.training import random_keep
+        from discover.sdk.codecs.learned.entropy import LATENT_STRIDE
+        from discover.sdk.codecs.learned.training import random_keep
 
         b = x.shape[0]
         mm = self.mask_max if mask_max is None else mask_max
@@ -221,14 +218,14 @@ def train_control(cfg: ControlTrainConfig, log: Log = print,
     import diffusers
     import torch
 
-    from sdk.codecs.learned.training import (
+    from discover.sdk.codecs.learned.training import (
         HELD_OUT,
         CropSampler,
         TrainConfig,
         load_training_images,
     )
-    from sdk.errors import DiscoverError
-    from sink.composers.diffusion import load_controlnet, load_stable_diffusion
+    from discover.sdk.errors import DiscoverError
+    from discover.sink.composers.diffusion import load_controlnet, load_stable_diffusion
 
     if cfg.crop % 64 or cfg.crop <= 0:
         raise DiscoverError(f"--crop must be a positive multiple of 64 (got {cfg.crop})")
@@ -332,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt", default="", help="training prompt (default: empty)")
     ap.add_argument("--embedding-channels", type=int, default=256,
                     help="channels of the condition embedding (default 256)")
-    from tools.train_codec import add_data_arguments
+    from discover.train.codec import add_data_arguments
 
     add_data_arguments(ap)
     ap.add_argument("--no-video", action="store_true", help="train on --images only")
@@ -352,13 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sdk.errors import DiscoverError
+    from discover.sdk.errors import DiscoverError
 
     try:
-        from sdk.codecs.learned.training import VTEST, VideoSource
-        from sink.composers.diffusion import import_diffusers
+        from discover.sdk.codecs.learned.training import VTEST, VideoSource
+        from discover.sink.composers.diffusion import import_diffusers
 
-        import_diffusers("tools/train_control.py")
+        import_diffusers("discover/train/control.py")
     except ImportError as e:
         print(f"error: training needs torch and compressai ({e}): "
               "pip install 'discover-sdk[sink,diffusion]'", file=sys.stderr)
@@ -377,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         gradient_checkpointing=args.gradient_checkpointing, videos=videos,
         images=args.images or [], use_skimage=not args.no_skimage,
         opencv_photos=args.opencv_photos)
-    from tools._training_cli import run_training
+    from discover.train._cli import run_training
 
     return run_training(lambda log: train_control(cfg, log=log), args.json)
 

@@ -6,7 +6,7 @@ points; NanoDet runs again on each decoded (or composed) frame and is scored aga
 reference with COCO AP (sdk.metrics): ``det_map50`` (mAP@0.5) and ``det_map`` (mAP@[.5:.95]),
 over the classes with at least ``min_refs`` reference boxes (the others are listed with their
 counts, out of the headline). With ``--annotations FILE`` (COCO format) the file's boxes are the
-reference instead, on the frames it annotates (tools/coco_annotations.py).
+reference instead, on the frames it annotates (discover/bench/coco_annotations.py).
 
 Settings:
 
@@ -20,7 +20,7 @@ Settings:
 * ``x264`` / ``x265`` / ``av1`` (libsvtav1): the clip as video, yuv420p, several CRFs;
 * ``jpeg`` / ``webp``: every frame as its own image (OpenCV).
 
-Bits are real bytes: MQTT packets from sdk.framing.frame_messages for ours, encoded packets for
+Bits are real bytes: MQTT packets from discover.sdk.framing.frame_messages for ours, encoded packets for
 the anchors. Comparisons (ours vs x265, x264) are made only where the det_map50 ranges overlap:
 the rate ratio at matched score (log-rate interpolation) and the Bjontegaard delta rate (pchip
 fit of log-rate over score, on each curve's rate-score front: task scores on 50 frames are
@@ -48,9 +48,9 @@ More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, `
   inside the union of ours' task regions (the pixels ours codes, the same mask for every
   setting). Always computed (``ms_ssim_every`` > 1 samples every k-th frame for MS-SSIM only,
   a cost knob for tests; default every frame).
-* ``fid``, ``kid``, ``lpips``, ``dists`` (tools/perceptual.py, torchmetrics): distances of the
+* ``fid``, ``kid``, ``lpips``, ``dists`` (discover/bench/perceptual.py, torchmetrics): distances of the
   decoded frames to the originals, lower is closer, for each metric whose pretrained weights
-  are in the torch hub cache (``python -m tools.perceptual`` says which; ``--fetch`` gets them
+  are in the torch hub cache (``python -m discover.bench.perceptual`` says which; ``--fetch`` gets them
   where there is internet); skipped with a note in ``perceptual.skipped`` otherwise.
 * BD-rates and matched-rate ratios on every score (``bd_rate_<score>_vs_<anchor>``, ``_full_``
   for ours_full, ``_bg_`` for ours_bg), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
@@ -80,10 +80,10 @@ import cv2
 import numpy as np
 
 from discover.progress import Progress
-from sdk.assets import SAMPLE_CLIP
-from sdk.errors import DiscoverError
-from sdk.metrics import coco_map
-from sdk.rd import bd_rate_points, overlap_points, rate_ratios
+from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.errors import DiscoverError
+from discover.sdk.metrics import coco_map
+from discover.sdk.rd import bd_rate_points, overlap_points, rate_ratios
 
 OURS = ("ours_task", "ours_full", "ours_bg")
 #: the summary key infix of each of ours (bd_rate_det_vs_x265, bd_rate_det_full_vs_x265, ...)
@@ -183,9 +183,9 @@ class OursPipeline:
 
     def __init__(self, source: str, frames: list[np.ndarray], rest_interval: int,
                  codec: dict[str, Any] | None = None) -> None:
-        from edge.agent import CameraAgent
-        from edge.config import CameraConfig, EdgeSection
-        from sdk.transport.broker import BrokerConfig
+        from discover.edge.agent import CameraAgent
+        from discover.edge.config import CameraConfig, EdgeSection
+        from discover.sdk.transport.broker import BrokerConfig
 
         cam = CameraConfig(id="bench", source=source, tasks=["detection"],
                            rest_interval=rest_interval)
@@ -208,10 +208,10 @@ class OursPipeline:
         ``self.kept`` (for the sink throughput run)."""
         from dataclasses import replace
 
-        from sdk.codecs import CODECS
-        from sdk.framing import frame_messages
-        from sdk.rest import RestScheduler
-        from sink.composers import COMPOSERS
+        from discover.sdk.codecs import CODECS
+        from discover.sdk.framing import frame_messages
+        from discover.sdk.rest import RestScheduler
+        from discover.sink.composers import COMPOSERS
 
         agent = self.agent
         # a fresh codec per run: temporal codecs start from an intra frame
@@ -247,9 +247,9 @@ def sink_fps(meta: Any, messages: list[list[tuple[str, bytes]]],
     """Frames per second of one sink worker (SinkPipeline: reassembly, decompress, compose, the
     ``nanodet`` detection task model; no files, nothing published) fed ``messages`` frame by
     frame, as its worker loop takes them. Model loading is outside the clock."""
-    from sdk.topics import topic
-    from sink.config import SinkSection
-    from sink.pipeline import SinkPipeline
+    from discover.sdk.topics import topic
+    from discover.sink.config import SinkSection
+    from discover.sink.pipeline import SinkPipeline
 
     section = SinkSection.model_validate({
         "tasks": list(meta.tasks), "composer": composer, "output": "none",
@@ -372,14 +372,14 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     perceptual: Sequence[str] = PERCEPTUAL) -> dict[str, Any]:
     """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
     ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
-    reference (tools/coco_annotations.py; only its annotated frames are scored);
-    ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (tools/perceptual.py), each
+    reference (discover/bench/coco_annotations.py; only its annotated frames are scored);
+    ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (discover/bench/perceptual.py), each
     scored only where its weights are in the torch hub cache (skipped with a note otherwise)."""
-    from sdk import masks
-    from sdk.models.nanodet import NanoDet
-    from sdk.rd import masked_psnr, ms_ssim, psnr
-    from sdk.regions import Region
-    from tools.bench_ground import load_frames
+    from discover.bench.ground import load_frames
+    from discover.sdk import masks
+    from discover.sdk.models.nanodet import NanoDet
+    from discover.sdk.rd import masked_psnr, ms_ssim, psnr
+    from discover.sdk.regions import Region
 
     tasks = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
     if not tasks or set(tasks) - set(TASKS):
@@ -406,12 +406,12 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     scored = list(range(n))  # the frames detection is scored on
     ann_info: dict[str, Any] | None = None
     if annotations is not None:
-        from sdk.models.nanodet import COCO80_LABELS
-        from tools.coco_annotations import load_coco_references
+        from discover.bench.coco_annotations import load_coco_references
+        from discover.sdk.models.nanodet import COCO80_LABELS
 
         names = None
         if Path(src).is_dir():
-            from edge.sources import ImageFolderSource
+            from discover.edge.sources import ImageFolderSource
 
             names = [p.name for p in ImageFolderSource(Path(src), fps).paths]
             if len(names) != len(frames) and (max_frames is None or len(names) < max_frames):
@@ -445,13 +445,13 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     cls_tables: list[list[Region]] = []
     seg_tables: list[list[Region]] = []
     if "cls" in tasks:
-        from sink.tasks import TASK_MODELS
+        from discover.sink.tasks import TASK_MODELS
 
         cls_model = TASK_MODELS.create({"type": "efficientnet-lite0", "top_k": 1,
                                         "max_regions": cls_max_regions, "device": "cpu"})
         cls_tables = [table(f, "classification", False) for f in range(n)]
     if "seg" in tasks:
-        from sink.tasks import TASK_MODELS
+        from discover.sink.tasks import TASK_MODELS
 
         seg_model = TASK_MODELS.create({"type": "person-mask"})
         seg_tables = [table(f, "segmentation", True) for f in range(n)]
@@ -471,7 +471,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     scorer = None
     perceptual_notes: dict[str, str] = {}
     if perceptual:
-        from tools.perceptual import PerceptualScorer
+        from discover.bench.perceptual import PerceptualScorer
 
         scorer = PerceptualScorer(tuple(perceptual))
         perceptual_notes = scorer.load()
@@ -662,7 +662,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                         "person instance, decoded vs original (found on one side only: 0)",
             "psnr": "RGB, whole frame, mean over frames",
             "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
-            "ms_ssim": f"sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
+            "ms_ssim": f"discover.sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
         "perceptual": {"metrics": list(perceptual), "skipped": perceptual_notes,
                        "note": "FID/KID over the benchmarked frames (tens): comparisons between "
                                "settings on the same frames, not absolute figures; LPIPS (alex) "

@@ -5,9 +5,9 @@ Defaults train the shipped small model, one checkpoint with a rate point per lam
 (``apt-get install opencv-doc``) plus scikit-image's photos when it is installed. vtest.avi
 frames 500 on are the evaluation split and are never read, whatever --last says.
 
-    python tools/train_codec.py --size small --steps1 20000 --steps2 5000
-    python tools/train_codec.py --stages II --init sdk/codecs/learned/checkpoints/small
-    python tools/train_codec.py --size tiny --steps1 200 --steps2 50 --crop 64 --out /tmp/ck
+    discover train codec --size small --steps1 20000 --steps2 5000
+    discover train codec --stages II --init sdk/codecs/learned/checkpoints/small
+    discover train codec --size tiny --steps1 200 --steps2 50 --crop 64 --out /tmp/ck
 
 Progress lines go to stderr; ``--json`` prints a one-line summary on stdout at the end.
 """
@@ -20,13 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def add_data_arguments(ap: argparse.ArgumentParser) -> None:
-    """Training data and bookkeeping options (shared with tools/train_control.py)."""
-    from sdk.codecs.learned.training import VTEST
+    """Training data and bookkeeping options (shared with discover/train/control.py)."""
+    from discover.sdk.codecs.learned.training import VTEST
 
     ap.add_argument("--video", type=Path, action="append",
                     help=f"training video (default {VTEST}, frames 0-499)")
@@ -45,8 +42,8 @@ def add_data_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT
-    from sdk.codecs.learned.training import DEFAULT_LAMBDAS
+    from discover.sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT
+    from discover.sdk.codecs.learned.training import DEFAULT_LAMBDAS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="small", choices=["tiny", "small", "paper"])
@@ -79,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 def detection_boxes():  # noqa: ANN201 - returns training.BoxesFn
     """Boxes the detection task would code: the default grounder (nanodet) with the shipped
     detection profile's labels, padded like the edge does."""
-    from edge.config import EdgeSection
-    from sdk.grounders import GROUNDERS
-    from sdk.profiles import load_profile
-    from sdk.regions import pad_and_clip
+    from discover.edge.config import EdgeSection
+    from discover.sdk.grounders import GROUNDERS
+    from discover.sdk.profiles import load_profile
+    from discover.sdk.regions import pad_and_clip
 
     edge = EdgeSection()
     g = GROUNDERS.create(edge.grounder)
@@ -104,7 +101,7 @@ def detection_boxes():  # noqa: ANN201 - returns training.BoxesFn
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from sdk.codecs.learned.training import (
+        from discover.sdk.codecs.learned.training import (
             DEFAULT_LAMBDAS,
             VTEST,
             TrainConfig,
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, threads=args.threads, videos=videos, images=args.images or [],
         use_skimage=not args.no_skimage, temporal_pairs=args.pairs,
         opencv_photos=args.opencv_photos)
-    from tools._training_cli import run_training
+    from discover.train._cli import run_training
 
     def train(log: Callable[[str], None]) -> dict[str, Any]:
         boxes_fn = detection_boxes() if "T" in cfg.stages else None

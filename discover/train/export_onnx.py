@@ -1,7 +1,7 @@
 """Export the edge half of a learned codec checkpoint (g_a, h_a) to ONNX for ONNX Runtime.
 
-    python tools/export_codec_onnx.py --checkpoint sdk/codecs/learned/checkpoints/small
-    python tools/export_codec_onnx.py --checkpoint /tmp/ck/tiny --out /tmp/edge.onnx --json
+    discover export codec --checkpoint sdk/codecs/learned/checkpoints/small
+    discover export codec --checkpoint /tmp/ck/tiny --out /tmp/edge.onnx --json
 
 The file carries the checkpoint's content hash; an edge with ``codec.edge_runtime: onnx`` loads
 the same checkpoint (for its coding tables) and refuses an export of another one. Needs torch,
@@ -16,12 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdk.codecs.learned.onnx_edge import DEFAULT_OPSET, ONNX_NAME
+    from discover.sdk.codecs.learned.onnx_edge import DEFAULT_OPSET, ONNX_NAME
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, required=True,
@@ -36,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sdk.errors import DiscoverError
+    from discover.sdk.errors import DiscoverError
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        from sdk.codecs.learned.checkpoint import load_pretrained
-        from sdk.codecs.learned.onnx_edge import ONNX_NAME, export_edge
+        from discover.sdk.codecs.learned.checkpoint import load_pretrained
+        from discover.sdk.codecs.learned.onnx_edge import ONNX_NAME, export_edge
     except ImportError as e:
         print(f"error: exporting the codec needs torch and compressai ({e}): "
               "pip install 'discover-sdk[export]'", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Edge analysis on torch vs ONNX Runtime: time per frame and bitstream parity.
 
-    python tools/bench_onnx_edge.py                      # random 'small' model, 768x576, 1 thread
-    python tools/bench_onnx_edge.py --checkpoint sdk/codecs/learned/checkpoints/small --json
+    python -m discover.bench.onnx_edge                      # random 'small' model, 768x576, 1 thread
+    python -m discover.bench.onnx_edge --checkpoint sdk/codecs/learned/checkpoints/small --json
 
 Times g_a + h_a alone and the whole intra encode (analysis, rounding, fixed-point
 probabilities, rANS of every cell) on a frame of the bundled clip, both runtimes interleaved,
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from discover.sdk.assets import SAMPLE_CLIP
 
-CLIP = Path(__file__).resolve().parents[1] / "sdk" / "assets" / "sample" / "street.mp4"
+CLIP = SAMPLE_CLIP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +85,9 @@ def symbols(model: Any, enc: dict[str, Any], rate: int) -> Any:
 def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     import torch
 
-    from sdk.codecs.learned.checkpoint import load_pretrained
-    from sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig, pad_to_grid
-    from sdk.codecs.learned.onnx_edge import OnnxAnalysis, export_edge
+    from discover.sdk.codecs.learned.checkpoint import load_pretrained
+    from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig, pad_to_grid
+    from discover.sdk.codecs.learned.onnx_edge import OnnxAnalysis, export_edge
 
     torch.set_num_threads(args.threads)
     if args.checkpoint:
@@ -150,7 +149,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sdk.errors import DiscoverError
+    from discover.sdk.errors import DiscoverError
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
