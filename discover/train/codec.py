@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mask-max", type=float, default=0.5,
                     help="stage II masks up to this share of the latent (default 0.5)")
     ap.add_argument("--init", type=Path, help="start from this checkpoint folder")
-    ap.add_argument("--out", type=Path, default=CHECKPOINT_ROOT)
+    ap.add_argument("--out", type=Path, required=True,
+                    help="folder for the new checkpoint (a subfolder --name, default the size); "
+                         f"never the shipped one under {CHECKPOINT_ROOT}")
     add_data_arguments(ap)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int)

@@ -391,7 +391,7 @@ def test_checkpoint_without_safetensors_uses_torch_file(model, tmp_path, monkeyp
 
 def test_checkpoint_problems_are_one_line_errors(model, tmp_path):
     with pytest.raises(DiscoverError, match=r"checkpoints/no-such-ckpt does not exist; train one "
-                                            r"with 'discover train codec' \(discover train codec\)"):
+                                            r"with 'discover train codec --out DIR'"):
         CODECS.create({"type": "learned", "name": "no-such-ckpt"})
     folder = tmp_path / "ck"
     model.save_pretrained(folder)
@@ -550,3 +550,17 @@ def test_rate_points_can_be_added_to_a_trained_checkpoint(clip_frames, tmp_path)
     assert trained[0] > trained[1] > trained[2]  # lowest lambda keeps the coarsest step
     rec = json.loads((Path(res["folder"]) / "config.json").read_text())["training"]
     assert [p["quality"] for p in rec["rate_points"]] == [1, 2, 3]
+
+
+def test_training_never_writes_into_the_shipped_checkpoints(tmp_path):
+    from discover.sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT
+
+    shipped = CHECKPOINT_ROOT / "small" / "model.safetensors"
+    before = shipped.stat().st_mtime_ns
+    for out, name in ((CHECKPOINT_ROOT, "small"), (CHECKPOINT_ROOT / "small", "x")):
+        cfg = TrainConfig(size="tiny", lambdas=(0.01,), stages=("I",), steps_stage1=1, batch=1,
+                          crop=64, out=out, name=name)
+        with pytest.raises(DiscoverError, match="inside the shipped checkpoints.*--out"):
+            train_codec(cfg, log=lambda _: None, images=[np.zeros((64, 64, 3), np.uint8)],
+                        data_record={})
+    assert shipped.stat().st_mtime_ns == before

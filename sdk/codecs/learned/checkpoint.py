@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 HASH_CHARS = 16
 #: where the shipped checkpoints live (``sdk/codecs/learned/checkpoints/<name>``)
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
-TRAIN_HINT = "train one with 'discover train codec' (discover train codec)"
+TRAIN_HINT = "train one with 'discover train codec --out DIR'"
 
 
 def short_hash(data: bytes) -> str:

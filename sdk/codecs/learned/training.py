@@ -107,7 +107,7 @@ class TrainConfig:
     temporal_pairs: int = 40  # consecutive frame pairs stage T fits the residual model on
     aux_lr: float = 1e-3
     mask_max: float = 0.5
-    out: Path = CHECKPOINT_ROOT
+    out: Path = Path("checkpoints")  # a new folder; the shipped checkpoint is never written
     name: str | None = None  # checkpoint folder under out; default <size>
     init: Path | None = None  # start from this checkpoint's float weights (e.g. stage II only)
     save_every: int = 1000
@@ -435,6 +435,15 @@ def _timed_stages(record: dict[str, Any]) -> list[dict[str, Any]]:
     return stages
 
 
+def refuse_shipped_folder(folder: Path) -> None:
+    """Training never writes into the shipped checkpoints: a new hash there would make sinks
+    with the shipped weights refuse every stream."""
+    target, shipped = folder.resolve(), CHECKPOINT_ROOT.resolve()
+    if target == shipped or shipped in target.parents:
+        raise DiscoverError(f"--out {folder} is inside the shipped checkpoints ({shipped}); "
+                            "train into a new folder, e.g. --out checkpoints")
+
+
 def train_codec(cfg: TrainConfig, log: Log = print,
                 latent_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 images: Sequence[np.ndarray] | None = None,
@@ -465,8 +474,9 @@ def train_codec(cfg: TrainConfig, log: Log = print,
     seed = cfg.seed
     torch.manual_seed(seed)
     random.seed(seed)
-    model, stages_done = start_model(cfg, lambdas)
     name = cfg.name or cfg.size
+    refuse_shipped_folder(cfg.out / name)
+    model, stages_done = start_model(cfg, lambdas)
     sampler = CropSampler(images, cfg.crop, seed) if images is not None else None
     folder = Path(cfg.out) / name
     history: list[dict[str, Any]] = []
