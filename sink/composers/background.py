@@ -1,13 +1,24 @@
-"""``background``: for static cameras, paste each frame's task regions onto the latest full view.
+"""``background``: for static cameras, paste each frame's task regions onto a clean background.
 
 The edge sends ``rest`` only every N frames and when the view outside the task regions changed
-(sdk/rest.py); in between, this composer keeps the last decoded full frame as the background,
-so a full-view stream costs little more than the task stream.
-Until the first ``rest`` arrives it falls back to the codec's own reconstruction.
+(sdk/rest.py); in between, this composer shows the current regions on a background image, so a
+full-view stream costs little more than the task stream.
+
+The background must not hold the objects themselves: a rest frame shows its people where they
+were then, and pasting the people of a later frame onto it would show each walking person twice
+(a ghost at the old place). So the background is built only from rest pixels *outside* the task
+regions of the frame that rest came with (grown by ``guard_px``, for the parts of an object its
+box misses). Pixels no rest has shown clear yet (an object stood there at every rest so far)
+are filled from the clean pixels around them (a push-pull fill over an image pyramid: a smooth
+patch in the surrounding colours, a few ms), not by the object; the next rest that shows them
+clear replaces the fill. Until the first rest arrives it falls
+back to the codec's own reconstruction.
 
 ::
 
-    rest arrived? --yes--> background := decoded full frame ------------------+
+    rest arrived? --yes--> clean := clean | outside(regions + guard)
+                           background[outside] := rest; background[~clean] := fill(background)
+                           show the decoded full frame
                   --no---> canvas := background (or x_hat before the first rest) + region crops
 """
 
@@ -15,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
@@ -24,6 +36,39 @@ class BackgroundConfig(ComposerConfig):
     type: Literal["background"] = "background"
     max_age_frames: int = Field(300, ge=1, description="forget a background older than this "
                                                        "many frames (the scene may have changed)")
+    guard_px: int = Field(4, ge=0, le=64, description="grow each region by this many pixels "
+                                                      "before taking background pixels around it")
+
+
+def region_mask(shape: tuple[int, ...], regions: list[Any], grow: int) -> np.ndarray:
+    """True inside any region's box grown by ``grow`` pixels."""
+    h, w = shape[:2]
+    mask = np.zeros((h, w), bool)
+    for r in regions:
+        x0, y0, x1, y1 = (int(v) for v in r.box)
+        mask[max(0, y0 - grow):min(h, y1 + grow), max(0, x0 - grow):min(w, x1 + grow)] = True
+    return mask
+
+
+def fill_holes(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``image`` with the ``holes`` pixels replaced by a smooth fill from the pixels around
+    them: average down an image pyramid with the known pixels as weights until every pixel has
+    some, then blend back up (push-pull)."""
+    k = (~holes).astype(np.float32)
+    a = image.astype(np.float32) * k[..., None]
+    levels = [(a, k)]
+    while levels[-1][1].min() <= 0 and min(levels[-1][1].shape) > 1:
+        a, k = levels[-1]
+        levels.append((cv2.pyrDown(a), cv2.pyrDown(k)))
+    a, k = levels[-1]
+    est = a / np.maximum(k, 1e-6)[..., None]
+    for a, k in reversed(levels[:-1]):
+        up = cv2.pyrUp(est, dstsize=(a.shape[1], a.shape[0]))
+        kk = np.clip(k, 0.0, 1.0)[..., None]
+        est = a + (1.0 - kk) * up  # a is colour x weight: known pixels keep their colour
+    out = image.copy()
+    out[holes] = np.clip(est[holes] + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 @COMPOSERS.register
@@ -36,12 +81,24 @@ class BackgroundComposer(Composer):
     def __init__(self, config: BackgroundConfig) -> None:
         super().__init__(config)
         self._background: np.ndarray | None = None
+        self._clean: np.ndarray | None = None  # pixels some rest showed outside every region
         self._background_frame = -1
+
+    def _take_rest(self, x_hat: np.ndarray, regions: list[Any]) -> None:
+        outside = ~region_mask(x_hat.shape, regions, self.config.guard_px)
+        if self._background is None or self._background.shape != x_hat.shape:
+            self._background, self._clean = x_hat.copy(), outside
+        else:
+            assert self._clean is not None
+            self._background[outside] = x_hat[outside]
+            self._clean |= outside
+        if not self._clean.all():
+            self._background = fill_holes(self._background, ~self._clean)
 
     def compose(self, decoded: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
         frame = int(info["frame"])
         if decoded.get("has_rest"):
-            self._background = decoded["x_hat"]
+            self._take_rest(decoded["x_hat"], list(info["regions"]))
             self._background_frame = frame
             return decoded["x_hat"]
         bg = self._background

@@ -1,0 +1,101 @@
+"""``python -m discover.bench.ghosts``: objects a viewer sink's frames show that the original
+frames do not have (ghosts: a person pasted at its new place on a background that still holds
+it at its old place shows twice).
+
+NanoDet (the bundled COCO-80 detector) runs on each original frame and on the sink's composed
+frame of the same index (``<sink out>/<camera>/frames/NNNNNN.png``, as ``discover demo`` and
+``discover sink --out`` write them). A composed detection of a judged class with no original
+detection of the same class overlapping it by IoU >= ``iou`` is an extra object; the figure is
+extras per frame. Classes judged: person, car, truck, sports ball (as in issue 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from discover.sdk.assets import SAMPLE_CLIP
+
+CLASSES = ("person", "car", "truck", "sports ball")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x0 y0 x1 y1."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def _boxes(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    res = model.run(image, {"task": "detection", "regions": [], "region_errors": {}})
+    return [(d["label"], np.array([d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                                   d["bbox"][1] + d["bbox"][3]], float))
+            for d in res["detections"] if d["label"] in CLASSES]
+
+
+def extras(original: list[tuple[str, np.ndarray]], composed: list[tuple[str, np.ndarray]],
+           iou: float) -> int:
+    """Composed detections with no original detection of the same class at IoU >= iou."""
+    n = 0
+    for label in {lb for lb, _ in composed}:
+        c = np.array([b for lb, b in composed if lb == label])
+        o = np.array([b for lb, b in original if lb == label]).reshape(-1, 4)
+        n += int(np.sum(_iou(c, o).max(axis=1, initial=0.0) < iou))
+    return n
+
+
+def run(frames_dir: Path, source: Path, iou: float = 0.3, rest_interval: int = 10) -> dict:
+    from discover.edge.sources import open_source
+    from discover.sink.tasks import TASK_MODELS
+
+    model = TASK_MODELS.create("nanodet")
+    src = open_source(str(source))
+    per_frame: list[int] = []
+    between: list[int] = []  # frames without a rest of their own
+    try:
+        for i, img in enumerate(src.frames()):
+            f = frames_dir / f"{i:06d}.png"
+            if not f.is_file():
+                if per_frame and i > max(int(p.stem) for p in frames_dir.glob("*.png")):
+                    break
+                continue
+            n = extras(_boxes(model, img), _boxes(model, cv2.imread(str(f))), iou)
+            per_frame.append(n)
+            if i % rest_interval:
+                between.append(n)
+    finally:
+        src.close()
+    if not per_frame:
+        raise SystemExit(f"error: no composed frames NNNNNN.png in {frames_dir}; pass the "
+                         "sink's <out>/<camera>/frames folder")
+    return {"frames": len(per_frame), "extra_objects_per_frame": round(float(np.mean(per_frame)), 3),
+            "extra_objects_per_frame_between_rests": round(float(np.mean(between)), 3)
+            if between else None, "frames_with_extras": int(np.sum(np.array(per_frame) > 0)),
+            "iou": iou, "classes": list(CLASSES), "frames_dir": str(frames_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m discover.bench.ghosts", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("frames", type=Path, help="the sink's <out>/<camera>/frames folder")
+    p.add_argument("--source", type=Path, default=SAMPLE_CLIP, help="the original video "
+                   "(default: the bundled clip, which the demo streams)")
+    p.add_argument("--iou", type=float, default=0.3, help="a composed box matching an "
+                   "original one of its class at this IoU is not extra (default 0.3)")
+    a = p.parse_args(argv)
+    print(json.dumps(run(a.frames, a.source, a.iou)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
