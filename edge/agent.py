@@ -120,6 +120,8 @@ class CameraAgent:
         self.stats = EdgeStats(cam.id, width=self.source.width, height=self.source.height,
                                fps_nominal=self.source.fps)
         self.timings = timings
+        self.metrics: Any = None  # edge.telemetry.EdgeMetrics when edge.metrics is on
+        self.publisher: FramePublisher | None = None  # while running (metrics: queue depth)
         self._timing_lock = threading.Lock()
         self._pending_times: dict[int, dict[str, float]] = {}
 
@@ -160,6 +162,8 @@ class CameraAgent:
         self.rest.request()
 
     def _published(self, index: int, t: float) -> None:
+        if self.metrics is not None:
+            self.metrics.published(self.cam.id, index, t)
         if self.timings is None:
             return
         with self._timing_lock:
@@ -188,6 +192,7 @@ class CameraAgent:
                              max_unacked=self.edge.max_unacked)
         pub.on_published = self._published
         s = self.stats
+        s.publisher, s.link, self.publisher = pub.counters, link.counters, pub  # live, for metrics
         t_start = time.monotonic()
         warned = False
         try:
@@ -241,6 +246,8 @@ class CameraAgent:
                             "grounded": self.tracker.last_grounded,
                             "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
                             "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
+                if self.metrics is not None:
+                    self.metrics.submitted(self.cam.id, fr.index, fr.capture_us)
                 pub.submit(fr.index, msgs)
                 if on_frame is not None:
                     on_frame(fr.index)
@@ -272,6 +279,20 @@ def run_edge(edge: EdgeSection, broker: BrokerConfig, prefix: str, *,
                             "under edge.cameras in the config")
     agents = [CameraAgent(c, edge, broker, prefix, timings=timings) for c in edge.cameras]
     stop = stop or threading.Event()
+    if edge.metrics is not None:
+        from discover.edge.telemetry import EdgeMetrics
+
+        server = EdgeMetrics(agents).serve(edge.metrics)
+        log.info("edge metrics on %s", server.url)
+        try:
+            return _run_agents(agents, stop, on_frame)
+        finally:
+            server.close()
+    return _run_agents(agents, stop, on_frame)
+
+
+def _run_agents(agents: list[CameraAgent], stop: threading.Event,
+                on_frame: Callable[[str, int], None] | None) -> list[dict[str, Any]]:
     if len(agents) == 1:
         cb = (lambda i: on_frame(agents[0].cam.id, i)) if on_frame else None
         return [agents[0].run(stop, cb)]

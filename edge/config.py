@@ -7,6 +7,7 @@ from typing import Any
 from discover.sdk.codecs import CODECS
 from discover.sdk.grounders import GROUNDERS
 from discover.sdk.packet import DEFAULT_MAX_PACKET
+from discover.sdk.telemetry import check_listen
 from discover.sdk.topics import check_name
 from discover.sdk.tracking import TrackingConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,6 +85,13 @@ class EdgeSection(BaseModel):
                                 "overlap otherwise costs twice")
     connect_timeout_s: float = Field(30.0, gt=0, description="give up if the broker was never "
                                                              "reached in this time")
+    metrics: str | None = Field(None, description="HOST:PORT (or PORT: loopback) to serve "
+                                "Prometheus /metrics on while the edge runs (edge/telemetry.py)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str | None) -> str | None:
+        return check_listen(v, "edge.metrics")
 
     @model_validator(mode="before")
     @classmethod

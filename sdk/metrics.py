@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from discover.sdk.boxes import box_iou
 
 BoxLike = Sequence[float]
 Prediction = tuple[BoxLike, str, float]
@@ -53,20 +54,6 @@ class APResult:
         return {"iou_threshold": self.iou_threshold, "map": round(self.map, 6),
                 "per_class": {k: round(v, 6) for k, v in sorted(self.per_class.items())},
                 "references": dict(sorted(self.references.items()))}
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), x0 y0 x1 y1."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    iw, ih = np.clip(iw, 0, None), np.clip(ih, 0, None)
-    inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def _match(pred_boxes: np.ndarray, ref_boxes: np.ndarray,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from discover.sdk.boxes import pair_iou
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 
@@ -59,17 +61,6 @@ def pad_and_clip(box: Sequence[float], margin: float, width: int, height: int,
     return (ix0, iy0, ix1, iy1)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two x0, y0, x1, y1 boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def select_regions(dets: Sequence[Detection], task_labels: dict[str, set[str]], width: int,
                    height: int, *, align: int, margin: float, min_score: float = 0.0,
                    dedupe_iou: float = 0.6, max_regions: int = 256,
@@ -94,7 +85,7 @@ def select_regions(dets: Sequence[Detection], task_labels: dict[str, set[str]], 
         if not tasks:
             continue
         dup = next((i for i, b in enumerate(raw)
-                    if dedupe_iou > 0 and box_iou(b, d.box) > dedupe_iou), None)
+                    if dedupe_iou > 0 and pair_iou(b, d.box) > dedupe_iou), None)
         if dup is not None:
             kept = out[dup]
             kept.tasks = tuple(t for t in order if t in kept.tasks or t in tasks)

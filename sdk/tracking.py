@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.boxes import box_iou
 from discover.sdk.grounders.base import Grounder
-from discover.sdk.metrics import box_iou
 from discover.sdk.regions import Detection
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from discover.sdk.topics import check_name
 from discover.sink.composers import COMPOSERS
+from discover.sink.http.config import HttpSection
 from discover.sink.tasks import TASK_MODELS
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +43,8 @@ class SinkSection(BaseModel):
                                    "workers split the cameras with no coordination")
     max_pending_frames: int = Field(64, ge=1, description="per camera, before eviction")
     max_pending_mb: float = Field(256.0, gt=0, description="all cameras, before eviction")
+    http: HttpSection = Field(default_factory=HttpSection, description="live web view, API, "
+                              "/metrics and restream (sink/http)")
 
     @field_validator("camera")
     @classmethod

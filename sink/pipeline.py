@@ -27,6 +27,7 @@ from discover.sdk.stream import StreamMeta
 from discover.sdk.topics import parse_topic, topic
 from discover.sink.composers import COMPOSERS, Composer
 from discover.sink.config import SinkSection
+from discover.sink.report import FrameReport
 from discover.sink.tasks import TASK_MODELS, TaskModel
 from discover.sink.writers import FrameWriter, make_writer
 
@@ -68,6 +69,10 @@ class SinkPipeline:
             timeout_s=section.frame_timeout_s, max_frames=section.max_pending_frames,
             max_bytes=int(section.max_pending_mb * 1024 * 1024))
         self.counters: Counter[str] = Counter()
+        # (camera, substream) -> wire bytes of the packets kept (Prometheus, sink/telemetry.py)
+        self.substream_bytes: Counter[tuple[str, str]] = Counter()
+        # called with a FrameReport after each delivered frame (web view, metrics); keep quick
+        self.listeners: list[Callable[[FrameReport], None]] = []
         self.latencies_ms: list[float] = []
         self.frames_out = 0
         self.first_out: float | None = None
@@ -93,7 +98,8 @@ class SinkPipeline:
         if ch == "meta":
             self._on_meta(parts.camera, payload)
         elif ch in ("side", "rest") or ch.startswith("task/"):
-            self.reasm.push(payload, parts.camera, ch)
+            if self.reasm.push(payload, parts.camera, ch):
+                self.substream_bytes[(parts.camera, ch)] += len(payload)
             self.arrived.set()
         else:
             self.counters["ignored_messages"] += 1
@@ -217,6 +223,19 @@ class SinkPipeline:
                 "complete": frame.complete}) + "\n")
         if self.on_frame is not None:
             self.on_frame(cam.meta.camera, frame.frame_index, image)
+        if self.listeners:
+            self._report(cam, frame, image, results, side.regions,
+                         bool(decoded.get("has_rest")), t_done)
+
+    def _report(self, cam: _Camera, frame: AssembledFrame, image: np.ndarray,
+                results: dict[str, Any], regions: list[Any], has_rest: bool, t: float) -> None:
+        sizes = {"side": len(frame.side or b""), "rest": len(frame.rest or b""),
+                 **{f"task/{k}": len(v) for k, v in frame.tasks.items()}}
+        report = FrameReport(cam.meta.camera, frame.frame_index, frame.capture_us,
+                             cam.meta.fps, image, results, list(regions),
+                             {k: v for k, v in sizes.items() if v}, frame.complete, has_rest, t)
+        for listener in self.listeners:
+            listener(report)
 
     def _request_refresh(self, cam: _Camera, index: int) -> None:
         """Ask the edge for an intra frame (``<prefix>/<camera>/control``), rate-limited."""

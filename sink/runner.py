@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from discover.sdk.errors import DiscoverError
@@ -16,14 +16,21 @@ from discover.sdk.transport.mqtt import MqttLink
 from discover.sink.config import SinkSection
 from discover.sink.pipeline import SinkPipeline
 
+if TYPE_CHECKING:
+    from discover.sink.http.server import LiveServer
+
 log = logging.getLogger(__name__)
 
 
 def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
              stop: threading.Event | None = None, ready: threading.Event | None = None,
              timings: TextIO | None = None,
-             on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> dict[str, Any]:
+             on_frame: Callable[[str, int, np.ndarray], None] | None = None,
+             live: LiveServer | None = None) -> dict[str, Any]:
     """Subscribe, process frames as they complete, return the summary.
+
+    The web view (``sink.http``) is served while the worker runs; pass ``live`` (started) to
+    keep serving after it returns (the caller stops it), e.g. for ``discover demo --serve``.
 
     With ``camera: +`` and a shard I/N with N > 1 the worker first subscribes to every camera's
     ``meta`` only and takes a camera's substreams once its descriptor arrives and the camera
@@ -68,7 +75,20 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
         subs = sink_topics(prefix, section.camera, section.tasks, section.wants_rest)
     link = MqttLink(broker, client_id=None, subscriptions=subs, on_message=on_message)
     link_box.append(link)
-    link.start(wait_s=section.connect_timeout_s)
+    own_live = None
+    if live is None and section.http.listen is not None:
+        from discover.sink.http.server import LiveServer
+
+        live = own_live = LiveServer.from_config(section.http).start()
+        log.info("sink web view on %s", live.url)
+    if live is not None:
+        live.attach(pipe, lambda: link.counters)
+    try:
+        link.start(wait_s=section.connect_timeout_s)
+    except BaseException:
+        if own_live is not None:
+            own_live.stop()
+        raise
     log.info("sink ready: subscribed to %s on %s", ", ".join(subs), broker.describe())
     if ready is not None:
         ready.set()
@@ -91,6 +111,10 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
     finally:
         pipe.close()
         link.stop()
+        if live is not None:
+            live.hub.end_streams()
+        if own_live is not None:
+            own_live.stop()
     summary = pipe.summary()
     if pipe.refused and not pipe.frames_out:
         raise DiscoverError(next(iter(pipe.refused.values())))

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.boxes import nms
+from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 from discover.sdk.grounders.base import GROUNDERS, Grounder, GrounderConfig
 from discover.sdk.hub import is_path_like, short_reason
@@ -282,31 +284,6 @@ def decode_chunk(probs: np.ndarray, boxes: np.ndarray, chunk: TextChunk, width: 
     return out
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression (x0, y0, x1, y1 boxes): indices kept, best first.
-
-    A box is dropped when its IoU with a better kept box exceeds ``iou_threshold``.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0,
-                                                                  None)
-    kept = []
-    while order.size:
-        i = order[0]
-        kept.append(i)
-        rest = order[1:]
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0],
-                                                                          boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1],
-                                                                          boxes[rest, 1]), 0, None)
-        inter = w * h
-        union = areas[i] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(kept, dtype=np.int64)
-
-
 def per_label_nms(dets: Sequence[Detection], iou_threshold: float) -> list[Detection]:
     """NMS within each label (boxes of different labels never suppress each other); the
     survivors sorted by score, best first."""
@@ -338,14 +315,7 @@ class LoadedModel:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is a user error."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DiscoverError("grounder.device is 'cuda' but torch sees no CUDA GPU; "
-                            "set grounder.device to 'cpu' or 'auto'")
-    return torch.device(device)
+    return torch_device(device, "grounder.device")
 
 
 def load_model(model: str, revision: str | None = None, allow_download: bool = False,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from discover.sdk.boxes import nms
 from discover.sdk.errors import DiscoverError
 from discover.sdk.models import Detections as _Detections
 from discover.sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
@@ -156,36 +157,10 @@ class NanoDet:
         classes = np.concatenate(all_classes).astype(np.int64)
         order = np.argsort(-scores, kind="stable")[:_PRE_NMS_TOP_K]
         boxes, scores, classes = boxes[order], scores[order], classes[order]
-        keep = _batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
+        keep = nms(boxes, scores, iou_threshold, groups=classes)[:max_detections]
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         scale = np.array([width, height, width, height], np.float32) / self.input_size
         boxes = boxes * scale
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         return Detections(boxes=boxes, scores=scores, class_ids=classes)
-
-
-def _batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    """Class-aware greedy NMS; ``scores`` must already be sorted descending. Returns indices."""
-    # Shift each class into its own region so boxes of different classes never overlap.
-    span = float(boxes.max() - boxes.min()) + 1.0
-    offset = classes[:, None].astype(np.float32) * span
-    b = boxes + offset
-    areas = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    suppressed = np.zeros(len(b), dtype=bool)
-    keep = []
-    for i in range(len(b)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = np.arange(i + 1, len(b))[~suppressed[i + 1 :]]
-        if rest.size == 0:
-            break
-        w = (np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0])).clip(0)
-        h = (np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1])).clip(0)
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        suppressed[rest[iou > iou_threshold]] = True
-    return np.asarray(keep, dtype=np.int64)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from discover.sdk.boxes import nms
 from discover.sdk.errors import DiscoverError
 from discover.sdk.models import Detections as _Detections
 from discover.sdk.models import ModelWeightsNotFoundError, open_session  # noqa: F401
@@ -193,29 +194,5 @@ class SsdOid:
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, sc, cls = boxes[ok], sc[ok], cls[ok]
-        keep = nms(boxes, sc, self._groups[cls], iou_threshold)[:max_detections]
+        keep = nms(boxes, sc, iou_threshold, groups=self._groups[cls])[:max_detections]
         return OidDetections(boxes=boxes[keep], scores=sc[keep], class_ids=cls[keep])
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float
-        ) -> np.ndarray:
-    """Greedy NMS within each group; ``scores`` sorted descending. Returns kept indices."""
-    if len(boxes) == 0:
-        return np.zeros((0,), np.int64)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for i in range(len(boxes)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = np.arange(i + 1, len(boxes))
-        rest = rest[~suppressed[rest] & (groups[rest] == groups[i])]
-        if rest.size == 0:
-            continue
-        w = (np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]))
-        h = (np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]))
-        inter = w.clip(0) * h.clip(0)
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        suppressed[rest[iou > iou_threshold]] = True
-    return np.asarray(keep, dtype=np.int64)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 from discover.sdk.hub import is_path_like, short_reason
 from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
@@ -169,15 +170,7 @@ def import_diffusers(who: str) -> Any:
 
 def resolve_device(device: str, section: str = "sink.composer") -> torch.device:
     """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is a user error."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        key = setting(section, "device")
-        raise DiscoverError(f"{key} is 'cuda' but torch sees no CUDA GPU; "
-                            f"set {key} to 'cpu' or 'auto'")
-    return torch.device(device)
+    return torch_device(device, setting(section, "device"))
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 from pydantic import Field
 
@@ -40,14 +41,7 @@ def require_torchvision(model: str) -> None:
 
 def resolve_device(device: Device, model: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DiscoverError(f"task model {model}: device 'cuda' requested but torch sees no GPU "
-                            "(CPU build of torch or no driver); set device: cpu or auto")
-    return torch.device(device)
+    return torch_device(device, f"task model {model}: device")
 
 
 def hub_checkpoint(url: str) -> Path:

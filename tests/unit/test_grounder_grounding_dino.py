@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
+from discover.sdk.boxes import nms  # noqa: E402
 from discover.sdk.errors import DiscoverError  # noqa: E402
 from discover.sdk.grounders.base import GROUNDERS  # noqa: E402
 from discover.sdk.grounders.grounding_dino import (  # noqa: E402
@@ -26,7 +27,6 @@ from discover.sdk.grounders.grounding_dino import (  # noqa: E402
     TextChunk,
     decode_chunk,
     label_phrase,
-    nms,
     per_label_nms,
     plan_chunks,
 )

@@ -7,7 +7,8 @@ import importlib.util
 
 import numpy as np
 import pytest
-from discover.sdk.metrics import COCO_IOU_THRESHOLDS, average_precision, box_iou, coco_map
+from discover.sdk.boxes import box_iou
+from discover.sdk.metrics import COCO_IOU_THRESHOLDS, average_precision, coco_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 from discover.sdk import varint
+from discover.sdk.boxes import pair_iou
 from discover.sdk.codecs.learned.entropy import (
     HYPER_STRIDE,
     LATENT_STRIDE,
@@ -66,7 +67,6 @@ from discover.sdk.codecs.learned.entropy import (
     side_digest,
     unseal,
 )
-from discover.sdk.regions import box_iou
 from pydantic import BaseModel, ConfigDict, Field
 
 INTRA, RESIDUAL, SKIP = 0, 1, 2
@@ -288,7 +288,7 @@ class TemporalCoder:
             sl = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
             ref_rid, best = None, cfg.match_iou
             for prid, p in prev.items():
-                iou = box_iou(box, p.box)
+                iou = pair_iou(box, p.box)
                 if iou >= best and tk <= p.tasks:
                     ref_rid, best = prid, iou
             # the encoder's choice, the decoder follows the header: a covered region whose

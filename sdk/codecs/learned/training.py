@@ -49,6 +49,7 @@ import torch
 from discover.sdk.codecs.learned.checkpoint import CHECKPOINT_ROOT, load_pretrained
 from discover.sdk.codecs.learned.entropy import LATENT_STRIDE
 from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
+from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -453,9 +454,7 @@ def train_codec(cfg: TrainConfig, log: Log = print,
     its summary (folder, hash, steps, final metrics, per-step history)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch_device(cfg.device, "--device").type
     if cfg.crop % 64:
         raise DiscoverError(f"--crop must be a multiple of 64 (got {cfg.crop})")
     if not 0.0 <= cfg.mask_max <= 1.0:
