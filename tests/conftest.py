@@ -282,3 +282,11 @@ def cli_env() -> dict[str, str]:
 
 
 CLI = [sys.executable, "-m", "discover"]
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Everything under tests/integration is marked ``integration`` (select or skip with -m)."""
+    root = Path(__file__).parent / "integration"
+    for item in items:
+        if root in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)

@@ -14,6 +14,8 @@ from conftest import CLI, CLIP, cli_env
 
 from discover.bench.codec import IMAGE_ANCHORS, run_bench_codec
 
+pytestmark = pytest.mark.slow
+
 #: crops (x, y) of the bundled clip's first frames, 192 x 128 each
 CROPS = ((100, 200), (400, 300), (560, 40))
 W, H = 192, 128

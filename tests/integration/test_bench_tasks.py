@@ -15,6 +15,8 @@ from discover.sdk.assets import SAMPLE_CLIP
 
 from discover.bench.tasks import bd_rate, rate_ratios, run_bench_tasks
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:

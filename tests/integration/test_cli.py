@@ -144,6 +144,7 @@ def test_edge_json_summary_against_the_broker(broker):
     assert s["camera"] == "cam0" and s["bytes"] > 0 and s["reconnects"] == 0
 
 
+@pytest.mark.slow
 def test_demo(tmp_path):
     out = tmp_path / "demo"
     p = run("demo", "--out", str(out), "--max-frames", "12", "--json", timeout=180)

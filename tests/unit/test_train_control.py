@@ -32,6 +32,8 @@ from test_composer_diffusion import (  # noqa: E402 - same folder, on sys.path u
 
 from discover.train.control import ControlTrainer, load_codec, main, new_controlnet  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def _codec(folder: Path, head: str) -> Path:
     from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
