@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from discover.sdk.errors import PacketError
+from discover.sdk.limits import MAX_REGIONS
 from discover.sdk.packet import FLAG_INTRA, Kind, fragment
 from discover.sdk.reassembly import AssembledFrame
 from discover.sdk.regions import Region
@@ -56,7 +57,8 @@ def frame_messages(
     return out
 
 
-def codec_input(frame: AssembledFrame, meta: StreamMeta) -> tuple[dict[str, Any], SideInfo]:
+def codec_input(frame: AssembledFrame, meta: StreamMeta,
+                max_regions: int = MAX_REGIONS) -> tuple[dict[str, Any], SideInfo]:
     """What ``Codec.decompress`` takes, from a reassembled frame (which must have side).
 
     Region payloads from every task substream that arrived are merged; region ids the side
@@ -64,7 +66,7 @@ def codec_input(frame: AssembledFrame, meta: StreamMeta) -> tuple[dict[str, Any]
     """
     if frame.side is None:
         raise PacketError("no_side")
-    side = SideInfo.decode(frame.side, meta)
+    side = SideInfo.decode(frame.side, meta, max_regions)
     regions: dict[int, bytes] = {}
     for payload in frame.tasks.values():
         regions.update(unpack_items(payload))

@@ -10,7 +10,9 @@
                     it came (needs side; without side it is dropped and counted)
 
 Memory is bounded: at most ``max_frames`` pending frames per camera and ``max_bytes`` stored in
-all; past either the oldest pending frame is evicted and counted. Malformed packets are dropped
+all (every fragment counted with ``FRAGMENT_COST`` bytes of bookkeeping on top of its payload);
+past either the oldest pending frame is evicted and counted. With a ``key`` only packets signed
+for the camera's current session are taken (``unsigned``, ``bad_signature``, ``unverifiable``). Malformed packets are dropped
 and counted under a reason (``truncated``, ``bad_checksum``, ``camera_mismatch``, ...), never
 raised.
 """
@@ -24,8 +26,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from discover.sdk.errors import PacketError
-from discover.sdk.packet import Kind, Packet, decode_packet
+from discover.sdk.packet import FLAG_SIGNED, Kind, Packet, decode_packet, signed_part
+from discover.sdk.security import StreamKey
 from discover.sdk.stream import StreamMeta, peek_manifest
+
+#: bytes a stored fragment is counted as on top of its payload (the bookkeeping it costs), so
+#: a flood of zero-byte fragments meets ``max_bytes`` too
+FRAGMENT_COST = 64
 
 
 @dataclass
@@ -100,6 +107,8 @@ class Reassembler:
         max_bytes: int = 256 * 1024 * 1024,
         reorder_window: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        key: StreamKey | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         self.meta_for = meta_for
         self.tasks = None if tasks is None else set(tasks)
@@ -109,6 +118,8 @@ class Reassembler:
         self.max_bytes = max_bytes
         self.reorder_window = reorder_window
         self.clock = clock
+        self.key = key
+        self.on_reject = on_reject  # (camera, reason) of a packet refused by the key check
         self.counters: Counter[str] = Counter()
         self._pending: dict[str, dict[int, _Frame]] = {}
         self._last: dict[str, int] = {}
@@ -130,6 +141,12 @@ class Reassembler:
                 return self._drop("camera_mismatch")
             if substream is not None and p.substream != substream:
                 return self._drop("topic_mismatch")
+            if self.key is not None:
+                reason = self._auth(p, data)
+                if reason:
+                    if self.on_reject is not None:
+                        self.on_reject(p.camera, reason)
+                    return self._drop(reason)
             if p.kind is Kind.TASK and self.tasks is not None and p.name not in self.tasks:
                 self.counters["unwanted"] += 1
                 return False
@@ -137,6 +154,20 @@ class Reassembler:
                 self.counters["unwanted"] += 1
                 return False
             return self._store(p, len(data))
+
+    def _auth(self, p: Packet, data: bytes) -> str | None:
+        """Why a packet fails the key check (None: it passes). The MAC binds it to the
+        session of the camera's verified descriptor, so one without a descriptor waits for
+        none: it is dropped as ``unverifiable``."""
+        assert self.key is not None
+        if not p.flags & FLAG_SIGNED:
+            return "unsigned"
+        meta = self.meta_for(p.camera)
+        if meta is None:
+            return "unverifiable"
+        if not self.key.packet_ok(meta.session, signed_part(data), p.mac):
+            return "bad_signature"
+        return None
 
     def _drop(self, reason: str) -> bool:
         self.counters["dropped_packets"] += 1
@@ -173,9 +204,9 @@ class Reassembler:
             return False
         f.last_seen = now
         f.flags |= p.flags
-        f.stored += len(p.payload)
+        f.stored += len(p.payload) + FRAGMENT_COST
         f.wire += wire
-        self._stored += len(p.payload)
+        self._stored += len(p.payload) + FRAGMENT_COST
         self.counters["bytes"] += wire
         self.counters[f"bytes_{p.kind.name.lower()}"] += wire
         self._enforce_bounds(p.camera)
@@ -202,9 +233,16 @@ class Reassembler:
         self._last.pop(camera, None)
 
     def reset_camera(self, camera: str) -> None:
-        """Forget a camera's state (its stream restarted with a new session)."""
+        """Forget a camera's state (its stream restarted with a new session, or it went idle
+        and was evicted)."""
         with self._lock:
             self._reset(camera)
+
+    @property
+    def cameras(self) -> int:
+        """Cameras with state here (pending frames or a delivery position)."""
+        with self._lock:
+            return len(self._pending.keys() | self._last.keys())
 
     # -- output -------------------------------------------------------------------------------
 

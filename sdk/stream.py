@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from discover.sdk import varint
+from discover.sdk import security, varint
 from discover.sdk.errors import PacketError
+from discover.sdk.limits import MAX_FPS, MAX_LABELS, MAX_REGIONS, finite_positive, loads_bounded
 from discover.sdk.regions import Region
+from discover.sdk.security import StreamKey
 
 STREAM_FORMAT = "discover-stream"
 STREAM_VERSION = 2  # 2: compact side table, task container and learned-codec region headers
@@ -58,16 +60,26 @@ class StreamMeta:
         if len(self.tasks) > MAX_TASKS:
             raise ValueError(f"at most {MAX_TASKS} tasks per camera")
 
-    def to_json(self) -> bytes:
+    def to_json(self, key: StreamKey | None = None) -> bytes:
+        """The descriptor as published; signed (``auth``) when the deployment has a key."""
         body = {"format": STREAM_FORMAT, "version": STREAM_VERSION, **self.__dict__}
+        if key is not None:
+            body = key.sign("meta", body)
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> StreamMeta:
+    def from_json(cls, data: bytes, key: StreamKey | None = None) -> StreamMeta:
+        """Parse and check a descriptor: size and nesting first, then (with ``key``) the
+        signature (PacketError ``unsigned`` / ``wrong_key`` / ``bad_signature``), then fields."""
         try:
-            obj = json.loads(data)
+            obj = loads_bounded(data, "stream descriptor")
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
+            if key is not None:
+                verdict = key.check("meta", obj)
+                if verdict != security.OK:
+                    raise PacketError(verdict, "stream descriptor")
+            obj.pop("auth", None)
             if obj.pop("format") != STREAM_FORMAT:
                 raise ValueError("not a DISCOVER stream descriptor")
             version = obj.pop("version")
@@ -79,9 +91,16 @@ class StreamMeta:
             if not (isinstance(meta.camera, str) and _is_size(meta.width)
                     and _is_size(meta.height) and isinstance(meta.fps, int | float)
                     and _is_strs(meta.tasks) and _is_strs(meta.labels)
-                    and isinstance(meta.codec, dict) and isinstance(meta.grounder, dict)):
+                    and isinstance(meta.codec, dict) and isinstance(meta.grounder, dict)
+                    and isinstance(meta.session, str) and len(meta.session) <= 64):
                 raise ValueError("fields of the wrong type")
+            if not finite_positive(meta.fps, MAX_FPS):
+                raise ValueError(f"fps {meta.fps!r}: a finite number in (0, {MAX_FPS:g}]")
+            if len(meta.labels) > MAX_LABELS:
+                raise ValueError(f"{len(meta.labels)} labels, at most {MAX_LABELS}")
             return meta
+        except PacketError:
+            raise
         except (ValueError, KeyError, TypeError) as e:
             raise PacketError("bad_meta", str(e)) from None
 
@@ -124,11 +143,19 @@ class SideInfo:
         return bytes(out) + self.codec_data
 
     @classmethod
-    def decode(cls, data: bytes, meta: StreamMeta) -> SideInfo:
+    def decode(cls, data: bytes, meta: StreamMeta, max_regions: int = MAX_REGIONS) -> SideInfo:
+        """Parse a side payload; the frame size must be the descriptor's and the region count
+        at most ``max_regions`` (checked before the table is read)."""
         try:
             version, flags, w, h, sent, n, unit = _SIDE_HEAD.unpack_from(data)
             if version != SIDE_VERSION:
                 raise ValueError(f"side version {version}")
+            if (w, h) != (meta.width, meta.height):
+                raise ValueError(f"frame size {w}x{h}, the stream descriptor says "
+                                 f"{meta.width}x{meta.height}")
+            if n > max_regions:
+                raise ValueError(f"{n} regions, this sink takes at most {max_regions} "
+                                 "(sink.max_regions)")
             if unit == 0:
                 raise ValueError("box unit 0")
             regions = []

@@ -6,6 +6,7 @@ import zlib
 from pathlib import Path
 from typing import Literal
 
+from discover.sdk.limits import MAX_FRAME_PIXELS, MAX_REGIONS
 from discover.sdk.topics import check_name
 from discover.sink.composers import COMPOSERS
 from discover.sink.http.config import HttpSection
@@ -43,6 +44,14 @@ class SinkSection(BaseModel):
                                    "workers split the cameras with no coordination")
     max_pending_frames: int = Field(64, ge=1, description="per camera, before eviction")
     max_pending_mb: float = Field(256.0, gt=0, description="all cameras, before eviction")
+    max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, description="refuse a stream whose "
+                                  "descriptor declares a larger frame (width x height)")
+    max_regions: int = Field(MAX_REGIONS, ge=1, le=65535,
+                             description="drop a frame whose side table lists more regions")
+    codec_device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where this sink decodes (a stream never chooses the sink's device)")
+    codec_threads: int | None = Field(None, ge=1, le=1024, description="decoder CPU threads "
+                                      "(default: torch's; a stream never chooses them)")
     http: HttpSection = Field(default_factory=HttpSection, description="live web view, API, "
                               "/metrics and restream (sink/http)")
 

@@ -23,6 +23,7 @@ from discover.sdk.codecs import CODECS, Codec
 from discover.sdk.errors import DiscoverError, PacketError
 from discover.sdk.framing import codec_input
 from discover.sdk.reassembly import AssembledFrame, Reassembler
+from discover.sdk.security import StreamKey
 from discover.sdk.stream import StreamMeta
 from discover.sdk.topics import parse_topic, topic
 from discover.sink.composers import COMPOSERS, Composer
@@ -34,6 +35,8 @@ from discover.sink.writers import FrameWriter, make_writer
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
+#: codec settings a stream may not choose for the sink (its threads, device, files, runtime)
+LOCAL_CODEC_KEYS = frozenset({"threads", "device", "checkpoint", "onnx", "edge_runtime"})
 
 
 class _Camera:
@@ -52,9 +55,12 @@ class SinkPipeline:
     """Reassemble, decode, compose, run tasks and write results for any number of cameras."""
 
     def __init__(self, section: SinkSection, prefix: str, *, publish: Publish | None = None,
+                 key: StreamKey | None = None,
                  timings: TextIO | None = None,
                  on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> None:
         self.section, self.prefix = section, prefix
+        self.key = key  # with a key: only signed metas and packets (sdk/security.py)
+        self._warned: set[tuple[str, str]] = set()
         self.publish = publish if section.publish_results else None
         self._control = publish  # refresh requests go out even when results are not published
         self.timings = timings
@@ -108,10 +114,13 @@ class SinkPipeline:
         if not payload:  # retained meta cleared
             return
         try:
-            meta = StreamMeta.from_json(payload)
+            meta = StreamMeta.from_json(payload, self.key)
+            if meta.width * meta.height > self.section.max_frame_pixels:
+                raise PacketError("bad_meta", f"frame {meta.width}x{meta.height} is over "
+                                  f"sink.max_frame_pixels {self.section.max_frame_pixels}")
         except PacketError as e:
-            self.counters["bad_meta"] += 1
-            log.warning("camera %s: ignoring malformed stream descriptor (%s)", camera, e)
+            self.counters["bad_meta" if e.reason == "bad_meta" else f"meta_{e.reason}"] += 1
+            self._warn_once(camera, "meta", f"ignoring stream descriptor ({e})")
             return
         if meta.camera != camera:
             self.counters["bad_meta"] += 1
@@ -135,7 +144,7 @@ class SinkPipeline:
         if cam is not None:
             cam.writer.close()
         try:
-            codec = CODECS.create(meta.codec.get("config") or meta.codec.get("type", "?"))
+            codec = CODECS.create(self._codec_config(meta))
             want = meta.codec.get("checkpoint")
             have = codec.checkpoint_hash()
             if want != have:
@@ -153,25 +162,56 @@ class SinkPipeline:
         self.cameras[name] = cam
         return cam
 
+    def _codec_config(self, meta: StreamMeta) -> dict[str, Any] | str:
+        """The stream's codec settings minus what only this machine decides (threads, device,
+        file paths, the edge's runtime): those come from the sink's own config."""
+        cfg = meta.codec.get("config")
+        if not isinstance(cfg, dict):
+            return str(meta.codec.get("type", "?"))
+        cfg = {k: v for k, v in cfg.items() if k not in LOCAL_CODEC_KEYS}
+        fields = CODECS.get(str(cfg.get("type"))).Config.model_fields
+        if "device" in fields:
+            cfg["device"] = self.section.codec_device
+        if "threads" in fields:
+            cfg["threads"] = self.section.codec_threads
+        return cfg
+
+    def _warn_once(self, camera: str, kind: str, message: str) -> None:
+        """One warning per camera and kind of trouble (a forged flood logs one line)."""
+        key = (camera, kind)
+        if key not in self._warned and len(self._warned) < 10_000:
+            self._warned.add(key)
+            log.warning("camera %s: %s", camera, message)
+
     def process_ready(self, flush: bool = False) -> int:
-        """Decode and deliver every frame that is ready; returns how many."""
+        """Decode and deliver every frame that is ready; returns how many. Each frame is
+        decoded inside one boundary: a frame whose decode fails is dropped and counted under
+        ``frames_failed`` and its reason, and the sink goes on with the next."""
         n = 0
         for frame in self.reasm.pop_ready(flush=flush):
             if self.section.max_frames is not None and self.frames_out >= self.section.max_frames:
                 self.counters["frames_after_max"] += 1
                 continue
-            cam = self._camera(frame.camera)
-            if cam is None:
-                self.counters["frames_refused"] += 1
+            try:
+                cam = self._camera(frame.camera)
+                if cam is None:
+                    self.counters["frames_refused"] += 1
+                    continue
+                self._process(cam, frame)
+            except Exception as e:  # noqa: BLE001 - the per-frame boundary of DESIGN §4
+                self.counters["frames_failed"] += 1
+                self.counters[f"failed_{type(e).__name__}"] += 1
+                self._warn_once(frame.camera, f"failed_{type(e).__name__}",
+                                f"frame {frame.frame_index} dropped "
+                                f"({type(e).__name__}: {str(e)[:200]})")
                 continue
-            self._process(cam, frame)
             n += 1
         return n
 
     def _process(self, cam: _Camera, frame: AssembledFrame) -> None:
         t_assembled = time.time()
         try:
-            coded, side = codec_input(frame, cam.meta)
+            coded, side = codec_input(frame, cam.meta, self.section.max_regions)
         except PacketError as e:
             self.counters["frames_undecodable"] += 1
             self.counters[f"undecodable_{e.reason}"] += 1
@@ -268,7 +308,8 @@ class SinkPipeline:
             "complete": rc["frames_complete"],
             "partial": rc["frames_partial"],
             "dropped": rc["frames_dropped"] + rc["frames_evicted"]
-            + self.counters["frames_refused"] + self.counters["frames_undecodable"],
+            + self.counters["frames_refused"] + self.counters["frames_undecodable"]
+            + self.counters["frames_failed"],
             "missing": self.counters["frames_missing"],
             "bytes": total,
             "bytes_by_substream": {k[6:]: v for k, v in rc.items() if k.startswith("bytes_")},

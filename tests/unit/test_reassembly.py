@@ -13,7 +13,7 @@ import pytest
 from discover.sdk.codecs import CODECS
 from discover.sdk.framing import codec_input, frame_messages
 from discover.sdk.packet import Kind, decode_packet, fragment
-from discover.sdk.reassembly import AssembledFrame, Reassembler
+from discover.sdk.reassembly import FRAGMENT_COST, AssembledFrame, Reassembler
 from discover.sdk.regions import Region
 from discover.sdk.stream import SideInfo, StreamMeta, pack_items
 from discover.sdk.topics import parse_topic
@@ -337,7 +337,7 @@ def test_unwanted_substreams_are_not_stored(stream):
         sub = _sub(p)
         expect = sub in ("side", "task/detection")
         assert push(r, t, p) is expect
-        stored += len(decode_packet(p).payload) if expect else 0
+        stored += len(decode_packet(p).payload) + FRAGMENT_COST if expect else 0
     assert r.stored_bytes == stored
     assert r.counters["unwanted"] == len(stream[0].of("task/vehicles")) + len(stream[0].of("rest"))
     (f,) = r.pop_ready()
@@ -491,13 +491,14 @@ def test_byte_eviction_of_a_later_frame_does_not_starve_an_earlier_one():
     not come back as a second, partial frame."""
     a, b = synthetic_frame(10, 1000), synthetic_frame(11, 1000)
     assert len(a) == 6  # side + 5 fragments of 200 bytes
-    r, clock = reassembler(max_bytes=1100)
+    limit = 1100 + 7 * FRAGMENT_COST  # payload bytes + bookkeeping of up to 7 fragments
+    r, clock = reassembler(max_bytes=limit)
     push_all(r, b[:5])  # most of the later frame first: ~820 bytes
     clock.t += 0.01
     push_all(r, a[:2])  # the earlier frame starts: ~1040 bytes, still fits
     assert r.counters["frames_evicted"] == 0
     assert push(r, *a[2]) is True  # over the limit: b, seen first, is evicted
-    assert r.counters["frames_evicted"] == 1 and r.stored_bytes <= 1100
+    assert r.counters["frames_evicted"] == 1 and r.stored_bytes <= limit
     for t, p in a[3:]:
         assert push(r, t, p) is True
     out = r.pop_ready()

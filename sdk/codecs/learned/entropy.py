@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from discover.sdk.codecs.learned import rans_check
 from numpy.lib.stride_tricks import sliding_window_view
 
 LATENT_STRIDE = 16  #: pixels per latent cell (g_a downsamples 4 x 2)
@@ -278,13 +279,11 @@ def rans_encode(symbols: np.ndarray, indexes: np.ndarray, table: CdfTable) -> by
 def rans_decode(data: bytes, indexes: np.ndarray, table: CdfTable) -> np.ndarray:
     """Inverse of :func:`rans_encode`; ``indexes`` fixes the symbol count and shape.
 
-    compressai's C++ decoder does not bound-check its input. Accidental damage never gets
-    here (the CRC of :func:`unseal` catches it first); what does get here has a length that is
-    a multiple of 4 and at least the 8-byte initial state, and is followed by one zero word per
-    symbol plus slack, which covers the at-most-one-word renormalisation of every symbol. Not
-    covered: a payload forged *with a valid CRC* (CRC32 is no MAC) that drives the decoder's
-    escape code for out-of-table values through long runs; keeping forged publishers off the
-    broker is the transport's job (authentication), as for any codec."""
+    Never reads outside ``data`` (plus a zero guard of one word a symbol), whatever the bytes:
+    a CRC-32 is no MAC, so a forged payload with a valid CRC gets here on an unsigned stream.
+    compressai's C++ decoder runs with the escape symbol made impossible, which bounds its
+    reads; only when a decoded symbol is an escape (rare for honest streams) does the checking
+    decoder of :mod:`rans_check` redo the payload (:class:`PayloadError` if it is forged)."""
     from compressai.ans import RansDecoder
 
     n = int(indexes.size)
@@ -295,9 +294,17 @@ def rans_decode(data: bytes, indexes: np.ndarray, table: CdfTable) -> np.ndarray
     if len(data) < 8 or len(data) % 4:
         raise PayloadError("bad length")
     idx, rows, lengths, offsets = table.subset(indexes)
-    guarded = data + bytes(4 * n + 64)
-    values = RansDecoder().decode_with_indexes(guarded, idx, rows, lengths, offsets)
-    return np.asarray(values, dtype=np.int32).reshape(indexes.shape)
+    guard = 4 * n + 64  # each symbol reads at most one 32-bit word without escapes
+    safe_rows, safe_lengths = rans_check.no_escape_rows(rows, lengths)
+    values = np.asarray(RansDecoder().decode_with_indexes(
+        data + bytes(guard), idx, safe_rows, safe_lengths, offsets), dtype=np.int32)
+    if rans_check.escape_seen(values, np.asarray(idx), lengths, offsets):
+        try:
+            values = np.asarray(rans_check.python_decode(data, idx, rows, lengths, offsets,
+                                                         spare=guard // 4), dtype=np.int32)
+        except rans_check.RansError as e:
+            raise PayloadError(str(e)) from None
+    return values.reshape(indexes.shape)
 
 
 # -- payload framing --------------------------------------------------------------------------

@@ -1,0 +1,258 @@
+"""Issue 14: nothing a stream declares is trusted before it is checked. Regression cases for
+each crash the issue lists (forged rANS payloads, huge side sizes, deep meta JSON, forged
+threads, NaN fps, zero-byte fragment floods, 4096 regions), through the real parsers, the real
+learned codec (shipped checkpoint, compressai's rANS) and the real sink pipeline."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from discover.sdk.codecs import CODECS
+from discover.sdk.codecs.learned import entropy as en
+from discover.sdk.codecs.learned import rans_check
+from discover.sdk.errors import PacketError
+from discover.sdk.framing import frame_messages
+from discover.sdk.limits import MAX_JSON_DEPTH, json_depth
+from discover.sdk.packet import Kind, fragment
+from discover.sdk.reassembly import Reassembler
+from discover.sdk.regions import Region
+from discover.sdk.stream import SideInfo, StreamMeta
+from discover.sink.config import SinkSection
+from discover.sink.pipeline import SinkPipeline
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("compressai")
+
+CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
+CAM, PREFIX, W, H = "cam1", "discover", 192, 128
+REGIONS = [Region(1, (16, 16, 64, 96), "person", 0.9, ("detection",)),
+           Region(2, (128, 64, 192, 128), "car", 0.7, ("detection",))]
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    out = []
+    with av.open(str(CLIP)) as c:
+        for fr in c.decode(video=0):
+            out.append(fr.to_ndarray(format="bgr24")[96:96 + H, 400:400 + W].copy())
+            if len(out) == 3:
+                break
+    return out
+
+
+def make_meta(codec, **kw) -> StreamMeta:
+    return StreamMeta(camera=CAM, width=W, height=H, fps=10.0, tasks=["detection"],
+                      labels=["object", "person", "car"], codec=codec.descriptor(), **kw)
+
+
+@pytest.fixture(scope="module")
+def learned(frames):
+    """The shipped checkpoint, per-frame coding: one coded frame with rest."""
+    codec = CODECS.create({"type": "learned", "temporal": {"enabled": False}})
+    return codec, codec.compress(frames[0], REGIONS, send_rest=True)
+
+
+# -- entropy decoding -----------------------------------------------------------------------
+
+def _coder_case(learned):
+    codec, coded = learned
+    coder = codec.model.coder()
+    z, rate = coder.decode_side(coded["side"], en.hyper_grid(W, H))
+    idx, _ = coder.parameters(z, rate)
+    box = en.latent_box(REGIONS[0].box, W, H)
+    tag = en.region_tag(en.side_digest(coded["side"]), box)
+    return coder, coded["regions"][1], idx, box, tag
+
+
+@pytest.mark.parametrize("body", [b"\xff" * 4096, b"\x00" * 4096, b"\xff\xff\xff\x7f" * 999,
+                                  bytes(range(256)) * 16])
+def test_forged_region_body_with_a_valid_crc_is_refused_not_a_segfault(learned, body):
+    """The probe that segfaulted 3 of 3 sinks: a forged body sealed with a valid CRC and tag
+    reaches rANS; the decoder either decodes bounded garbage or says PayloadError."""
+    coder, _, idx, box, tag = _coder_case(learned)
+    try:
+        sym = coder.decode_cells(en.seal(body, tag), idx, box, tag)
+    except en.PayloadError:
+        return
+    assert sym.shape == idx[en._select(box)].shape
+
+
+def test_random_forged_bodies_never_escape_the_decoder(learned):
+    coder, payload, idx, box, tag = _coder_case(learned)
+    rnd = random.Random(14)
+    outcomes: Counter[str] = Counter()
+    for _ in range(300):
+        body = bytearray(payload[5:])
+        for _ in range(rnd.randrange(1, 6)):
+            body[rnd.randrange(len(body))] = rnd.choice((0xFF, 0x00, rnd.randrange(256)))
+        body += bytes([0xFF]) * rnd.choice((0, 4, 64, 4096))
+        try:
+            sym = coder.decode_cells(en.seal(bytes(body), tag), idx, box, tag)
+            outcomes["decoded"] += sym.shape == idx[en._select(box)].shape
+        except en.PayloadError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 300
+
+
+def test_escapes_decode_exactly_as_compressai_does(learned):
+    """Honest payloads with out-of-table symbols (escapes): the checked path gives what
+    compressai's own decoder gives."""
+    from compressai.ans import RansDecoder
+
+    coder = learned[0].model.coder()
+    table = coder.tables.y_cdf
+    rnd = np.random.default_rng(3)
+    indexes = rnd.integers(0, len(table.length), 3000).astype(np.int32)
+    symbols = rnd.laplace(0, 40, 3000).round().astype(np.int32)  # many beyond the tables
+    data = en.rans_encode(symbols, indexes, table)
+    idx, rows, lengths, offsets = table.subset(indexes)
+    ref = RansDecoder().decode_with_indexes(data + bytes(4 * 3000 + 64), idx, rows, lengths,
+                                            offsets)
+    assert rans_check.escape_seen(np.asarray(ref), np.asarray(idx), lengths, offsets)
+    assert en.rans_decode(data, indexes, table).tolist() == ref == symbols.tolist()
+
+
+def test_an_over_long_escape_is_refused():
+    rows, lengths, offsets = [[0, 1 << 15, 1 << 16]], [3], [0]  # one symbol + the escape
+    with pytest.raises(rans_check.RansError, match="int32|past the end"):
+        rans_check.python_decode(b"\xff" * 64, [0] * 8, rows, lengths, offsets, spare=8)
+
+
+# -- meta -----------------------------------------------------------------------------------
+
+def _meta_json(**changes) -> bytes:
+    codec = CODECS.create("classical")
+    obj = json.loads(make_meta(codec).to_json())
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize("fps", ["NaN", "Infinity", "-Infinity", "-1", "0", "1e9", "true"])
+def test_meta_fps_must_be_finite_and_positive(fps):
+    data = _meta_json(fps=0).replace(b'"fps": 0', f'"fps": {fps}'.encode())
+    with pytest.raises(PacketError, match="fps|wrong type"):
+        StreamMeta.from_json(data)
+
+
+def test_deeply_nested_meta_is_refused_without_recursion():
+    bomb = b'{"format":"discover-stream","version":2,"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    assert json_depth(bomb) == 10_001  # json.loads: RecursionError
+    with pytest.raises(PacketError, match="nested deeper"):
+        StreamMeta.from_json(bomb)
+    assert json_depth(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}') == 1  # brackets in strings
+    assert json_depth(_meta_json()) <= MAX_JSON_DEPTH
+
+
+def test_meta_size_and_label_count_are_bounded():
+    with pytest.raises(PacketError, match="bytes, at most"):
+        StreamMeta.from_json(_meta_json(grounder={"pad": "x" * 100_000}))
+    with pytest.raises(PacketError, match="labels"):
+        StreamMeta.from_json(_meta_json(labels=["x"] * 5000))
+
+
+# -- side -----------------------------------------------------------------------------------
+
+def test_side_claiming_another_frame_size_is_refused():
+    codec = CODECS.create("classical")
+    meta = make_meta(codec)
+    big = SideInfo(65535, 65535, ("detection",), False, [], b"").encode(meta)
+    with pytest.raises(PacketError, match="65535x65535.*192x128"):
+        SideInfo.decode(big, meta)
+
+
+def test_side_region_count_is_capped_before_the_table_is_read():
+    codec = CODECS.create("classical")
+    meta = make_meta(codec)
+    regions = [Region(i, (0, 0, 16, 16), "person", 0.5, ("detection",)) for i in range(4096)]
+    side = SideInfo(W, H, ("detection",), False, regions, b"").encode(meta)
+    with pytest.raises(PacketError, match="4096 regions.*at most 256"):
+        SideInfo.decode(side, meta)
+    assert len(SideInfo.decode(side, meta, max_regions=4096).regions) == 4096
+
+
+# -- reassembly -----------------------------------------------------------------------------
+
+def test_zero_byte_fragments_count_against_the_byte_bound():
+    codec = CODECS.create("classical")
+    meta = make_meta(codec)
+    limit = 64 * 1024
+    r = Reassembler(lambda c: meta, tasks=["detection"], max_bytes=limit, max_frames=1_000_000)
+    for frame in range(200):
+        for i in range(50):  # 10,000 empty fragments of substreams claiming 65535 pieces
+            pkt = fragment(CAM, frame, 1, Kind.SIDE, "", b"")[0]
+            forged = bytearray(pkt)
+            forged[19:23] = i.to_bytes(2, "big") + (65535).to_bytes(2, "big")
+            forged[-4:] = struct.pack(">I", zlib.crc32(bytes(forged[:-4])))
+            r.push(bytes(forged), CAM, "side")
+    assert r.stored_bytes <= limit
+    assert r.counters["frames_evicted"] > 0
+
+
+# -- the sink pipeline ----------------------------------------------------------------------
+
+def _pipeline(tmp_path=None, **section) -> SinkPipeline:
+    return SinkPipeline(SinkSection(tasks=["detection"], output="none", **section), PREFIX)
+
+
+def _feed_frames(pipe, meta, codec, frames):
+    pipe.feed(f"{PREFIX}/{CAM}/meta", meta.to_json())
+    for i, img in enumerate(frames):
+        coded = codec.compress(img, REGIONS, send_rest=False)
+        for t, p in frame_messages(PREFIX, meta, i, 1000 + i, REGIONS, coded, max_packet=4096):
+            pipe.feed(t, p)
+    return pipe.process_ready(flush=True)
+
+
+def test_sink_refuses_a_descriptor_over_its_frame_limit():
+    codec = CODECS.create("classical")
+    pipe = _pipeline(max_frame_pixels=100 * 100)
+    pipe.feed(f"{PREFIX}/{CAM}/meta", make_meta(codec).to_json())
+    assert pipe.metas == {} and pipe.counters["bad_meta"] == 1
+
+
+def test_the_stream_never_chooses_the_sinks_threads_device_or_files(frames):
+    """A forged meta with threads 100000 (a segfault before), a device and a checkpoint path:
+    the sink builds its decoder with its own settings."""
+    codec = CODECS.create({"type": "learned", "temporal": {"enabled": False}})
+    meta = make_meta(codec)
+    meta.codec["config"].update(threads=100_000, device="cuda", checkpoint="/etc",
+                                onnx="/etc/passwd")
+    before = torch.get_num_threads()
+    pipe = _pipeline(codec_threads=1)
+    try:
+        assert _feed_frames(pipe, meta, codec, frames[:1]) == 1
+        built = pipe.cameras[CAM].codec.config
+        assert (built.threads, built.device, built.checkpoint, built.onnx) == (1, "cpu", None,
+                                                                               None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_frame_whose_decode_fails_is_dropped_counted_and_the_sink_goes_on(frames):
+    codec = CODECS.create("classical")
+    meta = make_meta(codec)
+    pipe = _pipeline()
+    pipe.feed(f"{PREFIX}/{CAM}/meta", meta.to_json())
+    assert pipe._camera(CAM) is not None
+    real = pipe.cameras[CAM].codec.decompress
+    calls = []
+
+    def flaky(coded):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("forged size")
+        return real(coded)
+
+    pipe.cameras[CAM].codec.decompress = flaky
+    assert _feed_frames(pipe, meta, codec, frames) == 2
+    assert pipe.counters["frames_failed"] == 1 and pipe.counters["failed_MemoryError"] == 1
+    assert pipe.summary()["dropped"] == 1
