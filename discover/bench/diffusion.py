@@ -44,7 +44,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -804,14 +803,3 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
     }
     (out / "diffusion.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m discover.bench.diffusion ...`` is ``discover bench diffusion ...``."""
-    from discover.cli import main as cli
-
-    return cli(["bench", "diffusion", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
