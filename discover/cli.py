@@ -74,7 +74,14 @@ def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
         extra["edge.grounder"] = {"type": a.grounder}
     if a.codec:
         extra["edge.codec"] = {"type": a.codec}
+    if a.metrics:
+        extra["edge.metrics"] = a.metrics
     dep = load_deployment(a, extra)
+    if dep.edge.metrics and not a.quiet:
+        from discover.sdk.telemetry import parse_listen
+
+        host, port = parse_listen(dep.edge.metrics, "edge.metrics")
+        print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
     for cam in dep.edge.cameras:
         if not a.source and a.task:
             cam.tasks = a.task
@@ -143,15 +150,24 @@ def _frame_progress(a: argparse.Namespace, label: str):  # noqa: ANN202
 def cmd_sink(a: argparse.Namespace) -> dict[str, Any]:
     from discover.sink.runner import run_sink
 
-    dep = load_deployment(a, _sink_overrides(a))
+    dep = load_deployment(a, {**_sink_overrides(a), "sink.http.listen": a.http})
+    live = None
+    if dep.sink.http.listen is not None:
+        from discover.sink.http.server import LiveServer
+
+        live = LiveServer.from_config(dep.sink.http).start()
+        print(f"web view: {live.url} (metrics: {live.url}metrics)", file=sys.stderr)
     prog, on_frame = _frame_progress(a, "sink")
     timings = open(a.timings, "w") if a.timings else None  # noqa: SIM115
     try:
-        return run_sink(dep.sink, dep.broker, dep.prefix, timings=timings, on_frame=on_frame)
+        return run_sink(dep.sink, dep.broker, dep.prefix, timings=timings, on_frame=on_frame,
+                        live=live)
     finally:
         prog.done()
         if timings:
             timings.close()
+        if live is not None:
+            live.stop()
 
 
 def cmd_record(a: argparse.Namespace) -> dict[str, Any]:
@@ -202,7 +218,7 @@ def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
     dep = load_deployment(a)  # the demo honours edge.grounder / edge.codec settings
     return run_demo(out=a.out, max_frames=a.max_frames, broker_url=a.broker,
                     broker_kind=a.local_broker, quiet=a.quiet, grounder=dep.edge.grounder,
-                    codec=dep.edge.codec)
+                    codec=dep.edge.codec, serve=a.http if a.serve else None)
 
 
 def cmd_profile(a: argparse.Namespace) -> dict[str, Any]:
@@ -250,6 +266,14 @@ def cmd_ground(a: argparse.Namespace) -> dict[str, Any]:
     extra = {"edge.grounder": {"type": a.grounder}} if a.grounder else {}
     dep = load_deployment(a, extra)
     tasks = a.task or ["detection"]
+    if a.labels:
+        from discover.ground import label_coverage
+
+        report = label_coverage(tasks, dep.edge.grounder)
+        if not a.json:
+            print(json.dumps(report, indent=2))
+            return {}
+        return report
     if a.image is not None:
         return ground_image(a.image, tasks, dep.edge.grounder, a.annotate)
     prog = _progress(a, "ground")
@@ -332,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-frames", type=int, default=None,
                    help="frames of the clip to use (default 30; the clip has 100)")
     d.add_argument("--local-broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    d.add_argument("--serve", action="store_true", help="serve the sinks' live web view while "
+                   "the demo runs and afterwards, until Ctrl-C (prints the URLs)")
+    d.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="--serve: "
+                   "the viewer sink's address; the detection sink takes the next port "
+                   "(default 127.0.0.1:8080)")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("edge", parents=[common], help="run the edge agent")
@@ -346,11 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grounder", help="grounder backend (edge.grounder.type)")
     e.add_argument("--codec", help="codec backend (edge.codec.type)")
     e.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")
+    e.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here while "
+                   "running; a bare PORT binds 127.0.0.1 (edge.metrics)")
     e.set_defaults(func=cmd_edge)
 
     s = sub.add_parser("sink", parents=[common], help="run a sink worker")
     _add_sink_args(s)
     s.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")
+    s.add_argument("--http", metavar="HOST:PORT", help="serve the live web view, /api, /metrics "
+                   "and the HLS restream here; a bare PORT binds 127.0.0.1 (sink.http.listen)")
     s.set_defaults(func=cmd_sink)
 
     r = sub.add_parser("record", parents=[common], help="record a camera's stream to a file")
@@ -398,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="image file")
     src.add_argument("--source", help="video file, URL, webcam index or image folder")
+    src.add_argument("--labels", action="store_true", help="list which profile labels the "
+                     "grounder can find (the detector class of each) and which it cannot")
     g.add_argument("--task", action="append", help="task profile (repeatable; default detection)")
     g.add_argument("--grounder", help="grounder backend (edge.grounder.type)")
     g.add_argument("--max-frames", type=int, help="video: stop after N frames")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,7 +73,10 @@ DEMO_FRAMES = 30
 
 def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
              broker_url: str | None = None, broker_kind: str = "auto",
-             quiet: bool = False, grounder: Any = None, codec: Any = None) -> dict[str, Any]:
+             quiet: bool = False, grounder: Any = None, codec: Any = None,
+             serve: str | None = None) -> dict[str, Any]:
+    """Run the demo; ``serve`` (HOST:PORT) also serves the sinks' web view (viewer on that
+    port, detection on the next) during the run and afterwards until Ctrl-C."""
     if not SAMPLE_CLIP.is_file():
         raise DiscoverError(f"sample clip {SAMPLE_CLIP} is missing; restore it with "
                             "'git checkout sdk/assets/sample' or 'python tools/make_sample_clip.py'")
@@ -90,6 +94,7 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
     grabbed: dict[str, dict[int, np.ndarray]] = {"detection": {}, "viewer": {}}
     results: dict[str, dict] = {}
     errors: list[BaseException] = []
+    lives = _start_web_views(serve) if serve else {}
     try:
         # the sinks stop after n frames; the idle timeout only ends them if frames were lost,
         # and must outlast the edge's start-up (loading the grounder and the codec)
@@ -110,7 +115,8 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
                     if i in picks:
                         grabbed[name][i] = img.copy()
                 try:
-                    results[name] = run_sink(section, broker, PREFIX, ready=ready, on_frame=keep)
+                    results[name] = run_sink(section, broker, PREFIX, ready=ready, on_frame=keep,
+                                             live=lives.get(name))
                 except BaseException as e:
                     errors.append(e)
                     ready.set()
@@ -123,7 +129,7 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
             raise errors[0]
         edge = EdgeSection(cameras=[CameraConfig(id=CAMERA, source=str(SAMPLE_CLIP),
                                                  tasks=["detection"], rest_interval=rest_interval,
-                                                 max_frames=n)])
+                                                 max_frames=n, realtime=bool(serve))])
         if grounder is not None:
             edge.grounder = grounder
         if codec is not None:
@@ -175,4 +181,38 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
         "out": str(out), "preview": str(out / "preview.png"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if lives:
+        _serve_until_interrupted(lives)
     return summary
+
+
+def _start_web_views(listen: str) -> dict[str, Any]:
+    """The viewer sink's web view on ``listen``, the detection sink's on the next port."""
+    from discover.sdk.telemetry import parse_listen
+    from discover.sink.http.server import LiveServer
+
+    host, port = parse_listen(listen, "--http")
+    lives: dict[str, Any] = {}
+    try:
+        for k, name in enumerate(("viewer", "detection")):
+            lives[name] = LiveServer(f"{host}:{port + k if port else 0}").start()
+    except DiscoverError:
+        for live in lives.values():
+            live.stop()
+        raise
+    for name, live in lives.items():
+        print(f"{name} sink web view: {live.url}view/{CAMERA}", file=sys.stderr)
+    return lives
+
+
+def _serve_until_interrupted(lives: dict[str, Any]) -> None:
+    print("demo done; still serving the web views (the restream is now a full recording); "
+          "Ctrl-C to stop", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for live in lives.values():
+            live.stop()

@@ -117,6 +117,23 @@ def task_labels(tasks: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(lb for p in profiles for lb in p.labels))
 
 
+def label_coverage(tasks: Sequence[str], grounder_cfg: Any) -> dict[str, Any]:
+    """Which of the tasks' profile labels the grounder can find: for a fixed-vocabulary
+    detector, the detector class each label maps to and the labels none does."""
+    from discover.sdk.grounders import GROUNDERS
+
+    labels = task_labels(tasks)
+    grounder = GROUNDERS.create(grounder_cfg)
+    out: dict[str, Any] = {"tasks": list(tasks), "grounder": grounder.key, "labels": len(labels)}
+    plan = getattr(grounder, "plan", None)
+    if plan is None:
+        return {**out, "grounded": len(labels), "unmapped": [],
+                "note": "class-agnostic or open-vocabulary grounder: every label goes to it"}
+    by_class = {grounder.classes[c]: list(names) for c, names in sorted(plan(labels).items())}
+    return {**out, "grounded": len(labels) - len(plan.unmapped), "unmapped": list(plan.unmapped),
+            "classes": by_class}
+
+
 def ground_image(path: Path, tasks: Sequence[str], grounder_cfg: Any,
                  annotate: Path | None = None) -> dict[str, Any]:
     """Ground one image with the tasks' labels; optionally write it annotated."""

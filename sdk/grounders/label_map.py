@@ -35,7 +35,8 @@ class LabelPlan:
     """class index -> the profile labels its boxes answer for, the box's label first: the
     class's own name when the profile has it, else the earliest synonym in profile order; a
     child class (``parents``) also answers for its parent's labels (a Car box for 'vehicle').
-    Cached per label list; labels no class answers for are logged once per list."""
+    Cached per label list; how many labels no class answers for is logged once per list (one
+    line; ``discover ground --labels`` lists them)."""
 
     def __init__(self, synonyms: Mapping[str, int], classes: Sequence[str], detector: str,
                  parents: Mapping[int, int] | None = None) -> None:
@@ -43,6 +44,7 @@ class LabelPlan:
         self.parents = dict(parents or {})
         self._for: tuple[str, ...] | None = None
         self._plan: dict[int, tuple[str, ...]] = {}
+        self.unmapped: list[str] = []  # of the last label list
 
     def __call__(self, labels: Sequence[str]) -> dict[int, tuple[str, ...]]:
         key = tuple(labels)
@@ -65,7 +67,10 @@ class LabelPlan:
                 if label not in names:
                     names.append(label)
         if unmapped:
-            log.warning("%s grounder: %d profile labels have no class of this detector and will "
-                        "not be grounded: %s", self.detector, len(unmapped), ", ".join(unmapped))
+            log.warning("%s grounder: %d of %d profile labels have no class of this detector and "
+                        "are not grounded; list them with 'discover ground --labels --task T "
+                        "--grounder %s'", self.detector, len(unmapped), len(labels),
+                        self.detector)
+        self.unmapped = unmapped
         self._for, self._plan = key, {c: tuple(v) for c, v in plan.items()}
         return self._plan
