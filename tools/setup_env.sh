@@ -5,6 +5,7 @@
 #     by constraints.txt
 #   - makes PyPI's CUDA torchvision work on CPU torch where needed (tools/torchvision_cpu_fix.py)
 #   - installs Mosquitto for the broker tests (Debian, as root) if /usr/sbin/mosquitto is missing
+#   - installs Chromium and chromium-driver for the live view's browser test (Debian, as root)
 # Work already done is skipped: a stamp in .venv holds the hash of the inputs.
 # Environment: SETUP_EXTRAS (default "edge,sink,llm,grounding,diffusion,metrics,dev"; "" for none), PYTHON (interpreter for a
 # new venv, default python3.11), TORCH_PIP_ARGS (extra pip arguments for the torch install,
@@ -126,6 +127,19 @@ if [[ ! -x /usr/sbin/mosquitto ]] && ! command -v mosquitto >/dev/null 2>&1; the
         quiet "apt-get install mosquitto" apt-get install -y -qq mosquitto
     else
         say "WARNING: mosquitto not found (the broker tests need it); install it: apt-get install mosquitto"
+    fi
+fi
+
+# ---- Chromium + chromedriver (Debian; the live view's browser test drives them) -------------
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "installing chromium and chromium-driver (apt-get, ~100 MB)"
+        mkdir -p "$VENV" && touch "$LOG"
+        export DEBIAN_FRONTEND=noninteractive
+        quiet "apt-get update" apt-get update -qq
+        quiet "apt-get install chromium" apt-get install -y -qq chromium chromium-driver
+    else
+        say "WARNING: chromium/chromedriver not found (the browser test skips); install them: apt-get install chromium chromium-driver"
     fi
 fi
 
