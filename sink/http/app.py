@@ -75,13 +75,14 @@ async def snapshot(request: web.Request) -> web.Response:
     if got is None:
         return _not_found(camera)
     return web.Response(body=got[0], content_type="image/jpeg",
-                        headers={"Cache-Control": "no-store"})
+                        headers={"Cache-Control": "no-store", "X-Frame-Index": str(got[2].frame)})
 
 
 async def mjpeg(request: web.Request) -> web.StreamResponse:
-    """multipart/x-mixed-replace: each new composed frame as one JPEG part. The boundary is
-    sent right after each picture, so a browser shows it at once instead of waiting for the
-    next part."""
+    """multipart/x-mixed-replace: each new composed frame as one JPEG part (headers name its
+    frame index, capture time and when the sink finished it, so a client can measure how far
+    behind it is). The boundary is sent right after each picture, so a browser shows it at
+    once instead of waiting for the next part."""
     hub, camera = _hub(request), request.match_info["camera"]
     if not hub.has(camera):
         return _not_found(camera)
@@ -98,9 +99,11 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
         got = await loop.run_in_executor(None, hub.jpeg, camera)
         if got is None:
             break
-        data, sent = got
-        await resp.write(b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%b\r\n--%b\r\n"
-                         % (len(data), data, BOUNDARY.encode()))
+        data, sent, report = got
+        head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                f"X-Frame-Index: {report.frame}\r\nX-Capture-Us: {report.capture_us}\r\n"
+                f"X-Decoded-At: {report.decoded_at:.6f}\r\n\r\n")
+        await resp.write(head.encode() + data + f"\r\n--{BOUNDARY}\r\n".encode())
     return resp
 
 

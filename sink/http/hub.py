@@ -151,22 +151,22 @@ class LiveHub:
         fps = [secs[x].frames if x in secs else 0 for x in t]
         return {"camera": camera, "t": t, "kbps": kbps, "fps": fps}
 
-    def jpeg(self, camera: str) -> tuple[bytes, int] | None:
-        """The newest frame as JPEG and its version (encoded once per version)."""
+    def jpeg(self, camera: str) -> tuple[bytes, int, FrameReport] | None:
+        """The newest frame as JPEG, its version and report (encoded once per version)."""
         cam = self.view(camera)
         if cam is None:
             return None
         with self._lock:
-            version, image, cached = cam.version, cam.report.image, cam.jpeg
+            version, report, cached = cam.version, cam.report, cam.jpeg
             if cam.jpeg_version == version and cached is not None:
-                return cached, version
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image),
+                return cached, version, report
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(report.image),
                                [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         data = buf.tobytes() if ok else b""
         with self._lock:
             if version >= cam.jpeg_version:
                 cam.jpeg, cam.jpeg_version = data, version
-        return data, version
+        return data, version, report
 
     def version(self, camera: str) -> int:
         cam = self.view(camera)
