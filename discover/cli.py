@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from discover.sdk.errors import DiscoverError
+from discover.sdk.security import load_key
 
 log = logging.getLogger("discover")
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
@@ -43,7 +44,8 @@ def load_deployment(a: argparse.Namespace, extra: dict[str, Any] | None = None):
     from discover.config import Deployment
     from discover.sdk.config import load_config
 
-    overrides = {"broker.url": a.broker, "prefix": a.prefix, **(extra or {})}
+    overrides = {"broker.url": a.broker, "prefix": a.prefix,
+                 "security.key_file": getattr(a, "key_file", None), **(extra or {})}
     return load_config(Deployment, a.config, a.sets, overrides)
 
 
@@ -102,7 +104,8 @@ def cmd_edge(a: argparse.Namespace) -> dict[str, Any]:
 
     timings = open(a.timings, "w") if a.timings else None  # noqa: SIM115
     try:
-        summaries = run_edge(dep.edge, dep.broker, dep.prefix, timings=timings, on_frame=on_frame)
+        summaries = run_edge(dep.edge, dep.broker, dep.prefix, timings=timings, on_frame=on_frame,
+                             key=load_key(dep.security.key_file))
     finally:
         prog.done()
         if timings:
@@ -136,6 +139,11 @@ def _add_sink_args(p: argparse.ArgumentParser, camera: bool = True) -> None:
     p.add_argument("--shard", help="I/N: take the cameras hashing to I of N workers")
 
 
+def _add_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", type=Path, help="stream key (security.key_file): sign what is "
+                   "sent, take only streams signed with it (docs/security.md)")
+
+
 def _frame_progress(a: argparse.Namespace, label: str):  # noqa: ANN202
     prog = _progress(a, label)
     count = [0]
@@ -161,7 +169,7 @@ def cmd_sink(a: argparse.Namespace) -> dict[str, Any]:
     timings = open(a.timings, "w") if a.timings else None  # noqa: SIM115
     try:
         return run_sink(dep.sink, dep.broker, dep.prefix, timings=timings, on_frame=on_frame,
-                        live=live)
+                        live=live, key=load_key(dep.security.key_file))
     finally:
         prog.done()
         if timings:
@@ -177,7 +185,7 @@ def cmd_record(a: argparse.Namespace) -> dict[str, Any]:
     prog = _progress(a, "record")
     try:
         return record(dep.broker, dep.prefix, a.camera, a.out, idle_timeout_s=a.idle_timeout,
-                      duration_s=a.duration,
+                      duration_s=a.duration, key=load_key(dep.security.key_file),
                       progress=lambda n, b: prog.update(f"{n} messages, {b / 1e6:.2f} MB"))
     finally:
         prog.done()
@@ -198,7 +206,8 @@ def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
         dep = load_deployment(a, _sink_overrides(a))
         prog, on_frame = _frame_progress(a, "replay")
         try:
-            return replay_to_sink(a.file, dep.sink, dep.prefix, speed=speed, on_frame=on_frame)
+            return replay_to_sink(a.file, dep.sink, dep.prefix, speed=speed, on_frame=on_frame,
+                                  key=load_key(dep.security.key_file))
         finally:
             prog.done()
     if not a.broker and not a.config:
@@ -207,7 +216,8 @@ def cmd_replay(a: argparse.Namespace) -> dict[str, Any]:
     prog = _progress(a, "replay")
     try:
         return replay_to_broker(a.file, dep.broker, speed=speed,
-                                progress=lambda n: prog.update(f"{n} messages"))
+                                progress=lambda n: prog.update(f"{n} messages"),
+                                key=load_key(dep.security.key_file), prefix=dep.prefix)
     finally:
         prog.done()
 
@@ -365,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("edge", parents=[common], help="run the edge agent")
     e.add_argument("--source", help="video file, RTSP/HTTP URL, webcam index or image folder")
+    _add_key_arg(e)
     e.add_argument("--camera", help="camera id (default cam0)")
     e.add_argument("--task", action="append", help="task to serve (repeatable)")
     e.add_argument("--max-frames", type=int)
@@ -381,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sink", parents=[common], help="run a sink worker")
     _add_sink_args(s)
+    _add_key_arg(s)
     s.add_argument("--timings", type=Path, help="write per-frame timings (JSON lines)")
     s.add_argument("--http", metavar="HOST:PORT", help="serve the live web view, /api, /metrics "
                    "and the HLS restream here; a bare PORT binds 127.0.0.1 (sink.http.listen)")
@@ -388,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", parents=[common], help="record a camera's stream to a file")
     r.add_argument("--camera", required=True, help="camera id or + for all")
+    _add_key_arg(r)
     r.add_argument("--out", type=Path, required=True, help="recording file to write")
     r.add_argument("--idle-timeout", type=float, help="stop after S seconds without messages")
     r.add_argument("--duration", type=float, help="stop after S seconds")
@@ -399,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--asap", action="store_true", help="as fast as possible")
     rp.add_argument("--sink", action="store_true", help="feed a sink in-process, no broker")
     _add_sink_args(rp)
+    _add_key_arg(rp)
     rp.set_defaults(func=cmd_replay)
 
     pf = sub.add_parser("profile", parents=[common],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from discover.edge.config import EdgeSection
+from discover.sdk.security import SecurityConfig
 from discover.sdk.topics import DEFAULT_PREFIX, check_prefix
 from discover.sdk.transport.broker import BrokerConfig
 from discover.sink.config import SinkSection
@@ -18,6 +19,7 @@ class Deployment(BaseModel):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     edge: EdgeSection = Field(default_factory=EdgeSection)
     sink: SinkSection = Field(default_factory=SinkSection)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @field_validator("prefix")
     @classmethod

@@ -14,7 +14,8 @@ import numpy as np
 
 from discover.sdk.errors import DiscoverError
 from discover.sdk.recording import RecordingWriter, read_recording
-from discover.sdk.topics import topic
+from discover.sdk.security import OK, StreamKey, StreamVerifier
+from discover.sdk.topics import DEFAULT_PREFIX, check_name, topic
 from discover.sdk.transport.broker import BrokerConfig
 from discover.sdk.transport.mqtt import MqttLink
 from discover.sink.config import SinkSection
@@ -24,15 +25,22 @@ from discover.sink.pipeline import SinkPipeline
 def record(broker: BrokerConfig, prefix: str, camera: str, out: Path, *,
            idle_timeout_s: float | None = None, duration_s: float | None = None,
            stop: threading.Event | None = None, ready: threading.Event | None = None,
-           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Write every message under ``<prefix>/<camera>/#`` (results excepted) to ``out``."""
+           progress: Callable[[int, int], None] | None = None,
+           key: StreamKey | None = None) -> dict[str, Any]:
+    """Write every message under ``<prefix>/<camera>/#`` (results excepted) to ``out``; with
+    ``key`` only what verifies (unsigned, foreign or forged messages are counted, not kept)."""
+    if camera != "+":
+        check_name(camera, "camera id")
     stop = stop or threading.Event()
+    verifier = StreamVerifier(key, prefix) if key is not None else None
     writer = RecordingWriter(out)
     lock = threading.Lock()
     last = [time.monotonic()]
 
     def on_message(t: str, payload: bytes, retained: bool) -> None:
         if "/results/" in t:
+            return
+        if verifier is not None and verifier.check(t, payload) != OK:
             return
         with lock:
             writer.write(time.monotonic(), t, payload, retained)
@@ -59,15 +67,24 @@ def record(broker: BrokerConfig, prefix: str, camera: str, out: Path, *,
         link.stop()
         with lock:
             writer.close()
-    return {"records": writer.records, "bytes": writer.bytes, "file": str(out)}
+    out_summary = {"records": writer.records, "bytes": writer.bytes, "file": str(out)}
+    if verifier is not None:
+        out_summary["refused"] = sum(n for k, n in verifier.counters.items() if k != OK)
+    return out_summary
 
 
 def replay_to_broker(path: Path, broker: BrokerConfig, *, speed: float | None = 1.0,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Publish a recording; ``speed`` None means as fast as possible."""
+                     progress: Callable[[int], None] | None = None,
+                     key: StreamKey | None = None, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+    """Publish a recording; ``speed`` None means as fast as possible. With ``key`` only what
+    verifies is published (the rest counted as refused)."""
     records = list(read_recording(path))
     if not records:
         raise DiscoverError(f"recording {path} holds no messages")
+    if key is not None:
+        verifier = StreamVerifier(key, prefix)
+        records = [r for r in records if verifier.check(r.topic, r.payload) == OK]
+        refused = sum(n for k, n in verifier.counters.items() if k != OK)
     link = MqttLink(broker).start(wait_s=30.0)
     t0 = time.monotonic()
     sent = 0
@@ -92,14 +109,19 @@ def replay_to_broker(path: Path, broker: BrokerConfig, *, speed: float | None = 
         link.wait_unacked_below(0, 30.0)
     finally:
         link.stop()
-    return {"messages": sent, "seconds": round(time.monotonic() - t0, 3)}
+    out = {"messages": sent, "seconds": round(time.monotonic() - t0, 3)}
+    if key is not None:
+        out["refused"] = refused
+    return out
 
 
 def replay_to_sink(path: Path, section: SinkSection, prefix: str, *, speed: float | None = None,
                    on_frame: Callable[[str, int, np.ndarray], None] | None = None,
-                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Feed a recording into a sink pipeline in-process (no broker)."""
-    pipe = SinkPipeline(section, prefix, on_frame=on_frame)
+                   progress: Callable[[int], None] | None = None,
+                   key: StreamKey | None = None) -> dict[str, Any]:
+    """Feed a recording into a sink pipeline in-process (no broker); with ``key`` the sink
+    takes only streams signed with it."""
+    pipe = SinkPipeline(section, prefix, on_frame=on_frame, key=key)
     t0 = time.monotonic()
     any_record = False
     try:

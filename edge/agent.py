@@ -25,10 +25,12 @@ from discover.sdk.codecs import CODECS
 from discover.sdk.errors import DiscoverError
 from discover.sdk.framing import frame_messages
 from discover.sdk.grounders import ANY_OBJECT, GROUNDERS
+from discover.sdk.limits import loads_bounded
 from discover.sdk.packet import header_size
 from discover.sdk.profiles import load_profile
 from discover.sdk.regions import Region, area_share, select_regions
 from discover.sdk.rest import RestScheduler
+from discover.sdk.security import StreamKey
 from discover.sdk.stream import StreamMeta
 from discover.sdk.topics import topic
 from discover.sdk.tracking import TrackingGrounder
@@ -90,6 +92,8 @@ class EdgeStats:
             "region_modes": dict(self.region_modes),
             "refresh_requests": self.control["refresh_requests"],
             "control_ignored": self.control["ignored"],
+            "control_refused": sum(v for k, v in self.control.items() if k.startswith("refused_")),
+            "refresh_rate_limited": self.control["rate_limited"],
             "rest_frames": dict(self.rest),
         }
 
@@ -98,8 +102,10 @@ class CameraAgent:
     """Runs one camera until its source ends, ``max_frames``, or ``stop`` is set."""
 
     def __init__(self, cam: CameraConfig, edge: EdgeSection, broker: BrokerConfig, prefix: str,
-                 *, timings: TextIO | None = None) -> None:
+                 *, timings: TextIO | None = None, key: StreamKey | None = None) -> None:
         self.cam, self.edge, self.broker, self.prefix = cam, edge, broker, prefix
+        self.key = key  # signs meta and packets, checks control requests (sdk/security.py)
+        self._last_refresh = -float("inf")  # monotonic time of the last honoured refresh
         self.profiles = {t: load_profile(t) for t in cam.tasks}
         self.task_labels = {t: set(p.labels) for t, p in self.profiles.items()}
         # profile order (the first task's first): grounders that map several labels onto one
@@ -143,20 +149,31 @@ class CameraAgent:
                            "time": time.time()}).encode()
 
     def _on_connect(self, link: MqttLink) -> None:
-        link.publish(topic(self.prefix, self.cam.id, "meta"), self.meta.to_json(), retain=True)
+        link.publish(topic(self.prefix, self.cam.id, "meta"), self.meta.to_json(self.key),
+                     retain=True)
         link.publish(topic(self.prefix, self.cam.id, "status"), self._status("online"), retain=True)
 
     def _on_control(self, name: str, payload: bytes, retained: bool) -> None:
         """A sink's request on ``<prefix>/<camera>/control``; anything malformed is counted and
         dropped (a sink never stops an edge)."""
         try:
-            req = json.loads(payload)
+            req = loads_bounded(payload, "control request")
             ok = isinstance(req, dict) and req.get("request") == "refresh" and not retained
         except (ValueError, UnicodeDecodeError):
             ok = False
         if not ok:
             self.stats.control["ignored"] += 1
             return
+        if self.key is not None:
+            verdict = self.key.check_control(req, self.meta.session)
+            if verdict != "ok":
+                self.stats.control[f"refused_{verdict}"] += 1
+                return
+        now = time.monotonic()
+        if now - self._last_refresh < self.edge.refresh_min_interval_s:
+            self.stats.control["rate_limited"] += 1
+            return
+        self._last_refresh = now
         self.stats.control["refresh_requests"] += 1
         self.codec.request_refresh()
         self.rest.request()
@@ -222,7 +239,9 @@ class CameraAgent:
                 t2 = time.perf_counter()
                 msgs = frame_messages(self.prefix, self.meta, fr.index, fr.capture_us, regions,
                                       coded, max_packet=self.edge.max_packet,
-                                      intra=bool(coded.get("intra", True)))
+                                      intra=bool(coded.get("intra", True)),
+                                      signer=self.key.signer(self.meta.session) if self.key
+                                      else None)
                 s.intra_frames += int(bool(coded.get("intra", True)))
                 for mode in (coded.get("modes") or {}).values():
                     s.region_modes[("intra", "residual", "skip")[mode]] += 1
@@ -272,12 +291,14 @@ class CameraAgent:
 
 def run_edge(edge: EdgeSection, broker: BrokerConfig, prefix: str, *,
              stop: threading.Event | None = None, timings: TextIO | None = None,
-             on_frame: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+             on_frame: Callable[[str, int], None] | None = None,
+             key: StreamKey | None = None) -> list[dict[str, Any]]:
     """Run every camera of the section (one thread each) and return their summaries."""
     if not edge.cameras:
         raise DiscoverError("no camera configured; pass --source and --camera or list cameras "
                             "under edge.cameras in the config")
-    agents = [CameraAgent(c, edge, broker, prefix, timings=timings) for c in edge.cameras]
+    agents = [CameraAgent(c, edge, broker, prefix, timings=timings, key=key)
+              for c in edge.cameras]
     stop = stop or threading.Event()
     if edge.metrics is not None:
         from discover.edge.telemetry import EdgeMetrics

@@ -75,6 +75,9 @@ class EdgeSection(BaseModel):
     queue_frames: int = Field(32, ge=1, description="frames waiting to publish before the "
                                                     "oldest is dropped")
     max_unacked: int = Field(256, ge=1, description="QoS 1 messages in flight before waiting")
+    refresh_min_interval_s: float = Field(
+        1.0, ge=0, description="honour at most one sink refresh request (intra frame) per "
+                               "camera this often; the rest are counted and ignored")
     max_regions: int = Field(256, ge=1, le=65535)
     dedupe_iou: float = Field(0.6, ge=0, le=1, description="boxes overlapping a better one by "
                               "more than this IoU are one object (coded once, serving both "

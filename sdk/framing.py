@@ -11,7 +11,7 @@ from typing import Any
 
 from discover.sdk.errors import PacketError
 from discover.sdk.limits import MAX_REGIONS
-from discover.sdk.packet import FLAG_INTRA, Kind, fragment
+from discover.sdk.packet import FLAG_INTRA, Kind, Signer, fragment
 from discover.sdk.reassembly import AssembledFrame
 from discover.sdk.regions import Region
 from discover.sdk.stream import SideInfo, StreamMeta, pack_items, unpack_items
@@ -28,8 +28,10 @@ def frame_messages(
     *,
     max_packet: int,
     intra: bool = False,
+    signer: Signer | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The ``(topic, packet)`` list of one frame: side first, then each task, then rest."""
+    """The ``(topic, packet)`` list of one frame: side first, then each task, then rest;
+    ``signer`` (``StreamKey.signer(session)``) adds a MAC to every packet."""
     by_task: dict[str, dict[int, bytes]] = {t: {} for t in meta.tasks}
     for r in regions:
         blob = coded["regions"].get(r.rid)
@@ -47,7 +49,8 @@ def frame_messages(
     def packets(kind: Kind, name: str, payload: bytes) -> list[tuple[str, bytes]]:
         topic = substream_topic(prefix, cam, f"task/{name}" if kind is Kind.TASK else kind.name.lower())
         return [(topic, p) for p in fragment(cam, frame_index, capture_us, kind, name, payload,
-                                             flags=flags, max_packet=max_packet)]
+                                             flags=flags, max_packet=max_packet,
+                                             signer=signer)]
 
     out = packets(Kind.SIDE, "", side)
     for t in tasks_sent:

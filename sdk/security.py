@@ -26,10 +26,12 @@ import hmac
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from discover.sdk.errors import DiscoverError
+from pydantic import BaseModel, ConfigDict, Field
 
 ALG = "hmac-sha256"
 MAC_SIZE = 16  # bytes of HMAC-SHA256 kept per packet (128 bits)
@@ -134,7 +136,57 @@ class StreamKey:
         return OK
 
 
+class SecurityConfig(BaseModel):
+    """``security:`` in the deployment file."""
+
+    model_config = ConfigDict(extra="forbid")
+    key_file: Path | None = Field(
+        None, description="shared stream key (at least 16 bytes): edges sign, sinks refuse "
+                          "unsigned or foreign streams; also --key-file or "
+                          f"{KEY_ENV}. Never put the key itself in the config")
+
+
 def load_key(path: str | Path | None) -> StreamKey | None:
     """The key of ``path``, else of ``DISCOVER_SECURITY__KEY_FILE``, else None (unsigned)."""
     path = path or os.environ.get(KEY_ENV) or None
     return StreamKey.load(path) if path else None
+
+
+class StreamVerifier:
+    """Checks messages of any camera against a key without reassembling them (``record`` and
+    ``replay`` keep or forward only what verifies): a ``meta`` by its signature, which also
+    gives the camera's session; a packet by its MAC under that session. Other channels
+    (status, control, results) pass: a sink checks control itself and they carry no frames."""
+
+    def __init__(self, key: StreamKey, prefix: str) -> None:
+        self.key, self.prefix = key, prefix
+        self.sessions: dict[str, str] = {}
+        self.counters: Counter[str] = Counter()
+
+    def check(self, topic_name: str, payload: bytes) -> str:
+        """``ok`` or why the message is refused (also counted)."""
+        from discover.sdk.errors import PacketError
+        from discover.sdk.packet import decode_packet, signed_part
+        from discover.sdk.stream import StreamMeta
+        from discover.sdk.topics import parse_topic
+
+        parts = parse_topic(self.prefix, topic_name)
+        verdict = OK
+        if parts is not None and parts.channel == "meta" and payload:
+            try:
+                self.sessions[parts.camera] = StreamMeta.from_json(payload, self.key).session
+            except PacketError as e:
+                verdict = e.reason
+        elif parts is not None and (parts.channel in ("side", "rest")
+                                    or parts.channel.startswith("task/")):
+            session = self.sessions.get(parts.camera)
+            try:
+                p = decode_packet(payload)
+                if session is None:
+                    verdict = "unverifiable"
+                elif not self.key.packet_ok(session, signed_part(payload), p.mac):
+                    verdict = "unsigned" if not p.mac else BAD_SIGNATURE
+            except PacketError as e:
+                verdict = e.reason
+        self.counters[verdict] += 1
+        return verdict

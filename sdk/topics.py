@@ -21,11 +21,17 @@ DEFAULT_PREFIX = "discover"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
+def is_name(value: str) -> bool:
+    """Camera, task and prefix parts: 1-64 of letters, digits, '_', '.', '-' (no MQTT wildcards),
+    and not ``.`` or ``..`` (camera ids name folders under a sink's ``--out``)."""
+    return bool(_NAME.match(value)) and value not in (".", "..")
+
+
 def check_name(value: str, what: str) -> str:
-    """Camera, task and prefix parts: 1-64 of letters, digits, '_', '.', '-' (no MQTT wildcards)."""
-    if not _NAME.match(value):
+    """``value`` if :func:`is_name`, else a DiscoverError saying what a name may be."""
+    if not is_name(value):
         raise DiscoverError(
-            f"bad {what} {value!r}: use 1-64 letters, digits, '_', '.' or '-'"
+            f"bad {what} {value!r}: use 1-64 letters, digits, '_', '.' or '-' (not '.' or '..')"
         )
     return value
 

@@ -25,7 +25,7 @@ from discover.sdk.framing import codec_input
 from discover.sdk.reassembly import AssembledFrame, Reassembler
 from discover.sdk.security import StreamKey
 from discover.sdk.stream import StreamMeta
-from discover.sdk.topics import parse_topic, topic
+from discover.sdk.topics import is_name, parse_topic, topic
 from discover.sink.composers import COMPOSERS, Composer
 from discover.sink.config import SinkSection
 from discover.sink.report import FrameReport
@@ -35,8 +35,10 @@ from discover.sink.writers import FrameWriter, make_writer
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
-#: codec settings a stream may not choose for the sink (its threads, device, files, runtime)
-LOCAL_CODEC_KEYS = frozenset({"threads", "device", "checkpoint", "onnx", "edge_runtime"})
+#: codec settings a stream may not choose for the sink (its threads, device, the edge's
+#: runtime and files); a checkpoint folder named by the stream is only used when this machine
+#: has it and its content hash is the stream's (checked in _camera)
+LOCAL_CODEC_KEYS = frozenset({"threads", "device", "onnx", "edge_runtime"})
 
 
 class _Camera:
@@ -73,7 +75,10 @@ class SinkPipeline:
         self.reasm = Reassembler(
             self.metas.get, tasks=section.tasks, rest=section.wants_rest,
             timeout_s=section.frame_timeout_s, max_frames=section.max_pending_frames,
-            max_bytes=int(section.max_pending_mb * 1024 * 1024))
+            max_bytes=int(section.max_pending_mb * 1024 * 1024), key=key,
+            on_reject=lambda cam, why: self._warn_once(
+                cam, why, f"refusing packets ({why}): the stream is not signed with this sink's "
+                "key (security.key_file)"))
         self.counters: Counter[str] = Counter()
         # (camera, substream) -> wire bytes of the packets kept (Prometheus, sink/telemetry.py)
         self.substream_bytes: Counter[tuple[str, str]] = Counter()
@@ -99,6 +104,9 @@ class SinkPipeline:
         parts = parse_topic(self.prefix, topic_name)
         if parts is None or not self.wants_camera(parts.camera):
             self.counters["ignored_messages"] += 1
+            return
+        if not is_name(parts.camera):  # "..", "." (a '+' sink writes under out/<camera>)
+            self.counters["bad_camera_id"] += 1
             return
         ch = parts.channel
         if ch == "meta":
@@ -164,7 +172,7 @@ class SinkPipeline:
 
     def _codec_config(self, meta: StreamMeta) -> dict[str, Any] | str:
         """The stream's codec settings minus what only this machine decides (threads, device,
-        file paths, the edge's runtime): those come from the sink's own config."""
+        the edge's runtime): those come from the sink's own config."""
         cfg = meta.codec.get("config")
         if not isinstance(cfg, dict):
             return str(meta.codec.get("type", "?"))
@@ -285,9 +293,10 @@ class SinkPipeline:
             return
         cam.last_refresh_request = now
         self.counters["refresh_requests"] += 1
-        self._control(topic(self.prefix, cam.meta.camera, "control"),
-                      json.dumps({"request": "refresh", "camera": cam.meta.camera,
-                                  "frame": index}).encode())
+        req = {"request": "refresh", "camera": cam.meta.camera, "frame": index}
+        if self.key is not None:
+            req = self.key.sign_control(req, cam.meta.session)
+        self._control(topic(self.prefix, cam.meta.camera, "control"), json.dumps(req).encode())
 
     def close(self) -> None:
         for cam in self.cameras.values():

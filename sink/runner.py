@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from discover.sdk.errors import DiscoverError
+from discover.sdk.security import StreamKey
 from discover.sdk.topics import parse_topic, sink_topics, topic
 from discover.sdk.transport.broker import BrokerConfig
 from discover.sdk.transport.mqtt import MqttLink
@@ -26,8 +27,10 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
              stop: threading.Event | None = None, ready: threading.Event | None = None,
              timings: TextIO | None = None,
              on_frame: Callable[[str, int, np.ndarray], None] | None = None,
-             live: LiveServer | None = None) -> dict[str, Any]:
-    """Subscribe, process frames as they complete, return the summary.
+             live: LiveServer | None = None,
+             key: StreamKey | None = None) -> dict[str, Any]:
+    """Subscribe, process frames as they complete, return the summary. With ``key`` only
+    streams signed with it are taken (sdk/security.py).
 
     The web view (``sink.http``) is served while the worker runs; pass ``live`` (started) to
     keep serving after it returns (the caller stops it), e.g. for ``discover demo --serve``.
@@ -45,7 +48,8 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
     def publish(t: str, payload: bytes) -> None:
         link_box[0].publish(t, payload, qos=0)
 
-    pipe = SinkPipeline(section, prefix, publish=publish, timings=timings, on_frame=on_frame)
+    pipe = SinkPipeline(section, prefix, publish=publish, timings=timings, on_frame=on_frame,
+                        key=key)
 
     def take_camera(link: MqttLink, camera: str) -> None:
         with sub_lock:

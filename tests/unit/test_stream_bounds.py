@@ -219,19 +219,19 @@ def test_sink_refuses_a_descriptor_over_its_frame_limit():
 
 
 def test_the_stream_never_chooses_the_sinks_threads_device_or_files(frames):
-    """A forged meta with threads 100000 (a segfault before), a device and a checkpoint path:
-    the sink builds its decoder with its own settings."""
+    """A forged meta with threads 100000 (a segfault before), a device, an ONNX path and
+    runtime: the sink builds its decoder with its own settings."""
     codec = CODECS.create({"type": "learned", "temporal": {"enabled": False}})
     meta = make_meta(codec)
-    meta.codec["config"].update(threads=100_000, device="cuda", checkpoint="/etc",
-                                onnx="/etc/passwd")
+    meta.codec["config"].update(threads=100_000, device="cuda", onnx="/etc/passwd",
+                                edge_runtime="onnx")
     before = torch.get_num_threads()
     pipe = _pipeline(codec_threads=1)
     try:
         assert _feed_frames(pipe, meta, codec, frames[:1]) == 1
         built = pipe.cameras[CAM].codec.config
-        assert (built.threads, built.device, built.checkpoint, built.onnx) == (1, "cpu", None,
-                                                                               None)
+        assert (built.threads, built.device, built.onnx, built.edge_runtime) == (1, "cpu", None,
+                                                                                 "torch")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
