@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import numpy as np
 from discover.edge.config import CameraConfig, EdgeSection
 from discover.edge.sources import open_source, paced
-from discover.sdk.codecs import CODECS
+from discover.sdk.codecs import CODECS, Compressed
 from discover.sdk.errors import DiscoverError
 from discover.sdk.framing import frame_messages
 from discover.sdk.grounders import ANY_OBJECT, GROUNDERS
@@ -98,6 +99,20 @@ class EdgeStats:
         }
 
 
+@dataclass
+class FrameStep:
+    """One frame through the edge (:meth:`CameraAgent.step`): its regions, what the codec
+    made of it, the MQTT messages, and the stage times in seconds."""
+
+    index: int
+    regions: list[Region]
+    coded: Compressed
+    messages: list[tuple[str, bytes]]
+    ground_s: float
+    encode_s: float
+    packetize_s: float
+
+
 class CameraAgent:
     """Runs one camera until its source ends, ``max_frames``, or ``stop`` is set."""
 
@@ -117,6 +132,7 @@ class CameraAgent:
         # grounds every edge.tracking.every frames (default: every frame), tracks in between
         self.tracker = TrackingGrounder(self.grounder, edge.tracking_for(cam))
         self.codec = CODECS.create(edge.codec_for(cam))
+        self.codec.start(cam.tasks, self.source.fps)
         self.rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
         self.meta = StreamMeta(
             camera=cam.id, width=self.source.width, height=self.source.height,
@@ -194,6 +210,51 @@ class CameraAgent:
                              f"{self.edge.connect_timeout_s:g} s; check --broker and that the "
                              "broker is running")
 
+    # -- one frame ----------------------------------------------------------------------------
+
+    def step(self, image: np.ndarray, index: int, capture_us: int, *,
+             send_rest: bool | None = None, detections: list | None = None) -> FrameStep:
+        """Ground, select regions, code and packetize one frame, and count it in ``stats``:
+        what ``run`` does per frame, callable without a broker (benchmarks). ``send_rest``
+        overrides the rest scheduler; ``detections`` are this frame's boxes grounded already
+        (a benchmark coding the same frames at several rates grounds them once)."""
+        s = self.stats
+        h, w = image.shape[:2]
+        t0 = time.perf_counter()
+        dets = self.tracker.ground(image, self.labels) if detections is None else detections
+        regions = self.regions(dets, w, h)
+        t1 = time.perf_counter()
+        if send_rest is None:
+            send_rest = self.rest.due(index, image, regions)
+        coded = self.codec.compress(image, regions, send_rest)
+        t2 = time.perf_counter()
+        msgs = frame_messages(self.prefix, self.meta, index, capture_us, regions, coded,
+                              max_packet=self.edge.max_packet,
+                              signer=self.key.signer(self.meta.session) if self.key else None)
+        t3 = time.perf_counter()
+        s.intra_frames += int(coded.stats.intra)
+        s.region_modes.update(coded.stats.modes)
+        for tp, payload in msgs:
+            task = tp.rsplit("/task/", 1)[1] if "/task/" in tp else ""
+            s.bytes["task" if task else tp.rsplit("/", 1)[-1]] += len(payload)
+            s.header_bytes += header_size(self.cam.id, task)
+        s.packets += len(msgs)
+        s.frames += 1
+        s.regions += len(regions)
+        s.grounded_frames = self.tracker.grounded
+        s.area_share_sum += area_share(regions, w, h)
+        s.ground_s += t1 - t0
+        s.encode_s += t2 - t1
+        s.packetize_s += t3 - t2
+        if self.timings is not None:
+            with self._timing_lock:
+                self._pending_times[index] = {
+                    "camera": self.cam.id, "frame": index, "capture_us": capture_us,
+                    "grounded": self.tracker.last_grounded,
+                    "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
+                    "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
+        return FrameStep(index, regions, coded, msgs, t1 - t0, t2 - t1, t3 - t2)
+
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None,
@@ -229,42 +290,7 @@ class CameraAgent:
                                     "%d frames", self.cam.id, self.broker.describe(),
                                     self.edge.queue_frames)
                         warned = True
-                h, w = fr.image.shape[:2]
-                t0 = time.perf_counter()
-                dets = self.tracker.ground(fr.image, self.labels)
-                regions = self.regions(dets, w, h)
-                t1 = time.perf_counter()
-                send_rest = self.rest.due(fr.index, fr.image, regions)
-                coded = self.codec.compress(fr.image, regions, send_rest)
-                t2 = time.perf_counter()
-                msgs = frame_messages(self.prefix, self.meta, fr.index, fr.capture_us, regions,
-                                      coded, max_packet=self.edge.max_packet,
-                                      intra=bool(coded.get("intra", True)),
-                                      signer=self.key.signer(self.meta.session) if self.key
-                                      else None)
-                s.intra_frames += int(bool(coded.get("intra", True)))
-                for mode in (coded.get("modes") or {}).values():
-                    s.region_modes[("intra", "residual", "skip")[mode]] += 1
-                t3 = time.perf_counter()
-                for tp, payload in msgs:
-                    task = tp.rsplit("/task/", 1)[1] if "/task/" in tp else ""
-                    s.bytes["task" if task else tp.rsplit("/", 1)[-1]] += len(payload)
-                    s.header_bytes += header_size(self.cam.id, task)
-                s.packets += len(msgs)
-                s.frames += 1
-                s.regions += len(regions)
-                s.grounded_frames = self.tracker.grounded
-                s.area_share_sum += area_share(regions, w, h)
-                s.ground_s += t1 - t0
-                s.encode_s += t2 - t1
-                s.packetize_s += t3 - t2
-                if self.timings is not None:
-                    with self._timing_lock:
-                        self._pending_times[fr.index] = {
-                            "camera": self.cam.id, "frame": fr.index, "capture_us": fr.capture_us,
-                            "grounded": self.tracker.last_grounded,
-                            "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
-                            "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
+                msgs = self.step(fr.image, fr.index, fr.capture_us).messages
                 if self.metrics is not None:
                     self.metrics.submitted(self.cam.id, fr.index, fr.capture_us)
                 pub.submit(fr.index, msgs)

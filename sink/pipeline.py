@@ -63,6 +63,10 @@ class SinkPipeline:
         self.section, self.prefix = section, prefix
         self.key = key  # with a key: only signed metas and packets (sdk/security.py)
         self._warned: set[tuple[str, str]] = set()
+        self.last_seen: dict[str, float] = {}  # camera -> monotonic time of its last message
+        self._last_eviction = time.monotonic()
+        self._gone: Counter[str] = Counter()  # totals of cameras released (for the summary)
+        self._gone_seconds = 0.0
         self.publish = publish if section.publish_results else None
         self._control = publish  # refresh requests go out even when results are not published
         self.timings = timings
@@ -107,6 +111,8 @@ class SinkPipeline:
             return
         if not is_name(parts.camera):  # "..", "." (a '+' sink writes under out/<camera>)
             self.counters["bad_camera_id"] += 1
+            return
+        if not self._admit(parts.camera):
             return
         ch = parts.channel
         if ch == "meta":
@@ -191,10 +197,61 @@ class SinkPipeline:
             self._warned.add(key)
             log.warning("camera %s: %s", camera, message)
 
+    # -- bounded per-camera state --------------------------------------------------------------
+
+    def _admit(self, camera: str) -> bool:
+        """Note the camera's message; a camera beyond ``sink.max_cameras`` is refused (counted)
+        until idle ones are forgotten (``evict_idle``), so forged ids cannot grow the sink."""
+        with self._lock:
+            if camera not in self.last_seen and len(self.last_seen) >= self.section.max_cameras:
+                self.counters["messages_over_camera_cap"] += 1
+                self._warn_once("*", "camera_cap", f"more than {self.section.max_cameras} "
+                                "cameras: refusing new ones until some go idle; raise "
+                                "sink.max_cameras or shard the cameras over workers")
+                return False
+            self.last_seen[camera] = time.monotonic()
+            return True
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Release the decoder, composer, writer and pending frames of cameras silent for
+        ``sink.camera_idle_s`` (a camera that comes back rebuilds them from its meta); when the
+        camera cap is reached, forget those cameras entirely. Returns how many were released."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [c for c, t in self.last_seen.items() if now - t > self.section.camera_idle_s]
+            forget = len(self.last_seen) >= self.section.max_cameras
+            for c in idle:
+                if forget:
+                    del self.last_seen[c]
+                    self.metas.pop(c, None)
+                    self.refused.pop(c, None)
+        released = 0
+        for c in idle:
+            cam = self.cameras.pop(c, None)
+            if cam is not None or forget:
+                released += 1
+                self._release(c, cam)
+        self.counters["cameras_evicted"] += released
+        return released
+
+    def _release(self, camera: str, cam: _Camera | None) -> None:
+        if cam is not None:
+            cam.writer.close()
+            self._gone.update(frames=cam.frames, bytes=cam.bytes,
+                              pixels=cam.frames * cam.meta.width * cam.meta.height)
+            self._gone_seconds += cam.frames / cam.meta.fps
+        self.reasm.reset_camera(camera)
+        for k in [k for k in self.substream_bytes if k[0] == camera]:
+            del self.substream_bytes[k]
+
     def process_ready(self, flush: bool = False) -> int:
         """Decode and deliver every frame that is ready; returns how many. Each frame is
         decoded inside one boundary: a frame whose decode fails is dropped and counted under
         ``frames_failed`` and its reason, and the sink goes on with the next."""
+        now = time.monotonic()
+        if now - self._last_eviction > 1.0:
+            self._last_eviction = now
+            self.evict_idle(now)
         n = 0
         for frame in self.reasm.pop_ready(flush=flush):
             if self.section.max_frames is not None and self.frames_out >= self.section.max_frames:
@@ -219,7 +276,8 @@ class SinkPipeline:
     def _process(self, cam: _Camera, frame: AssembledFrame) -> None:
         t_assembled = time.time()
         try:
-            coded, side = codec_input(frame, cam.meta, self.section.max_regions)
+            coded, side = codec_input(frame, cam.meta, self.section.max_regions,
+                                      cam.codec.task_streams)
         except PacketError as e:
             self.counters["frames_undecodable"] += 1
             self.counters[f"undecodable_{e.reason}"] += 1
@@ -306,9 +364,10 @@ class SinkPipeline:
 
     def summary(self) -> dict[str, Any]:
         rc = self.reasm.counters
-        pixels = sum(c.frames * c.meta.width * c.meta.height for c in self.cameras.values())
-        seconds = sum(c.frames / c.meta.fps for c in self.cameras.values() if c.meta.fps)
-        total = sum(c.bytes for c in self.cameras.values())
+        cams = list(self.cameras.values())
+        pixels = sum(c.frames * c.meta.width * c.meta.height for c in cams) + self._gone["pixels"]
+        seconds = sum(c.frames / c.meta.fps for c in cams) + self._gone_seconds
+        total = sum(c.bytes for c in cams) + self._gone["bytes"]
         lat = np.array(self.latencies_ms) if self.latencies_ms else None
         span = (self.last_out - self.first_out) if self.first_out and self.last_out else 0.0
         drops = {k[5:]: v for k, v in rc.items() if k.startswith("drop_")}
@@ -335,5 +394,7 @@ class SinkPipeline:
             "missing_reference": self.counters["frames_missing_reference"],
             "refresh_requests": self.counters["refresh_requests"],
             "cameras": sorted(self.cameras),
+            "cameras_evicted": self.counters["cameras_evicted"],
+            "camera_cap_refused": self.counters["messages_over_camera_cap"],
             "refused": dict(self.refused),
         }

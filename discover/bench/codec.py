@@ -628,10 +628,9 @@ def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
             per_frame = []
             for i, (img, rs) in enumerate(zip(frames, regions, strict=True)):
                 bits, x_hat, coded = _code(enc, dec, img, rs, send_rest=mode == "full")
-                modes = list((coded.get("modes") or {}).values())  # temporal codecs say
                 per_frame.append(_rounded({
-                    "frame": i, "regions": len(rs), "intra": coded.get("intra"),
-                    "skipped_regions": modes.count(2), **bits,
+                    "frame": i, "regions": len(rs), "intra": coded.stats.intra,
+                    "skipped_regions": coded.stats.modes.get("skip", 0), **bits,
                     **measure(img, x_hat, rs, masks[i], msssim=False)}))
             total = sum(f["side_bits"] + f["task_bits"] + f["rest_bits"] for f in per_frame)
             ours_pts[mode].append(point(f"q{q}", per_frame, total))

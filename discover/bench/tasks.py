@@ -163,6 +163,8 @@ def _video(frames: list[np.ndarray], fps: float, encoder: str, crf: int,
     return size, out
 
 
+#: the video codec's quality steps (sdk/codecs/video: CRF per step)
+VIDEO_QUALITIES = (1, 2, 3, 4, 5, 6)
 VIDEO = {"x264": ("libx264", ("h264",)), "x265": ("libx265", ("hevc",)),
          "av1": ("libsvtav1", ("libdav1d", "av1"))}
 
@@ -179,66 +181,67 @@ def _image(frames: list[np.ndarray], q: int, ext: str = ".jpg") -> tuple[int, li
 
 
 class OursPipeline:
-    """The edge's grounder -> regions -> codec -> packets, in process, then decode + compose."""
+    """The real edge on frames in memory (CameraAgent.step: regions, rest schedule, codec,
+    MQTT packets; boxes grounded once for every run), then the sink's decode and compose."""
 
     def __init__(self, source: str, frames: list[np.ndarray], rest_interval: int,
                  codec: dict[str, Any] | None = None) -> None:
+        self.source, self.frames, self.rest_interval = source, frames, rest_interval
+        self.codec_cfg = codec or {"type": "classical"}
+        self.agent = self._agent(None)
+        h, w = frames[0].shape[:2]
+        self.kept: tuple[Any, list[list[tuple[str, bytes]]]] | None = None
+        self.rest_reasons: dict[str, int] = {}  #: rests ours_bg sent, by trigger
+        self.edge_summary: dict[str, Any] = {}  #: the last run's CameraAgent stats summary
+        self.detections = [self.agent.tracker.ground(f, self.agent.labels) for f in frames]
+        self.regions = [self.agent.regions(d, w, h) for d in self.detections]
+        self.area_share = float(np.mean([sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1])
+                                              for r in rs) / (w * h) for rs in self.regions]))
+
+    def _agent(self, quality: int | None) -> Any:
+        """A CameraAgent for the bench camera with the codec at ``quality`` (a fresh codec:
+        temporal codecs start from an intra frame); frames come from memory."""
         from discover.edge.agent import CameraAgent
         from discover.edge.config import CameraConfig, EdgeSection
         from discover.sdk.transport.broker import BrokerConfig
 
-        cam = CameraConfig(id="bench", source=source, tasks=["detection"],
-                           rest_interval=rest_interval)
-        edge = EdgeSection(grounder={"type": "nanodet"}, codec=codec or {"type": "classical"})
-        self.agent = CameraAgent(cam, edge, BrokerConfig(), "bench")
-        self.agent.source.close()  # frames come from memory
-        h, w = frames[0].shape[:2]
-        self.frames = frames
-        self.kept: tuple[Any, list[list[tuple[str, bytes]]]] | None = None
-        self.rest_reasons: dict[str, int] = {}  #: rests ours_bg sent, by trigger
-        self.regions = [self.agent.regions(self.agent.tracker.ground(f, self.agent.labels), w, h)
-                        for f in frames]
-        self.area_share = float(np.mean([sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1])
-                                              for r in rs) / (w * h) for rs in self.regions]))
+        codec = dict(self.codec_cfg)
+        if quality is not None:
+            codec["quality"] = quality
+        cam = CameraConfig(id="bench", source=self.source, tasks=["detection"],
+                           rest_interval=self.rest_interval)
+        agent = CameraAgent(cam, EdgeSection(grounder={"type": "nanodet"}, codec=codec),
+                            BrokerConfig(), "bench")
+        agent.source.close()
+        return agent
 
     def run(self, quality: int, mode: str, keep: bool = False) -> tuple[int, list[np.ndarray]]:
         """Bytes and composed frames at ``quality``; ``mode``: ``task`` (no rest), ``full``
         (rest on every frame) or ``background`` (rest as the edge schedules it, background
         composer). ``keep``: also keep the stream descriptor and every frame's MQTT packets in
         ``self.kept`` (for the sink throughput run)."""
-        from dataclasses import replace
-
-        from discover.sdk.codecs import CODECS
-        from discover.sdk.framing import frame_messages
-        from discover.sdk.rest import RestScheduler
+        from discover.sdk.codecs import CODECS, CodedFrame
         from discover.sink.composers import COMPOSERS
 
-        agent = self.agent
-        # a fresh codec per run: temporal codecs start from an intra frame
-        codec = CODECS.create({**agent.edge.codec_for(agent.cam).model_dump(), "quality": quality})
-        sink_codec = CODECS.create(codec.descriptor()["config"])
+        agent = self._agent(quality)
+        sink_codec = CODECS.create(agent.codec.descriptor()["config"])
         composer = COMPOSERS.create({"type": "background" if mode == "background" else "direct"})
-        cam = agent.cam
-        rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
         h, w = self.frames[0].shape[:2]
+        send_rest = {"task": False, "full": True}.get(mode)  # None: the agent's scheduler
         size, out = 0, []
         kept: list[list[tuple[str, bytes]]] = []
-        for i, (img, regions) in enumerate(zip(self.frames, self.regions, strict=True)):
-            send_rest = mode == "full" or (mode == "background" and rest.due(i, img, regions))
-            coded = codec.compress(img, regions, send_rest)
-            msgs = frame_messages("bench", agent.meta, i, 0, regions, coded,
-                                  max_packet=agent.edge.max_packet,
-                                  intra=bool(coded.get("intra", True)))
-            size += sum(len(p) for _, p in msgs)
+        for i, (img, dets) in enumerate(zip(self.frames, self.detections, strict=True)):
+            st = agent.step(img, i, 0, send_rest=send_rest, detections=dets)
+            size += sum(len(p) for _, p in st.messages)
             if keep:
-                kept.append(msgs)
-            dec = sink_codec.decompress({"side": coded["side"], "regions": coded["regions"],
-                                    "rest": coded.get("rest"), "table": regions, "size": (w, h)})
-            out.append(composer.compose(dec, {"frame": i, "regions": regions}))
+                kept.append(st.messages)
+            dec = sink_codec.decompress(CodedFrame.of(st.coded, st.regions, (w, h)))
+            out.append(composer.compose(dec, {"frame": i, "regions": st.regions}))
         if keep:
-            self.kept = (replace(agent.meta, codec=codec.descriptor()), kept)
+            self.kept = (agent.meta, kept)
         if mode == "background":
-            self.rest_reasons = dict(rest.reasons)
+            self.rest_reasons = dict(agent.rest.reasons)
+        self.edge_summary = agent.stats.summary()
         return size, out
 
 
@@ -355,7 +358,7 @@ PERCEPTUAL = ("fid", "kid", "lpips", "dists")
 
 
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
-                    out: Path = Path("out/bench"), quiet: bool = False, *,
+                    out: Path = Path("out/bench"), quiet: bool = False, *, start: int = 0,
                     qualities: Sequence[int] | None = None,
                     codec: str = "classical", checkpoint: Path | None = None,
                     x264_crfs: Sequence[int] = (23, 30, 37, 44, 51),
@@ -388,7 +391,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench tasks", enabled=not quiet)
     t_start = time.monotonic()
-    frames, fps = load_frames(src, 0, max_frames)
+    frames, fps = load_frames(src, start, max_frames)
     n, (h, w) = len(frames), frames[0].shape[:2]
     fps = fps or 10.0
     mid = n // 2
@@ -538,7 +541,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         ours_masks.append(mk)
     if qualities is None:
         points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
-        qualities = tuple(range(1, points + 1)) if points else (30, 50, 75, 90)
+        qualities = (tuple(range(1, points + 1)) if points else
+                     VIDEO_QUALITIES if codec == "video" else (30, 50, 75, 90))
     sink_q = qualities[len(qualities) // 2]
     for name, mode in (("ours_task", "task"), ("ours_full", "full"), ("ours_bg", "background")):
         for q in qualities:
@@ -571,6 +575,10 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                 prog.update(f"{name}: skipped ({s['skipped'][:80]})", force=True)
                 continue
             p = score(size, decoded, point)
+            if name in OURS:
+                e = ours.edge_summary
+                p["edge"] = {k: e[k] for k in ("bytes_by_substream", "encode_ms", "intra_frames",
+                                               "region_modes", "regions_per_frame")}
             s["points"].append(p)
             middles[(name, point)] = decoded[mid].copy()
             shown = " ".join(f"{key} {p[key]}" for key in SCORES.values() if key in p)
@@ -644,7 +652,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     side_by_side(panels, out / "side_by_side.png")
 
     result = {
-        "source": src, "frames": n, "width": w, "height": h, "fps": fps,
+        "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,
         "tasks": list(tasks),
         "reference": ({"annotations": ann_info, "boxes": sum(counts.values()),
                        "prediction_score_threshold": pred_score} if ann_info is not None else

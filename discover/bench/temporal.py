@@ -39,9 +39,9 @@ def run(source: str, max_frames: int, qualities: list[int],
                 side += len(coded["side"])
                 task += sum(map(len, coded["regions"].values()))
                 rest += len(coded["rest"] or b"")
-                z_new += bool(coded.get("z_new", True))
-                for md in coded.get("modes", {}).values():
-                    modes[md] += 1
+                z_new += bool(coded.stats.extra.get("z_new", True))
+                for md, k in coded.stats.modes.items():
+                    modes[("intra", "residual", "skip").index(md)] += k
             per_s = 8 * fps / len(frames) / 1000
             out[name] = {"side_kbps": round(side * per_s, 1), "task_kbps": round(task * per_s, 1),
                          "rest_kbps": round(rest * per_s, 1), "z_frames": z_new,

@@ -1,6 +1,16 @@
-"""Region codecs, chosen by ``codec.type`` in the config. One import line per backend."""
+"""Codecs, chosen by ``codec.type`` in the config. One import line per backend."""
 
 from discover.sdk.codecs import classical, learned  # noqa: F401
-from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.codecs.base import (
+    CODECS,
+    Codec,
+    CodecConfig,
+    CodedFrame,
+    Compressed,
+    Decoded,
+    FrameStats,
+    SubstreamError,
+)
 
-__all__ = ["CODECS", "Codec", "CodecConfig"]
+__all__ = ["CODECS", "Codec", "CodecConfig", "CodedFrame", "Compressed", "Decoded",
+           "FrameStats", "SubstreamError"]

@@ -15,11 +15,20 @@ from), ``rest`` the full frame at high quality.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import cv2
 import numpy as np
-from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.codecs.base import (
+    CODECS,
+    Codec,
+    CodecConfig,
+    CodedFrame,
+    Compressed,
+    Decoded,
+    SubstreamError,
+)
 from discover.sdk.regions import Region
 from pydantic import Field
 
@@ -56,35 +65,34 @@ class ClassicalCodec(Codec):
     Config = ClassicalConfig
     config: ClassicalConfig
 
-    def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
+    def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
         c = self.config
         h, w = frame.shape[:2]
         tw, th = max(1, round(w / c.thumb_scale)), max(1, round(h / c.thumb_scale))
         thumb = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
-        out: dict[str, Any] = {"side": _encode(thumb, c.format, c.thumb_quality), "regions": {}}
-        for r in regions:
-            x0, y0, x1, y1 = r.box
-            out["regions"][r.rid] = _encode(frame[y0:y1, x0:x1], c.format, c.quality)
-        out["rest"] = _encode(frame, c.format, c.rest_quality) if send_rest else None
-        return out
+        crops = {r.rid: _encode(frame[r.box[1]:r.box[3], r.box[0]:r.box[2]], c.format, c.quality)
+                 for r in regions}
+        return Compressed(side=_encode(thumb, c.format, c.thumb_quality), regions=crops,
+                          rest=_encode(frame, c.format, c.rest_quality) if send_rest else None)
 
-    def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
-        w, h = coded["size"]
+    def decompress(self, coded: CodedFrame | Mapping[str, Any]) -> Decoded:
+        f = CodedFrame.coerce(coded)
+        w, h = f.size
         errors: dict[int, str] = {}
-        base = _decode(coded["rest"]) if coded.get("rest") else None
+        base = _decode(f.rest) if f.rest else None
         has_rest = base is not None and base.shape[:2] == (h, w)
-        if coded.get("rest") and not has_rest:
-            errors[-1] = "rest payload did not decode"
+        if f.rest and not has_rest:
+            errors[SubstreamError.REST] = "rest payload did not decode"
         if not has_rest:
-            thumb = _decode(coded["side"])
+            thumb = _decode(f.side)
             base = (cv2.resize(thumb, (w, h), interpolation=cv2.INTER_LINEAR) if thumb is not None
                     else np.zeros((h, w, 3), np.uint8))
             if thumb is None:
-                errors[-2] = "side thumbnail did not decode"
+                errors[SubstreamError.SIDE] = "side thumbnail did not decode"
         x_hat = base.copy()
         pixels: dict[int, np.ndarray] = {}
-        boxes = {r.rid: r.box for r in coded["table"]}
-        for rid, blob in coded["regions"].items():
+        boxes = {r.rid: r.box for r in f.table}
+        for rid, blob in f.regions.items():
             box = boxes.get(rid)
             if box is None:
                 errors[rid] = "region not in the region table"
@@ -96,5 +104,5 @@ class ClassicalCodec(Codec):
                 continue
             pixels[rid] = crop
             x_hat[y0:y1, x0:x1] = crop
-        return {"x_hat": x_hat, "region_pixels": pixels, "has_rest": has_rest, "errors": errors,
-                "background": base}
+        return Decoded(x_hat=x_hat, region_pixels=pixels, has_rest=has_rest, errors=errors,
+                       background=base)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from discover.sdk.codecs.base import SubstreamError
 from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 from discover.sdk.hub import is_path_like, short_reason
@@ -59,7 +60,7 @@ DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
 #: cover their box snapped outwards to this grid
 CODEC_CELL = 16
 VAE_STRIDE = 8
-SIDE_ERROR = -2  # decoded["errors"] key of a side that did not decode (as the codecs use it)
+SIDE_ERROR = SubstreamError.SIDE  # decoded["errors"] key of a side that did not decode
 _COMPONENTS = {  # subfolder -> a file that must be in it
     "unet": "config.json",
     "vae": "config.json",

@@ -211,14 +211,14 @@ def test_temporal_coding_with_the_onnx_edge(checkpoint, frames):
     modes = []
     for i, img in enumerate(frames[:6]):
         coded = edge.compress(img, REGIONS, send_rest=(i == 0))
-        modes += list(coded["modes"].values())
+        modes += [m for m, k in coded.stats.modes.items() for _ in range(k)]
         out = sink.decompress({**coded, "table": REGIONS, "size": (W, H)})
         assert out["errors"] == {} and not out["needs_refresh"]
         kept = {rid: k.latent for rid, k in edge._temporal.state.regions.items()}
         assert set(out["region_latents"]) == set(kept)
         for rid, lat in out["region_latents"].items():
             assert np.array_equal(lat, kept[rid]), (i, rid)
-    assert coded["intra"] is False and set(modes) - {0}  # residual or skipped after frame 0
+    assert coded.stats.intra is False and set(modes) - {"intra"}  # residual or skipped after 0
 
 
 def test_other_frame_sizes_run_on_one_export(edge, sink, frames):

@@ -85,22 +85,22 @@ def test_closed_loop_decodes_exactly_what_the_encoder_predicts_from(model, frame
     for i, f in enumerate(frames[:8]):
         table = regions(shift=16 * (i // 3))  # the person box moves one latent cell now and then
         coded = edge.compress(f, table, send_rest=(i == 0))
-        modes += list(coded["modes"].values())
+        modes += [m for m, k in coded.stats.modes.items() for _ in range(k)]
         out = decode(sink, coded, table)
         assert out["errors"] == {} and not out["needs_refresh"]
         enc = kept(edge)
         assert set(out["region_latents"]) == set(enc)
         for rid, lat in out["region_latents"].items():
             assert np.array_equal(lat, enc[rid]), (i, rid)
-        assert coded["intra"] == (i == 0)
-    assert modes.count(0) == 3 and modes.count(1) > 5  # intra once, then residuals
+        assert coded.stats.intra == (i == 0)
+    assert modes.count("intra") == 3 and modes.count("residual") > 5  # intra once, then residuals
 
 
 def test_static_scene_skips_regions_and_reuses_z(model, frames):
     edge, sink = codec(model), codec(model)
     first = edge.compress(frames[0], regions(), send_rest=False)
     again = edge.compress(frames[0], regions(), send_rest=False)
-    assert set(again["modes"].values()) == {2}  # every region skipped
+    assert again.stats.modes == {"skip": 3}  # every region skipped
     size = lambda c: len(c["side"]) + sum(map(len, c["regions"].values()))  # noqa: E731
     assert size(again) < 0.15 * size(first), (size(again), size(first))
     assert len(again["side"]) < 25  # z reused: header only
@@ -167,7 +167,7 @@ def test_late_join_and_loss_recover_with_a_requested_refresh(model, frames):
     # the sink asks (control topic); the next frame is intra and both sinks decode it
     edge.request_refresh()
     fresh = edge.compress(frames[3], regions(), send_rest=False)
-    assert fresh["intra"] and set(fresh["modes"].values()) == {0}
+    assert fresh.stats.intra and fresh.stats.modes == {"intra": 3}
     for sink in (early, late):
         out = decode(sink, fresh, regions())
         assert out["errors"] == {} and not out["needs_refresh"]
@@ -232,7 +232,7 @@ def test_a_sink_that_missed_a_rest_asks_for_a_refresh(model, frames):
     # a frame without rest does not start the background anew; the refresh does
     edge.request_refresh()
     fresh = edge.compress(frames[3], regions(), send_rest=True)
-    assert fresh["intra"] and fresh["rest"][5] == 0
+    assert fresh.stats.intra and fresh.rest[5] == 0
     out = decode(sink, fresh, regions())
     assert out["errors"] == {} and out["has_rest"] and not out["needs_refresh"]
     nxt = edge.compress(frames[4], regions(), send_rest=True)
@@ -244,7 +244,7 @@ def test_intra_period_and_damaged_payloads(model, frames):
     intra = []
     for i, f in enumerate(frames[:7]):
         coded = edge.compress(f, regions(), send_rest=False)
-        intra.append(coded["intra"])
+        intra.append(coded.stats.intra)
         if i == 4:  # a residual payload with a flipped byte fails alone, without raising
             bad = dict(coded["regions"])
             bad[2] = bad[2][:-1] + bytes([bad[2][-1] ^ 0xFF])
@@ -258,7 +258,7 @@ def test_intra_period_and_damaged_payloads(model, frames):
 def test_temporal_off_codes_every_frame_intra(model, frames):
     c = CODECS.create({"type": "learned", "temporal": {"enabled": False}}, model=model)
     coded = [c.compress(f, regions(), send_rest=False) for f in frames[:2]]
-    assert "modes" not in coded[1]  # the stateless per-frame format
+    assert coded[1].stats.modes == {}  # the stateless per-frame format
     assert c.descriptor()["config"]["temporal"]["enabled"] is False
 
 

@@ -24,11 +24,21 @@ machine decodes the same symbols (see ``entropy.py``)::
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from discover.sdk.codecs.base import CODECS, Codec, CodecConfig
+from discover.sdk.codecs.base import (
+    CODECS,
+    Codec,
+    CodecConfig,
+    CodedFrame,
+    Compressed,
+    Decoded,
+    FrameStats,
+    SubstreamError,
+)
 from discover.sdk.codecs.learned.entropy import (
     LATENT_STRIDE,
     PayloadError,
@@ -52,7 +62,8 @@ DEFAULT_CHECKPOINT = "small"
 #: throughput where threads share a process (the demo: edge 3.0 -> 1.05 frames/s, sinks
 #: 1.6 -> 1.0); separate edge and sink processes, as deployed, are not affected.
 MODEL_LOCK = threading.RLock()
-SIDE_ERROR, REST_ERROR = -2, -1  # error keys, as the classical codec uses them
+#: the temporal coder's region modes, by the number it reports (FrameStats.modes keys)
+REGION_MODES = ("intra", "residual", "skip")
 
 
 class LearnedConfig(CodecConfig):
@@ -175,15 +186,15 @@ class LearnedCodec(Codec):
         if self._temporal is not None:
             self._temporal.request_refresh()
 
-    def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
+    def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
         with MODEL_LOCK:
             return self._compress(frame, regions, send_rest)
 
-    def decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
+    def decompress(self, coded: CodedFrame | Mapping[str, Any]) -> Decoded:
         with MODEL_LOCK:
-            return self._decompress(coded)
+            return self._decompress(CodedFrame.coerce(coded))
 
-    def _compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> dict[str, Any]:
+    def _compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
         import torch
 
         h, w = frame.shape[:2]
@@ -199,13 +210,12 @@ class LearnedCodec(Codec):
         with torch.inference_mode():
             out = self.model.compress(self._to_tensor(frame), boxes, send_rest, self.rate,
                                       analysis=self._analysis)
-        return {"side": out["side"],
-                "regions": {r.rid: p for r, p in zip(coded_regions, out["regions"], strict=True)},
-                "rest": out["rest"]}
+        return Compressed(side=out["side"], rest=out["rest"], regions={
+            r.rid: p for r, p in zip(coded_regions, out["regions"], strict=True)})
 
     def _compress_temporal(self, frame: np.ndarray, regions: list[Region],
                            boxes: list[tuple[int, int, int, int]],
-                           send_rest: bool) -> dict[str, Any]:
+                           send_rest: bool) -> Compressed:
         import torch
 
         assert self._temporal is not None
@@ -214,17 +224,20 @@ class LearnedCodec(Codec):
         out = self._temporal.encode(y, z_sym, boxes,
                                     [frozenset(r.tasks) for r in regions],
                                     [r.rid for r in regions], send_rest, self.rate)
-        return {"side": out["side"],
-                "regions": {r.rid: p for r, p in zip(regions, out["regions"], strict=True)},
-                "rest": out["rest"], "intra": out["intra"], "z_new": out["z_mode"] == 0,
-                "modes": {r.rid: md for r, md in zip(regions, out["modes"], strict=True)}}
+        modes: dict[str, int] = {}
+        for md in out["modes"]:
+            modes[REGION_MODES[md]] = modes.get(REGION_MODES[md], 0) + 1
+        return Compressed(side=out["side"], rest=out["rest"], regions={
+            r.rid: p for r, p in zip(regions, out["regions"], strict=True)},
+            stats=FrameStats(intra=bool(out["intra"]), modes=modes,
+                             extra={"z_new": out["z_mode"] == 0}))
 
-    def _decompress(self, coded: dict[str, Any]) -> dict[str, Any]:
+    def _decompress(self, coded: CodedFrame) -> Decoded:
         import torch
 
-        w, h = coded["size"]
+        w, h = coded.size
         grid = latent_grid(w, h)
-        table: list[Region] = list(coded.get("table") or [])
+        table: list[Region] = coded.table
         boxes: dict[int, tuple[int, int, int, int]] = {}  # latent cells
         px: dict[int, tuple[int, int, int, int]] = {}  # pixels
         for r in table:
@@ -234,7 +247,7 @@ class LearnedCodec(Codec):
         errors: dict[int, str] = {}
         wanted: dict[int, tuple[tuple[int, int, int, int], bytes]] = {}
         in_table = {r.rid for r in table}
-        for rid, blob in (coded.get("regions") or {}).items():
+        for rid, blob in coded.regions.items():
             if rid not in in_table:
                 errors[rid] = "region not in the region table"
             elif rid not in boxes:
@@ -243,32 +256,33 @@ class LearnedCodec(Codec):
                 wanted[rid] = (boxes[rid], blob)
         try:
             if self._temporal is not None:
-                dec = self._temporal.decode(coded.get("side") or b"", wanted, coded.get("rest"),
+                dec = self._temporal.decode(coded.side, wanted, coded.rest,
                                             grid, list(boxes.values()),
                                             {r.rid: frozenset(r.tasks) for r in table})
                 dec["z_hat"] = (torch.from_numpy(dec["z_sym"].astype(np.float32))[None]
                                 + self.model.z_medians().cpu()[None])
             else:
-                dec = self.model.decompress(coded.get("side") or b"", wanted, coded.get("rest"),
+                dec = self.model.decompress(coded.side, wanted, coded.rest,
                                             grid, list(boxes.values()))
         except PayloadError as e:
-            errors[SIDE_ERROR] = f"side did not decode ({e})"
+            errors[SubstreamError.SIDE] = f"side did not decode ({e})"
             for rid in wanted:
                 errors[rid] = "no usable side information for this frame"
-            return {"x_hat": np.full((h, w, 3), 128, np.uint8), "region_pixels": {},
-                    "has_rest": False, "errors": errors, "background": None,
-                    "region_latents": {}, "needs_refresh": self._temporal is not None}
+            return Decoded(x_hat=np.full((h, w, 3), 128, np.uint8), errors=errors,
+                           needs_refresh=self._temporal is not None,
+                           extra={"region_latents": {}})
         for key, reason in dec["errors"].items():
-            errors[REST_ERROR if key == "rest" else key] = (
+            errors[SubstreamError.REST if key == "rest" else key] = (
                 "rest payload did not decode" if key == "rest" else "region payload did not decode"
             ) + f" ({reason})"
-        has_rest = bool(coded.get("rest")) and "rest" not in dec["errors"]
+        has_rest = bool(coded.rest) and "rest" not in dec["errors"]
         with torch.inference_mode():
             out = self._synthesize(dec, w, h, grid, boxes, px, has_rest)
-        out.update(has_rest=has_rest, errors=errors, y_hat=dec["y_hat"].astype(np.float32),
-                   y_received=dec["received"], region_latents=dec["region_latents"],
-                   needs_refresh=bool(dec.get("needs_refresh")))
-        return out
+        extra = {k: out.pop(k) for k in ("sd_latent", "region_sd_latents") if k in out}
+        extra.update(y_hat=dec["y_hat"].astype(np.float32), y_received=dec["received"],
+                     region_latents=dec["region_latents"])
+        return Decoded(**out, has_rest=has_rest, errors=errors, extra=extra,
+                       needs_refresh=bool(dec.get("needs_refresh")))
 
     def _synthesize(self, dec: dict[str, Any], w: int, h: int, grid: tuple[int, int],
                     boxes: dict[int, tuple[int, int, int, int]],
