@@ -318,7 +318,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
 
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
                                quiet=a.quiet, codec=a.codec or "learned",
-                               checkpoint=a.checkpoint,
+                               checkpoint=a.checkpoint, start=a.start,
                                tasks=a.tasks.split(","), annotations=a.annotations,
                                perceptual=_perceptual(a.perceptual))
     if a.what == "diffusion":
@@ -462,11 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "one); codec: the grounder for the task boxes (default: nanodet)")
     b.add_argument("--source", help="video or image folder (default: the bundled sample clip)")
     b.add_argument("--max-frames", type=int)
-    b.add_argument("--start", type=int, default=0, help="ground: first frame of the source "
+    b.add_argument("--start", type=int, default=0, help="ground, tasks: first frame of the source "
                    "(vtest.avi's evaluation split starts at 500)")
     b.add_argument("--out", type=Path, default=None,
                    help="output folder (default: out/bench; codec: out/bench-codec)")
-    b.add_argument("--codec", choices=["classical", "learned"], default=None,
+    b.add_argument("--codec", choices=["classical", "learned", "video"], default=None,
                    help="stream: the edge's codec (default: the configured one); tasks: the "
                         "codec of 'ours' (default learned: every rate point of the checkpoint, "
                         "temporal prediction on; classical: WebP q30-90)")

@@ -130,6 +130,19 @@ if [[ ! -x /usr/sbin/mosquitto ]] && ! command -v mosquitto >/dev/null 2>&1; the
     fi
 fi
 
+# ---- opencv-doc (Debian): vtest.avi, whose frames 500+ are the held-out evaluation split -----
+if [[ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "installing opencv-doc (apt-get; vtest.avi for the held-out benchmarks)"
+        mkdir -p "$VENV" && touch "$LOG"
+        export DEBIAN_FRONTEND=noninteractive
+        quiet "apt-get update" apt-get update -qq
+        quiet "apt-get install opencv-doc" apt-get install -y -qq opencv-doc
+    else
+        say "NOTE: vtest.avi missing (held-out benchmarks); install it: apt-get install opencv-doc"
+    fi
+fi
+
 # ---- Chromium + chromedriver (Debian; the live view's browser test drives them) -------------
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then

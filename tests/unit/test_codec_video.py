@@ -1,0 +1,169 @@
+"""The ``video`` codec (sdk/codecs/video) through real PyAV encoders and decoders on a crop of
+the bundled clip: round trips for HEVC, H.264 and SVT-AV1, a late join and a lost chunk
+recovered at the keyframe a refresh request brings, a corrupt chunk counted not raised, the ROI
+traps (ROI from mid-stream, ultrafast), task streams through the framing (a task sink gets no
+human-view bytes), and a small side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from discover.sdk.codecs import CODECS, CodedFrame, SubstreamError
+from discover.sdk.framing import codec_input, frame_messages
+from discover.sdk.rd import psnr
+from discover.sdk.reassembly import Reassembler
+from discover.sdk.regions import Region
+from discover.sdk.stream import StreamMeta
+
+CLIP = Path(__file__).resolve().parents[2] / "sdk" / "assets" / "sample" / "street.mp4"
+W, H = 256, 192
+X0, Y0 = 400, 100
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    out = []
+    with av.open(str(CLIP)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i >= 10:
+                break
+            out.append(np.ascontiguousarray(f.to_ndarray(format="bgr24")[Y0:Y0 + H, X0:X0 + W]))
+    return out
+
+
+def regions() -> list[Region]:
+    return [Region(0, (40, 16, 104, 144), "person", 0.9, ("detection",)),
+            Region(1, (144, 64, 232, 160), "car", 0.8, ("detection", "vehicles"))]
+
+
+def codec(**cfg):
+    c = CODECS.create({"type": "video", "preset": "ultrafast", **cfg})
+    c.start(["detection"], 10.0)
+    return c
+
+
+def decode(c, coded, table=None, drop_rest=False):
+    f = CodedFrame.of(coded, regions() if table is None else table, (W, H))
+    if drop_rest:
+        f.rest = None
+    return c.decompress(f)
+
+
+@pytest.mark.parametrize("encoder", ["hevc", "h264", "av1"])
+def test_round_trip_decodes_every_frame_close_to_the_original(frames, encoder):
+    edge, sink = codec(encoder=encoder, crf=30 if encoder != "av1" else 40), codec(encoder=encoder)
+    for i, f in enumerate(frames[:5]):
+        coded = edge.compress(f, regions(), send_rest=i == 0)
+        assert set(coded.tasks) == {"detection"} and not coded.regions
+        assert coded.stats.intra == (i == 0)
+        out = decode(sink, coded)
+        assert out.errors == {} and not out.needs_refresh, out.errors
+        assert out.x_hat.shape == (H, W, 3) and out.has_rest == (i == 0)
+        assert psnr(f, out.x_hat) > 28, (i, psnr(f, out.x_hat))
+        assert set(out.region_pixels) == {0, 1}
+        assert out.region_pixels[1].shape == (96, 88, 3)
+
+
+def test_half_scale_task_stream_is_upscaled_to_the_frame(frames):
+    edge, sink = codec(scale=0.5, crf=28), codec(scale=0.5)
+    full = codec(crf=28)
+    small = edge.compress(frames[0], regions(), False)
+    big = full.compress(frames[0], regions(), False)
+    assert len(small.tasks["detection"]) < 0.6 * len(big.tasks["detection"])
+    out = decode(sink, small)
+    assert out.x_hat.shape == (H, W, 3) and psnr(frames[0], out.x_hat) > 24
+
+
+def test_late_join_waits_for_the_keyframe_a_refresh_brings(frames):
+    edge = codec()
+    coded = [edge.compress(f, regions(), False) for f in frames[:4]]
+    late = codec()
+    out = decode(late, coded[3])  # joined mid-stream: a predicted chunk without its history
+    assert out.needs_refresh and SubstreamError.TASK in out.errors
+    assert (out.x_hat == 128).all()  # nothing shown rather than garbage
+    edge.request_refresh()  # what the agent does on the sink's control request
+    fresh = edge.compress(frames[4], regions(), False)
+    assert fresh.stats.intra and fresh.stats.modes == {"keyframe": 1, "predicted": 0}
+    out = decode(late, fresh)
+    assert out.errors == {} and psnr(frames[4], out.x_hat) > 28
+    nxt = decode(late, edge.compress(frames[5], regions(), False))
+    assert nxt.errors == {} and not nxt.needs_refresh
+
+
+def test_a_lost_chunk_stops_decoding_until_the_next_keyframe(frames):
+    edge, sink = codec(), codec()
+    for i, f in enumerate(frames[:7]):
+        coded = edge.compress(f, regions(), i == 0)
+        if i == 2:
+            continue  # lost on the way
+        if i == 5:
+            edge.request_refresh()
+            coded = edge.compress(f, regions(), False)
+        out = decode(sink, coded)
+        if i in (3, 4):
+            assert out.needs_refresh and "keyframe" in out.errors[SubstreamError.TASK]
+        else:
+            assert out.errors == {}, (i, out.errors)
+
+
+def test_a_corrupt_chunk_is_an_error_not_an_exception(frames):
+    edge, sink = codec(), codec()
+    first = edge.compress(frames[0], regions(), True)
+    bad = bytearray(first.tasks["detection"])
+    bad[1:] = bytes(len(bad) - 1)  # a keyframe flag over zeros
+    f = CodedFrame.of(first, regions(), (W, H))
+    f.tasks = {"detection": bytes(bad)}
+    f.rest = b"\x01"  # a chunk too short to hold anything
+    out = sink.decompress(f)
+    assert out.needs_refresh and {SubstreamError.TASK, SubstreamError.REST} <= set(out.errors)
+    assert out.x_hat.shape == (H, W, 3)
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "medium"])
+def test_roi_starting_mid_stream_and_on_ultrafast_codes_and_decodes(frames, preset):
+    """libx265 crashes when ROI side data first appears mid-stream and ignores it when AQ is
+    off (ultrafast): every frame carries a whole-frame ROI, and ultrafast gets aq-mode 1."""
+    edge, sink = codec(preset=preset, roi_offset=-0.3), codec()
+    sizes = []
+    for i, f in enumerate(frames[:6]):
+        table = regions() if i >= 3 else []  # the first objects appear at frame 3
+        coded = edge.compress(f, table, False)
+        sizes.append(len(coded.tasks["detection"]))
+        assert decode(sink, coded, table).errors == {}
+    plain = codec(preset=preset, roi_offset=0.0)
+    plain_sizes = [len(plain.compress(f, regions() if i >= 3 else [], False).tasks["detection"])
+                   for i, f in enumerate(frames[:6])]
+    # no boxes: the plain stream (ultrafast's negligible AQ strength moves it a few bytes)
+    assert all(abs(a - b) <= 0.03 * b for a, b in zip(sizes[:3], plain_sizes[:3], strict=True))
+    assert sizes[3] > plain_sizes[3]  # boxes at a lower QP cost bits: ROI is applied
+
+
+def test_task_sink_gets_no_rest_and_side_stays_small(frames):
+    edge = codec()
+    edge.start(["detection", "vehicles"], 10.0)
+    meta = StreamMeta("cam", W, H, 10.0, ["detection", "vehicles"], ["object", "person", "car"],
+                      edge.descriptor())
+    reasm = Reassembler(lambda cam: meta, tasks=["detection"], rest=False, timeout_s=0.0)
+    sink = CODECS.create(meta.codec["config"])
+    sides = []
+    for i, f in enumerate(frames[:4]):
+        coded = edge.compress(f, regions(), send_rest=True)  # a rest every frame
+        msgs = frame_messages("p", meta, i, 0, regions(), coded, max_packet=64 * 1024)
+        assert {t.rsplit("/", 1)[-1] for t, _ in msgs} == {"side", "detection", "vehicles",
+                                                             "rest"}
+        sides += [len(p) for t, p in msgs if t.endswith("/side")]
+        for t, p in msgs:
+            reasm.push(p, "cam", t.split("/cam/", 1)[1])
+    got = list(reasm.pop_ready(flush=True))
+    assert [g.frame_index for g in got] == [0, 1, 2, 3]
+    for g in got:
+        assert g.rest is None and set(g.tasks) == {"detection"}
+        coded_in, side = codec_input(g, meta, task_streams=sink.task_streams)
+        out = sink.decompress(coded_in)
+        assert out.errors == {} and not out.has_rest
+        assert [r.rid for r in side.regions] == [0, 1]
+    # the packet header plus the frame header and two regions: tens of bytes
+    assert max(sides) < 80, sides
