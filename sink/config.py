@@ -46,6 +46,10 @@ class SinkSection(BaseModel):
     max_pending_mb: float = Field(256.0, gt=0, description="all cameras, before eviction")
     max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, description="refuse a stream whose "
                                   "descriptor declares a larger frame (width x height)")
+    max_cameras: int = Field(64, ge=1, description="cameras one worker holds state for; "
+                             "messages of further ones are refused until some go idle")
+    camera_idle_s: float = Field(300.0, gt=0, description="release a camera's decoder and "
+                                 "pending frames after this long without a message")
     max_regions: int = Field(MAX_REGIONS, ge=1, le=65535,
                              description="drop a frame whose side table lists more regions")
     codec_device: Literal["cpu", "cuda", "auto"] = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -256,3 +257,48 @@ def test_a_frame_whose_decode_fails_is_dropped_counted_and_the_sink_goes_on(fram
     assert _feed_frames(pipe, meta, codec, frames) == 2
     assert pipe.counters["frames_failed"] == 1 and pipe.counters["failed_MemoryError"] == 1
     assert pipe.summary()["dropped"] == 1
+
+
+# -- bounded per-camera state ---------------------------------------------------------------
+
+def _camera_stream(coded, camera: str) -> list[tuple[str, bytes]]:
+    meta = StreamMeta(camera=camera, width=W, height=H, fps=10.0, tasks=["detection"],
+                      labels=["object", "person", "car"],
+                      codec=CODECS.create("classical").descriptor())
+    return [(f"{PREFIX}/{camera}/meta", meta.to_json()),
+            *frame_messages(PREFIX, meta, 0, 1000, REGIONS, coded, max_packet=4096)]
+
+
+def test_forged_camera_ids_are_capped_and_idle_cameras_released(frames):
+    """1,000 forged camera ids into a '+' sink: it holds at most max_cameras of them; once
+    they are idle their decoders and pending frames go, and new cameras are taken again."""
+    coded = CODECS.create("classical").compress(frames[0], REGIONS, send_rest=False)
+    pipe = _pipeline(max_cameras=8, camera_idle_s=600.0)
+    for i in range(1000):
+        for t, p in _camera_stream(coded, f"forged{i}"):
+            pipe.feed(t, p)
+        pipe.process_ready(flush=True)
+    assert len(pipe.last_seen) == 8 and len(pipe.cameras) == 8 and len(pipe.metas) == 8
+    assert pipe.reasm.cameras <= 8 and pipe.frames_out == 8
+    assert pipe.counters["messages_over_camera_cap"] == 992 * 3  # meta, side, task each
+    assert pipe.evict_idle(time.monotonic() + 601.0) == 8  # every forged camera is idle now
+    assert pipe.cameras == {} and pipe.metas == {} and pipe.reasm.cameras == 0
+    for t, p in _camera_stream(coded, "real"):
+        pipe.feed(t, p)
+    assert pipe.process_ready(flush=True) == 1 and list(pipe.cameras) == ["real"]
+    assert pipe.summary()["frames"] == 9 and pipe.summary()["cameras_evicted"] == 8
+
+
+def test_an_idle_camera_is_released_but_comes_back_with_its_meta(frames):
+    codec = CODECS.create("classical")
+    pipe = _pipeline(camera_idle_s=600.0)
+    for t, p in _camera_stream(codec.compress(frames[0], REGIONS, send_rest=False), CAM):
+        pipe.feed(t, p)
+    assert pipe.process_ready(flush=True) == 1
+    assert pipe.evict_idle(time.monotonic() + 601.0) == 1 and pipe.cameras == {}
+    assert CAM in pipe.metas  # under the cap the meta stays: no reconnect needed to resume
+    meta = pipe.metas[CAM]
+    coded = codec.compress(frames[1], REGIONS, send_rest=False)
+    for t, p in frame_messages(PREFIX, meta, 1, 2000, REGIONS, coded, max_packet=4096):
+        pipe.feed(t, p)
+    assert pipe.process_ready(flush=True) == 1 and pipe.summary()["frames"] == 2
