@@ -1,10 +1,12 @@
 """The command line of issue 13: ``discover ground --labels`` (the labels the offline grounder
 cannot find, which edges now summarise in one line), ``--http`` / ``--metrics`` bad input,
-and ``discover edge --metrics`` serving while a camera streams."""
+``discover edge --metrics`` serving while a camera streams, and ``discover demo --serve``."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -73,3 +75,32 @@ def test_edge_metrics_served_while_streaming(broker):
     finally:
         proc.wait(120)
     assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+
+
+def test_demo_serve_keeps_serving_until_ctrl_c(tmp_path):
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--serve", "--http", "127.0.0.1:0", "--set", "edge.codec.type=classical",
+         "--max-frames", "10", "--out", str(tmp_path), "-q", "--json"], env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        urls, lines = {}, []
+        while "done" not in urls:
+            line = proc.stderr.readline()
+            assert line, f"demo ended early: {''.join(lines)[-2000:]}"
+            lines.append(line)
+            if m := re.match(r"(viewer|detection) sink web view: (http://\S+)/view/street", line):
+                urls[m[1]] = m[2]
+            if line.startswith("demo done"):
+                urls["done"] = line
+        with urllib.request.urlopen(urls["viewer"] + "/api/cameras", timeout=10) as r:
+            [cam] = json.loads(r.read())
+        assert (cam["id"], cam["frames"]) == ("street", 10)
+        with urllib.request.urlopen(urls["viewer"] + "/hls/street/index.m3u8", timeout=10) as r:
+            assert b"#EXT-X-ENDLIST" in r.read()  # the ended restream: a recording of the run
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert json.loads(out.splitlines()[-1])["frames_viewer_sink"] == 10
