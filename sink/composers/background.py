@@ -54,6 +54,18 @@ def fill_holes(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
     """``image`` with the ``holes`` pixels replaced by a smooth fill from the pixels around
     them: average down an image pyramid with the known pixels as weights until every pixel has
     some, then blend back up (push-pull)."""
+    ys, xs = np.nonzero(holes)
+    if len(ys) == 0:
+        return image
+    pad = 16  # work on the holes' bounding box and a margin of known pixels around it
+    y0, y1 = max(0, ys.min() - pad), min(holes.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(holes.shape[1], xs.max() + pad + 1)
+    out = image.copy()
+    out[y0:y1, x0:x1] = _push_pull(image[y0:y1, x0:x1], holes[y0:y1, x0:x1])
+    return out
+
+
+def _push_pull(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
     k = (~holes).astype(np.float32)
     a = image.astype(np.float32) * k[..., None]
     levels = [(a, k)]
@@ -82,18 +94,21 @@ class BackgroundComposer(Composer):
         super().__init__(config)
         self._background: np.ndarray | None = None
         self._clean: np.ndarray | None = None  # pixels some rest showed outside every region
+        self._filled = -1  # clean pixel count at the last hole fill (clean only grows)
         self._background_frame = -1
 
     def _take_rest(self, x_hat: np.ndarray, regions: list[Any]) -> None:
         outside = ~region_mask(x_hat.shape, regions, self.config.guard_px)
         if self._background is None or self._background.shape != x_hat.shape:
-            self._background, self._clean = x_hat.copy(), outside
+            self._background, self._clean, self._filled = x_hat.copy(), outside, -1
         else:
             assert self._clean is not None
-            self._background[outside] = x_hat[outside]
+            np.copyto(self._background, x_hat, where=outside[..., None])
             self._clean |= outside
-        if not self._clean.all():
+        clean = int(np.count_nonzero(self._clean))
+        if clean < self._clean.size and clean != self._filled:  # holes are new or shrank
             self._background = fill_holes(self._background, ~self._clean)
+            self._filled = clean
 
     def compose(self, decoded: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
         frame = int(info["frame"])
