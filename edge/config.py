@@ -14,9 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 GrounderChoice = GROUNDERS.config_union()
 DEFAULT_GROUNDER = "nanodet"
-#: the seed's region codec with the shipped checkpoint; "classical" (WebP crops) is the fast
-#: baseline for gateways that cannot run it in real time
-DEFAULT_CODEC = "learned"
+#: per-task HEVC streams (sdk/codecs/video): on a 2-core CPU gateway it needs a fraction of the
+#: learned codec's rate for the same detection score and runs in real time (docs/video-codec.md);
+#: "learned" (the seed's region codec) stays selectable for GPU gateways and the diffusion
+#: composer's latent head, "classical" (WebP crops) is the no-video baseline
+DEFAULT_CODEC = "video"
+#: ground every 3rd frame and track the boxes in between (flow): the default edge then keeps up
+#: with a 10 fps camera on 2 cores; the video codec codes the whole frame, so the boxes only
+#: feed the side table and the rest trigger
+DEFAULT_TRACKING_EVERY = 3
 CodecChoice = CODECS.config_union()
 
 
@@ -66,10 +72,12 @@ class EdgeSection(BaseModel):
         description="the offline default is nanodet (COCO-80, shipped); motion needs no model; "
                     "grounding-dino is open-vocabulary but needs its weights")
     codec: CodecChoice = Field(default_factory=lambda: CODECS.parse_config(DEFAULT_CODEC),
-                               description="learned (default, sdk/codecs/learned) or classical")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="ground every "
-                                     "N-th frame and track boxes in between (default: ground "
-                                     "every frame)")
+                               description="video (default, sdk/codecs/video), learned "
+                                           "(sdk/codecs/learned) or classical")
+    tracking: TrackingConfig = Field(
+        default_factory=lambda: TrackingConfig(every=DEFAULT_TRACKING_EVERY),
+        description="ground every N-th frame and track boxes in between (default: every 3rd; "
+                    "every: 1 grounds every frame, the paper's setting)")
     max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, le=256 * 1024 * 1024,
                             description="largest MQTT message; payloads fragment under it")
     queue_frames: int = Field(32, ge=1, description="frames waiting to publish before the "

@@ -153,7 +153,7 @@ def test_demo(tmp_path):
     lines = p.stdout.splitlines()
     assert len(lines) == 1, p.stdout
     s = json.loads(lines[0])
-    assert s["frames"] == 12 and s["codec"] == "learned"  # the default codec, end to end
+    assert s["frames"] == 12 and s["codec"] == "video"  # the default codec, end to end
     assert s["frames_detection_sink"] == 12 and s["frames_viewer_sink"] == 12
     assert s["dropped"] == 0 and s["broker"] == "mosquitto"
     assert s["bytes_by_substream"]["rest"] > 0

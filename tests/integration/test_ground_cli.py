@@ -146,9 +146,13 @@ def test_edge_with_tracking_grounds_every_fifth_frame(broker):
     assert s["grounded_frames"] == 4
 
 
-def test_edge_grounds_every_frame_by_default(broker):
+def test_edge_grounds_every_third_frame_by_default(broker):
     s = one_json(run("edge", "--source", str(CLIP), "--max-frames", "6", "--broker", broker.url,
                      "--set", "edge.codec.type=classical", "--json"))
+    assert s["frames"] == 6 and s["grounded_frames"] == 2  # frames 0 and 3, tracked between
+    s = one_json(run("edge", "--source", str(CLIP), "--max-frames", "6", "--broker", broker.url,
+                     "--set", "edge.codec.type=classical", "--set", "edge.tracking.every=1",
+                     "--json"))
     assert s["grounded_frames"] == s["frames"] == 6
 
 

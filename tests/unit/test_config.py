@@ -269,10 +269,10 @@ def test_deployment_cameras_and_sink_from_set_and_env(tmp_path):
     d = load_config(Deployment, f, environ={"DISCOVER_EDGE__CAMERAS__1__ID": "42",
                                             "DISCOVER_EDGE__CAMERAS__1__SOURCE": "0"},
                     sets=["edge.cameras.0.tasks=[detection, vehicles]",
-                          "edge.cameras.0.codec.quality=90",
+                          "edge.cameras.0.codec.quality=5",
                           "sink.task_models.detection.type=regions", "sink.camera=7"])
     front, webcam = d.edge.cameras
-    assert front.tasks == ["detection", "vehicles"] and front.codec.quality == 90
+    assert front.tasks == ["detection", "vehicles"] and front.codec.quality == 5
     assert (webcam.id, webcam.source) == ("42", "0")
     assert d.sink.task_models["detection"].type == "regions"
     assert d.sink.camera == "7"
@@ -412,7 +412,7 @@ def test_binary_profile_is_a_discover_error(tmp_path, monkeypatch):
 
 def test_backend_options_without_type_tune_the_default_or_section_backend(tmp_path):
     d = load_config(Deployment, sets=["edge.codec.quality=4"], environ={})
-    assert (d.edge.codec.type, d.edge.codec.quality) == ("learned", 4)
+    assert (d.edge.codec.type, d.edge.codec.quality) == ("video", 4)
     d = load_config(Deployment, sets=["edge.codec.type=classical", "edge.codec.quality=60"],
                     environ={})
     assert (d.edge.codec.type, d.edge.codec.quality) == ("classical", 60)

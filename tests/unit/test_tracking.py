@@ -217,9 +217,12 @@ def test_config_rejects_bad_values(bad):
         EdgeSection(tracking=bad)
 
 
-def test_config_defaults_ground_every_frame():
+def test_config_defaults():
+    """The edge grounds every 3rd frame by default (real time on 2 cores, edge/config.py);
+    the section itself grounds every frame."""
     c = EdgeSection().tracking
-    assert c.every == 1 and not c.active and c.tracker == "flow" and 0 < c.scene_change < 1
+    assert c.every == 3 and c.active and c.tracker == "flow" and 0 < c.scene_change < 1
+    assert TrackingConfig().every == 1 and not TrackingConfig().active
 
 
 def test_per_camera_override():
