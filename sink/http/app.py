@@ -91,11 +91,14 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "no-store"})
     await resp.prepare(request)
     await resp.write(f"--{BOUNDARY}\r\n".encode())
-    loop, sent = asyncio.get_running_loop(), -1
+    loop, sent, last = asyncio.get_running_loop(), -1, 0.0
     while not hub.closed:
-        if hub.version(camera) == sent:
+        # a new frame at once; the same one again each second while the stream is still, so a
+        # browser that shows a part only once the next begins shows the last frame too
+        if hub.version(camera) == sent and time.monotonic() - last < 1.0:
             await asyncio.sleep(0.02)
             continue
+        last = time.monotonic()
         got = await loop.run_in_executor(None, hub.jpeg, camera)
         if got is None:
             break
