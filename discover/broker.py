@@ -44,8 +44,10 @@ class LocalBroker:
     """Start with :meth:`start`, stop with :meth:`stop` (restartable on the same port)."""
 
     def __init__(self, kind: str = "auto", port: int | None = None,
-                 extra_conf: str = "") -> None:
-        """``extra_conf``: more Mosquitto config lines for this listener (auth, TLS)."""
+                 extra_conf: str = "", persistent: bool = False) -> None:
+        """``extra_conf``: more Mosquitto config lines for this listener (auth, TLS);
+        ``persistent``: Mosquitto keeps sessions and queued messages across a restart (saved
+        on stop, as a production broker with ``persistence true`` does)."""
         if kind not in ("auto", "mosquitto", "amqtt"):
             raise DiscoverError(f"unknown local broker {kind!r}; use auto, mosquitto or amqtt")
         exe = find_mosquitto()
@@ -55,6 +57,7 @@ class LocalBroker:
         self.kind = "mosquitto" if kind == "mosquitto" or (kind == "auto" and exe) else "amqtt"
         self.exe = exe
         self.extra_conf = extra_conf
+        self.persistent = persistent
         self.port = port or free_port()
         self._proc: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="discover-broker-")
@@ -74,8 +77,10 @@ class LocalBroker:
             # certificates) under a private temp dir: this local broker stays the caller's user
             if hasattr(os, "geteuid") and os.geteuid() == 0:
                 anonymous += "user root\n"
+            persistence = (f"persistence true\npersistence_location {self._dir.name}/\n"
+                           if self.persistent else "persistence false\n")
             conf.write_text(f"listener {self.port} 127.0.0.1\n{anonymous}{self.extra_conf}\n"
-                            "persistence false\nmessage_size_limit 0\nmax_queued_messages 100000\n"
+                            f"{persistence}message_size_limit 0\nmax_queued_messages 100000\n"
                             "log_dest none\n")
             self._proc = subprocess.Popen([self.exe, "-c", str(conf)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

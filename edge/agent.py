@@ -266,7 +266,7 @@ class CameraAgent:
                         subscriptions=[topic(self.prefix, self.cam.id, "control")],
                         on_message=self._on_control, on_connect=[self._on_connect])
         link.start()
-        pub = FramePublisher(link, queue_frames=self.edge.queue_frames,
+        pub = FramePublisher(link, queue_frames=self.edge.queue_for(self.source.fps),
                              max_unacked=self.edge.max_unacked)
         pub.on_published = self._published
         s = self.stats
@@ -288,7 +288,7 @@ class CameraAgent:
                     if not warned:
                         log.warning("camera %s: broker %s not reachable yet; keeping the newest "
                                     "%d frames", self.cam.id, self.broker.describe(),
-                                    self.edge.queue_frames)
+                                    self.edge.queue_for(self.source.fps))
                         warned = True
                 msgs = self.step(fr.image, fr.index, fr.capture_us).messages
                 if self.metrics is not None:

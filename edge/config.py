@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from discover.sdk.codecs import CODECS
@@ -80,8 +81,15 @@ class EdgeSection(BaseModel):
                     "every: 1 grounds every frame, the paper's setting)")
     max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, le=256 * 1024 * 1024,
                             description="largest MQTT message; payloads fragment under it")
-    queue_frames: int = Field(32, ge=1, description="frames waiting to publish before the "
-                                                    "oldest is dropped")
+    queue_seconds: float = Field(30.0, gt=0, description="seconds of video kept while the "
+                                 "broker is unreachable (a restart, a reconnect backoff) before "
+                                 "the oldest frame is dropped")
+    queue_frames: int | None = Field(None, ge=1, description="the same in frames (overrides "
+                                     "queue_seconds)")
+
+    def queue_for(self, fps: float) -> int:
+        """Frames the publisher queue holds for a camera at ``fps``."""
+        return self.queue_frames or max(1, math.ceil(self.queue_seconds * fps))
     max_unacked: int = Field(256, ge=1, description="QoS 1 messages in flight before waiting")
     refresh_min_interval_s: float = Field(
         1.0, ge=0, description="honour at most one sink refresh request (intra frame) per "

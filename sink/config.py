@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,10 @@ class SinkSection(BaseModel):
     shard: str = Field("0/1", pattern=r"^\d+/\d+$",
                        description="I/N: take only cameras whose id hashes to I mod N, so N "
                                    "workers split the cameras with no coordination")
+    client_id: str | None = Field(None, max_length=128, description="MQTT client id of this "
+                                  "worker's persistent session (default: derived from its "
+                                  "settings, so a restarted worker resumes its session; give "
+                                  "two workers with the same settings different ids)")
     max_pending_frames: int = Field(64, ge=1, description="per camera, before eviction")
     max_pending_mb: float = Field(256.0, gt=0, description="all cameras, before eviction")
     max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, description="refuse a stream whose "
@@ -76,6 +81,17 @@ class SinkSection(BaseModel):
         if n < 1 or i >= n:
             raise ValueError("shard I/N needs 0 <= I < N")
         return v
+
+    def session_id(self, prefix: str) -> str:
+        """The MQTT client id: ``client_id``, or one derived from the host, the prefix and
+        everything this worker takes (camera, tasks, shard, output), stable across restarts.
+        Two workers with the same settings on one host would take each other's session over:
+        give them different ``client_id``."""
+        if self.client_id:
+            return self.client_id
+        digest = zlib.crc32(f"{socket.gethostname()}\0{prefix}\0{self.model_dump_json()}".encode())
+        cam = "all" if self.camera == "+" else self.camera
+        return f"discover-sink-{cam}-{self.shard.replace('/', 'of')}-{digest:08x}"
 
     def in_shard(self, camera: str) -> bool:
         i, n = (int(x) for x in self.shard.split("/"))

@@ -276,7 +276,8 @@ class SinkPipeline:
     def _process(self, cam: _Camera, frame: AssembledFrame) -> None:
         t_assembled = time.time()
         try:
-            coded, side = codec_input(frame, cam.meta, self.section.max_regions)
+            coded, side = codec_input(frame, cam.meta, self.section.max_regions,
+                                      cam.codec.task_streams)
         except PacketError as e:
             self.counters["frames_undecodable"] += 1
             self.counters[f"undecodable_{e.reason}"] += 1

@@ -77,7 +77,10 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
         subs = [topic(prefix, "+", "meta")]
     else:
         subs = sink_topics(prefix, section.camera, section.tasks, section.wants_rest)
-    link = MqttLink(broker, client_id=None, subscriptions=subs, on_message=on_message)
+    # a stable id: with broker.persistent the broker keeps this worker's QoS 1 messages while
+    # it is away (restart, broker restart) and hands them over when it comes back
+    link = MqttLink(broker, client_id=section.session_id(prefix), subscriptions=subs,
+                    on_message=on_message)
     link_box.append(link)
     own_live = None
     if live is None and section.http.listen is not None:
@@ -109,8 +112,12 @@ def run_sink(section: SinkSection, broker: BrokerConfig, prefix: str, *,
             if n == 0:
                 # wake on the next packet, or in time to expire a frame that never completes
                 pipe.arrived.wait(0.05)
+        # leave the broker first: what it has not handed over yet stays queued in our
+        # persistent session for the next run instead of being acked and then discarded
+        link.stop()
         pipe.process_ready(flush=True)
     except KeyboardInterrupt:
+        link.stop()
         pipe.process_ready(flush=True)
     finally:
         pipe.close()

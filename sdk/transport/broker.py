@@ -35,6 +35,12 @@ class BrokerConfig(BaseModel):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     protocol: str = Field("3.1.1", pattern=r"^(3\.1\.1|5)$")
+    persistent: bool = Field(True, description="persistent MQTT sessions for edges and sinks "
+                             "(stable client ids, clean start off): the broker keeps a "
+                             "subscriber's QoS 1 messages while it is away")
+    session_expiry_s: int = Field(3600, ge=0, description="MQTT 5: how long the broker keeps "
+                                  "a session after its client left (3.1.1: until the broker's "
+                                  "persistent_client_expiration)")
 
     @field_validator("url")
     @classmethod

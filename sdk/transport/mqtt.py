@@ -57,6 +57,9 @@ class MqttLink:
         on_connect: Sequence[Callable[[MqttLink], None]] = (),
         max_inflight: int = 64,
     ) -> None:
+        """``client_id``: a stable id makes the session persistent when ``broker.persistent``
+        (clean start off, so the broker queues QoS 1 messages for us while we are away);
+        without one the id is random and the session clean."""
         self.broker = broker
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
@@ -69,10 +72,12 @@ class MqttLink:
         self._ack_cond = threading.Condition()
         self._stopping = False
         proto = mqtt.MQTTv5 if broker.protocol == "5" else mqtt.MQTTv311
+        self.persistent = bool(client_id) and broker.persistent
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"discover-{uuid.uuid4().hex[:10]}",
             protocol=proto,
+            **({} if proto == mqtt.MQTTv5 else {"clean_session": not self.persistent}),
         )
         c = self.client
         c.max_inflight_messages_set(max_inflight)
@@ -148,9 +153,17 @@ class MqttLink:
     def start(self, wait_s: float | None = None) -> MqttLink:
         """Connect in the background (retrying with backoff); optionally wait for the first
         connection and raise a clear error if it does not come."""
+        kw: dict = {}
+        if self.broker.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.broker.session_expiry_s if self.persistent else 0
+            kw = {"clean_start": not self.persistent, "properties": props}
         try:
             self.client.connect_async(self.broker.host, self.broker.port,
-                                      keepalive=self.broker.keepalive)
+                                      keepalive=self.broker.keepalive, **kw)
         except (OSError, ValueError) as e:
             raise DiscoverError(f"cannot reach broker {self.broker.describe()}: {e}") from None
         self.client.loop_start()

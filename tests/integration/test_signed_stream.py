@@ -1,16 +1,18 @@
 """Signed streams end to end over a real Mosquitto: ``discover edge --key-file`` publishes, a sink
-with the same key decodes every frame, a sink with another key and one recording with it take
-nothing (counted), and ``discover record --key-file`` keeps only what verifies."""
+with the same key decodes every frame, a sink with another key takes nothing (counted), and a
+keyed recorder keeps what verifies; ``discover record`` refuses a bad camera id at once."""
 
 from __future__ import annotations
 
-import json
 import subprocess
+import threading
 
 from conftest import CLI, PREFIX, SinkThread, broker_config, cli_env
 from discover.sdk.recording import read_recording
 from discover.sdk.security import StreamKey
 from discover.sink.config import SinkSection
+
+from discover.replay import record
 
 
 class KeyedSink(SinkThread):
@@ -42,14 +44,16 @@ def test_keyed_edge_and_sinks_over_mosquitto(broker, clip, tmp_path):
     cfg = broker_config(broker.url)
     section = SinkSection(camera="cam0", tasks=["detection"], idle_timeout_s=3.0,
                           output="none")
-    good = KeyedSink(section, cfg, StreamKey.load(key_file)).start()
-    bad = KeyedSink(section, cfg, StreamKey.load(other_file)).start()
-    rec_out = tmp_path / "rec.dscv"
-    rec = subprocess.Popen([*CLI, "record", "--broker", broker.url, "--camera", "cam0",
-                            "--out", str(rec_out), "--idle-timeout", "3", "--json", "-q",
-                            "--key-file", str(key_file)],
-                           env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    good = KeyedSink(section.model_copy(update={"client_id": "good"}), cfg,
+                     StreamKey.load(key_file)).start()
+    bad = KeyedSink(section.model_copy(update={"client_id": "bad"}), cfg,
+                    StreamKey.load(other_file)).start()
+    rec_out, rec_ready, rec_result = tmp_path / "rec.dscv", threading.Event(), {}
+    rec = threading.Thread(target=lambda: rec_result.update(record(
+        cfg, PREFIX, "cam0", rec_out, idle_timeout_s=3.0, ready=rec_ready,
+        key=StreamKey.load(key_file))), daemon=True)
+    rec.start()
+    assert rec_ready.wait(30)
     try:
         edge = subprocess.run(
             [*CLI, "edge", "--broker", broker.url, "--source", str(clip), "--camera", "cam0",
@@ -60,15 +64,14 @@ def test_keyed_edge_and_sinks_over_mosquitto(broker, clip, tmp_path):
         good.wait_frames(n, 30)
         ok, refused = good.finish(30), bad.finish(30)
     finally:
-        out, err = rec.communicate(timeout=60)
+        rec.join(60)
     assert ok["frames"] == n and ok["dropped_packets"] == 0
     assert refused["frames"] == 0
     assert refused["drop_reasons"].get("unverifiable", 0) > 0  # no verified meta: no session
     assert bad.indices() == []
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert rec.returncode == 0, err
     topics = [r.topic for r in read_recording(rec_out)]
-    assert summary["records"] == len(topics) and topics.count(f"{PREFIX}/cam0/meta") >= 1
+    assert rec_result["records"] == len(topics) and topics.count(f"{PREFIX}/cam0/meta") >= 1
+    assert rec_result["refused"] == 0
     assert sum(t.endswith("/side") for t in topics) == n
 
 
