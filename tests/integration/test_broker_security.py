@@ -81,10 +81,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture()
-def tls_broker(tmp_path: Path):
-    _require_mosquitto()
-    d = tmp_path
+def make_certs(d: Path) -> None:
+    """A test CA (ca.crt) and a server certificate for 127.0.0.1 (server.crt/key) in ``d``."""
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
              "/CN=discover-test-ca", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
@@ -92,6 +90,13 @@ def tls_broker(tmp_path: Path):
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)
+
+
+@pytest.fixture()
+def tls_broker(tmp_path: Path):
+    _require_mosquitto()
+    d = tmp_path
+    make_certs(d)
     b = LocalBroker("mosquitto", extra_conf=f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\n"
                                             f"keyfile {d / 'server.key'}\n")
     b.start(timeout=10)

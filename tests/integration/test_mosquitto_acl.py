@@ -20,7 +20,7 @@ from discover.edge.agent import run_edge
 from discover.edge.config import CameraConfig, EdgeSection
 from discover.sink.config import SinkSection
 from paho.mqtt.enums import CallbackAPIVersion
-from test_broker_security import _openssl
+from test_broker_security import make_certs
 
 from discover.broker import free_port, wait_port
 
@@ -33,13 +33,7 @@ def site_broker(tmp_path: Path):
     """Mosquitto on the example files, with this test's certificates, passwords and port."""
     exe = _require_mosquitto()
     d = tmp_path
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=discover-test-ca", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-             "-keyout", "server.key", "-out", "server.csr", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)
+    make_certs(d)
     pw = d / "discover.passwd"
     for i, (user, password) in enumerate(USERS.items()):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(pw), user,

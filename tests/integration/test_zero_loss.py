@@ -61,11 +61,16 @@ def sink_section() -> SinkSection:
                        client_id="zero-loss-sink")
 
 
-def test_a_3s_broker_restart_loses_no_frame(persistent_broker, clip):
-    cfg = broker_config(persistent_broker.url)
-    sink = SinkThread(sink_section(), cfg).start()
-    edge = EdgeThread(persistent_broker.url, clip)
+def start(broker: LocalBroker, clip: Path) -> tuple[SinkThread, EdgeThread]:
+    """A sink, then the edge streaming the clip at 20 fps."""
+    sink = SinkThread(sink_section(), broker_config(broker.url)).start()
+    edge = EdgeThread(broker.url, clip)
     edge.thread.start()
+    return sink, edge
+
+
+def test_a_3s_broker_restart_loses_no_frame(persistent_broker, clip):
+    sink, edge = start(persistent_broker, clip)
     sink.wait_frames(15, 30)
     persistent_broker.stop()  # SIGTERM: Mosquitto saves sessions and queued messages
     stopped = time.monotonic()
@@ -81,15 +86,13 @@ def test_a_3s_broker_restart_loses_no_frame(persistent_broker, clip):
 
 
 def test_a_sink_restart_loses_no_frame(persistent_broker, clip):
-    cfg = broker_config(persistent_broker.url)
-    first = SinkThread(sink_section(), cfg).start()
-    edge = EdgeThread(persistent_broker.url, clip)
-    edge.thread.start()
+    first, edge = start(persistent_broker, clip)
     first.wait_frames(10, 30)
     first.finish(30, stop=True)  # the worker goes away while the edge streams on
     gone_at = len(edge.seen)
     wait_until(lambda: len(edge.seen) >= gone_at + 20, 30, "the edge to stream 1 s more")
-    second = SinkThread(sink_section(), cfg).start()  # same session: the broker kept its share
+    # same session: the broker kept what came meanwhile
+    second = SinkThread(sink_section(), broker_config(persistent_broker.url)).start()
     edge.finish()
     second.wait_frames(CLIP_FRAMES - len(first.indices()), 60)
     second.finish(30, stop=True)
