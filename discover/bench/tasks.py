@@ -86,6 +86,7 @@ from discover.sdk.metrics import coco_map
 from discover.sdk.rd import bd_rate_points, overlap_points, rate_ratios
 
 OURS = ("ours_task", "ours_full", "ours_bg")
+OURS_MODE = {"ours_task": "task", "ours_full": "full", "ours_bg": "background"}
 #: the summary key infix of each of ours (bd_rate_det_vs_x265, bd_rate_det_full_vs_x265, ...)
 OURS_INFIX = {"ours_task": "", "ours_full": "full_", "ours_bg": "bg_"}
 ANCHORS = ("x265", "x264")
@@ -372,12 +373,15 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     sink_composers: Sequence[str] = ("direct", "background"),
                     diffusion_weights: Path | None = None,
                     annotations: Path | None = None,
-                    perceptual: Sequence[str] = PERCEPTUAL) -> dict[str, Any]:
+                    perceptual: Sequence[str] = PERCEPTUAL,
+                    ours_settings: Sequence[str] = OURS) -> dict[str, Any]:
     """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
     ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
     reference (discover/bench/coco_annotations.py; only its annotated frames are scored);
     ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (discover/bench/perceptual.py), each
-    scored only where its weights are in the torch hub cache (skipped with a note otherwise)."""
+    scored only where its weights are in the torch hub cache (skipped with a note otherwise);
+    ``ours_settings``: which of ``ours_task``, ``ours_full``, ``ours_bg`` to run (a shorter run
+    for the task-stream figure alone)."""
     from discover.bench.ground import load_frames
     from discover.sdk import masks
     from discover.sdk.models.nanodet import NanoDet
@@ -544,10 +548,14 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         qualities = (tuple(range(1, points + 1)) if points else
                      VIDEO_QUALITIES if codec == "video" else (30, 50, 75, 90))
     sink_q = qualities[len(qualities) // 2]
-    for name, mode in (("ours_task", "task"), ("ours_full", "full"), ("ours_bg", "background")):
+    chosen = [o for o in OURS if o in ours_settings]
+    if not chosen:
+        raise DiscoverError(f"bench tasks: ours_settings takes some of {', '.join(OURS)}")
+    kept_by = "ours_bg" if "ours_bg" in chosen else chosen[0]  # its packets feed the sink run
+    for name in chosen:
         for q in qualities:
-            jobs.append((name, f"q{q}", lambda q=q, mode=mode:
-                         ours.run(q, mode, keep=mode == "background" and q == sink_q)))
+            jobs.append((name, f"q{q}", lambda q=q, name=name:
+                         ours.run(q, OURS_MODE[name], keep=name == kept_by and q == sink_q)))
     for name, crfs in (("x264", x264_crfs), ("x265", x265_crfs), ("av1", av1_crfs)):
         enc, decs = VIDEO[name]
         for c in crfs:
@@ -585,7 +593,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             prog.update(f"{name} {point}: {p['kbps']} kbps, {shown}", force=True)
 
         # -- sink throughput on ours_full's packets at one rate point -------------------------
-        assert ours.kept is not None, "the ours_bg run at the sink rate point kept no packets"
+        assert ours.kept is not None, f"the {kept_by} run at the sink rate point kept no packets"
         meta, kept = ours.kept
         fps_sink: dict[str, float] = {}
         notes: dict[str, str] = {}
@@ -596,7 +604,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
             notes["diffusion"] = ("skipped: no diffusion weights folder given "
                                   "(run_bench_tasks(diffusion_weights=...))")
         for cname, ccfg in composers:
-            prog.update(f"sink throughput: {cname} on ours_bg q{sink_q}", force=True)
+            prog.update(f"sink throughput: {cname} on {kept_by} q{sink_q}", force=True)
             try:
                 fps_sink[cname] = sink_fps(meta, kept, ccfg)
             except Exception as e:  # noqa: BLE001 - diffusion may lack its packages / weights
@@ -617,7 +625,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     summary: dict[str, Any] = {}
     scores = {short: key for short, key in SCORES.items()
               if short not in TASKS or short in tasks}
-    for o in OURS:
+    for o in chosen:
         for a in ANCHORS:
             po, pa = settings[o]["points"], settings[a]["points"]
             comp: dict[str, Any] = {}
@@ -682,7 +690,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "ours_codec": {"type": codec, "checkpoint": ours.agent.codec.checkpoint_hash()},
         "settings": settings, "comparisons": comparisons, **summary,
         "sink_fps": fps_sink,
-        "sink_fps_info": {"setting": "ours_bg", "point": f"q{sink_q}", "frames": n,
+        "sink_fps_info": {"setting": kept_by, "point": f"q{sink_q}", "frames": n,
                           "task_model": "nanodet", "device": "cpu",
                           "cpu_count": os.cpu_count(), "notes": notes},
         "side_by_side": str(out / "side_by_side.png"),
