@@ -220,6 +220,11 @@ class CameraAgent:
         (a benchmark coding the same frames at several rates grounds them once)."""
         s = self.stats
         h, w = image.shape[:2]
+        if (w, h) != (self.meta.width, self.meta.height):
+            raise DiscoverError(
+                f"camera {self.cam.id}: the source changed resolution mid-stream, from "
+                f"{self.meta.width}x{self.meta.height} to {w}x{h} at frame {index}; restart the "
+                "edge (its stream then starts anew at the new size) or fix the source's size")
         t0 = time.perf_counter()
         dets = self.tracker.ground(image, self.labels) if detections is None else detections
         regions = self.regions(dets, w, h)

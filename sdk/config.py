@@ -22,16 +22,40 @@ from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "DISCOVER_"
+MAX_LIST_INDEX = 1024  # --set edge.cameras.100000000.source=x must not build a huge list
+MAX_YAML_NODES = 100_000  # values after aliases are expanded: a YAML alias bomb is refused
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Values in a composed YAML node once every alias is expanded (memoised: linear time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts as one value, not forever
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [v for kv in node.value for v in kv] if isinstance(node, yaml.MappingNode) else [])
+        memo[key] = 1 + sum(_expanded(c, memo) for c in children)
+    return memo[key]
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that first refuses a document expanding to more than
+    MAX_YAML_NODES values (ValueError)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None and _expanded(node, {}) > MAX_YAML_NODES:
+        raise ValueError(f"YAML expands to more than {MAX_YAML_NODES} values (aliases)")
+    return yaml.safe_load(text)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_yaml(p.read_text())
     except OSError as e:
         raise DiscoverError(f"cannot read config {p}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise DiscoverError(f"config {p} is not UTF-8 text; pass a YAML file") from None
+    except ValueError as e:  # an alias bomb
+        raise DiscoverError(f"config {p}: {e}; write the repeated values out") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -50,6 +74,9 @@ def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
         last = i == len(path) - 1
         if isinstance(node, list):
             idx = int(key)
+            if idx >= MAX_LIST_INDEX:
+                raise DiscoverError(f"config list index {idx} in {'.'.join(path)} is too large "
+                                    f"(at most {MAX_LIST_INDEX - 1}); number list items from 0")
             while len(node) <= idx:
                 node.append({})
             if last:
@@ -130,9 +157,11 @@ def _parse_for(model: type[BaseModel], path: Sequence[str], text: str) -> Any:
 def parse_value(text: str) -> Any:
     """Command-line and environment values are YAML scalars or flow lists."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return safe_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+    except ValueError as e:
+        raise DiscoverError(f"bad value {text[:40]!r}: {e}") from None
 
 
 def env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:

@@ -3,11 +3,13 @@
 Layout: the 8-byte magic ``b"DSCVREC1"``, then records of
 ``>dHIB`` (arrival seconds since the first record, topic length, payload length, retain flag),
 the topic (UTF-8) and the payload. A file cut short (recorder killed) reads up to its last whole
-record.
+record; a record declaring more bytes than the file still holds ends the reading there, so a
+forged length (4 GB) is never allocated.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +76,7 @@ def read_recording(path: str | Path) -> Iterator[Record]:
         raise DiscoverError(f"cannot read recording {p}: {e.strerror}; "
                             "pass a file written by 'discover record'") from None
     with f:
+        size = os.fstat(f.fileno()).st_size
         if f.read(len(MAGIC)) != MAGIC:
             raise DiscoverError(f"{p} is not a DISCOVER recording (bad magic); "
                                 "pass a file written by 'discover record'")
@@ -82,6 +85,8 @@ def read_recording(path: str | Path) -> Iterator[Record]:
             if len(head) < _REC.size:
                 return
             t, tlen, plen, retain = _REC.unpack(head)
+            if tlen + plen > size - f.tell():  # cut short (or a forged length): stop, allocate
+                return                          # nothing the file does not hold
             topic = f.read(tlen)
             payload = f.read(plen)
             if len(topic) < tlen or len(payload) < plen:

@@ -102,7 +102,9 @@ def parse_url(url: str) -> tuple[str, str, int, str | None]:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages)."""
-    import re
-
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+    """The URL with everything before the host's last ``@`` (user and password, whatever
+    characters they hold) replaced by ``***`` (for messages)."""
+    scheme, sep, rest = url.rpartition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"

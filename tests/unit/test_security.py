@@ -252,3 +252,11 @@ def test_key_files(tmp_path):
         load_key(short)
     with pytest.raises(DiscoverError, match="cannot read key file"):
         load_key(tmp_path / "missing")
+
+
+def test_a_resolution_change_mid_stream_is_one_clear_error(agent, frames):
+    """It crashed the edge with an IndexError in the temporal coder before."""
+    agent.step(frames[0], 0, 1000)
+    with pytest.raises(DiscoverError, match=r"changed resolution mid-stream, from 768x576 to "
+                                            r"384x288 at frame 1; restart the edge"):
+        agent.step(np.ascontiguousarray(frames[1][::2, ::2]), 1, 2000)

@@ -302,3 +302,62 @@ def test_an_idle_camera_is_released_but_comes_back_with_its_meta(frames):
     for t, p in frame_messages(PREFIX, meta, 1, 2000, REGIONS, coded, max_packet=4096):
         pipe.feed(t, p)
     assert pipe.process_ready(flush=True) == 1 and pipe.summary()["frames"] == 2
+
+
+# -- the small fixes of issue 14 -------------------------------------------------------------
+
+def test_a_recording_declaring_a_4gb_record_reads_nothing(tmp_path):
+    from discover.sdk.recording import MAGIC, read_recording
+
+    f = tmp_path / "forged.rec"
+    f.write_bytes(MAGIC + struct.pack(">dHIB", 0.0, 5, 0xFFFFFFFF, 0) + b"a/b/c" + bytes(100))
+    assert list(read_recording(f)) == []
+
+
+@pytest.mark.parametrize("url", ["mqtt://user:pa/ss@host:1883", "mqtt://user:p@ss@host",
+                                 "user:pw/x@host"])
+def test_a_password_in_the_broker_url_is_never_shown(url):
+    from discover.sdk.errors import DiscoverError
+    from discover.sdk.transport.broker import parse_url
+
+    with pytest.raises(DiscoverError) as e:
+        parse_url(url)
+    assert "pa/ss" not in str(e.value) and "ss@" not in str(e.value) and "pw" not in str(e.value)
+
+
+@pytest.mark.parametrize("camera", [".", "..", "a/b", "#", "+"])
+def test_camera_ids_that_are_paths_or_wildcards_are_refused(camera):
+    from discover.sdk.errors import DiscoverError
+    from discover.sdk.topics import check_name
+
+    with pytest.raises(DiscoverError, match="bad camera id"):
+        check_name(camera, "camera id")
+
+
+def test_a_plus_sink_ignores_a_dot_dot_camera(tmp_path, frames):
+    codec = CODECS.create("classical")
+    pipe = SinkPipeline(SinkSection(tasks=["detection"], out=tmp_path / "out"), PREFIX)
+    coded = codec.compress(frames[0], REGIONS, send_rest=False)
+    for t, p in _camera_stream(coded, "cam1"):
+        pipe.feed(t.replace("/cam1/", "/../"), p)
+    assert pipe.process_ready(flush=True) == 0 and pipe.counters["bad_camera_id"] == 3
+    assert not (tmp_path / "results").exists() and not (tmp_path / "frames").exists()
+
+
+def test_config_bombs_are_one_line_errors(tmp_path):
+    from discover.sdk.config import load_config
+    from discover.sdk.errors import DiscoverError
+
+    from discover.config import Deployment
+
+    with pytest.raises(DiscoverError, match="list index 100000000 .* too large"):
+        load_config(Deployment, sets=["edge.cameras.100000000.source=x"], environ={})
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['x: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', "edge:"]
+    prev = "a"
+    for i, name in enumerate("bcdefgh"):
+        lines.append(f"  k{i}: &{name} [{', '.join(['*' + prev] * 9)}]")
+        prev = name
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DiscoverError, match="expands to more than"):
+        load_config(Deployment, bomb, environ={})
