@@ -106,7 +106,10 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
         head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
                 f"X-Frame-Index: {report.frame}\r\nX-Capture-Us: {report.capture_us}\r\n"
                 f"X-Decoded-At: {report.decoded_at:.6f}\r\n\r\n")
-        await resp.write(head.encode() + data + f"\r\n--{BOUNDARY}\r\n".encode())
+        try:
+            await resp.write(head.encode() + data + f"\r\n--{BOUNDARY}\r\n".encode())
+        except ConnectionResetError:  # the viewer went away (tab closed)
+            break
     return resp
 
 

@@ -73,13 +73,22 @@ def test_live_page_in_chromium(broker, clip, tmp_path):
         streamer.start()
         wait_until(lambda: live.hub.has("cam0"), 60, "the sink's first frame")
         driver.get(live.url + "view/cam0")
-        shape = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#overlay g.shape"),
-                           30, "an overlay shape")[0]
-        label = shape.get_attribute("data-label")
-        produced = {d["label"] for f in (tmp_path / "cam0" / "results").glob("*.json")
-                    for d in json.loads(f.read_text())["tasks"]["detection"]["detections"]}
-        assert label in produced
-        assert label in driver.find_element(By.ID, "labels").text
+        # the overlay is redrawn every frame: read it in one script call, never via elements
+        shown = wait_until(lambda: driver.execute_script(
+            "return [...document.querySelectorAll('#overlay g.shape')].map(g => g.dataset.label)"
+            ".concat(['|'], [...document.querySelectorAll('#labels span')].map(s => s.textContent))"
+        ), 30, "an overlay shape")
+        drawn, listed = shown[:shown.index("|")], shown[shown.index("|") + 1:]
+        assert drawn and listed
+        produced = set()
+        for f in (tmp_path / "cam0" / "results").glob("*.json"):
+            try:
+                doc = json.loads(f.read_text())
+            except ValueError:  # being written
+                continue
+            produced |= {d["label"] for d in doc["tasks"]["detection"]["detections"]}
+        assert set(drawn) <= produced, (drawn, produced)
+        assert {t.rsplit(" ", 1)[0] for t in listed} <= produced, listed
         img = driver.find_element(By.ID, "live")
         wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", img) > 0,
                    20, "the live picture")
