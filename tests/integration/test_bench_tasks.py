@@ -162,6 +162,25 @@ def test_learned_codec_runs_every_rate_point_with_temporal_prediction(tmp_path: 
     assert all(0.0 <= m <= 1.0 for m in task["det_map50"])
 
 
+def test_video_codec_through_the_agent_step(tmp_path: Path) -> None:
+    """``--codec video``: ours is the real CameraAgent (step) with the video codec; each point
+    carries the edge's own accounting (side and task bytes, keyframes), and the frames can
+    start later in the source (the held-out split)."""
+    r = run_bench_tasks(max_frames=6, start=2, out=tmp_path / "out", quiet=True, codec="video",
+                        qualities=(1, 5), x264_crfs=(44,), x265_crfs=(30, 44), av1_crfs=(),
+                        jpeg_qualities=(), webp_qualities=(), min_refs=1, tasks=("det",),
+                        ms_ssim_every=6, perceptual=(), sink_composers=("direct",),
+                        ours_settings=("ours_task",))
+    assert r["start"] == 2 and r["ours_codec"]["type"] == "video" and r["sink_fps"]["direct"] > 0
+    task = r["settings"]["ours_task"]
+    assert "ours_full" not in r["settings"] and task["kbps"][1] > task["kbps"][0]
+    for p in task["points"]:
+        e = p["edge"]
+        assert set(e["bytes_by_substream"]) == {"side", "task"}  # no rest in ours_task
+        assert e["intra_frames"] == 1 and e["region_modes"] == {"keyframe": 1, "predicted": 5}
+    assert "bd_rate_det_vs_x265" in r and "bd_rate_det_vs_x264" in r
+
+
 def test_coco_annotations_replace_the_model_reference(tmp_path: Path) -> None:
     """Boxes from a COCO file are the reference: NanoDet's own confident boxes as annotations
     score high on near-lossless frames, the same boxes moved off their objects score low."""
