@@ -122,7 +122,9 @@ def test_unmapped_labels_reported_once(grounder, frame0, caplog):
     with caplog.at_level(logging.WARNING):
         grounder.ground(frame0, ["person", "unicorn"])
         grounder.ground(frame0, ["person", "unicorn"])
-    assert len([r for r in caplog.records if "unicorn" in r.getMessage()]) == 1
+    hits = [r.getMessage() for r in caplog.records if "have no class" in r.getMessage()]
+    assert len(hits) == 1 and "1 of 2 profile labels" in hits[0]
+    assert "discover ground --labels" in hits[0] and "unicorn" not in hits[0]
 
 
 def test_missing_weights_name_the_conversion_command(tmp_path):
