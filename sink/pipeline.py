@@ -150,6 +150,12 @@ class SinkPipeline:
 
     # -- processing (one thread) --------------------------------------------------------------
 
+    def camera(self, name: str) -> _Camera | None:
+        """The decoding state of a camera whose meta arrived (its codec and composer), made now
+        if needed; None if this sink refuses the stream (``refused`` says why). Benchmarks use
+        it to reach the composer they time."""
+        return self._camera(name) if name in self.metas else None
+
     def _camera(self, name: str) -> _Camera | None:
         meta = self.metas[name]
         cam = self.cameras.get(name)
@@ -282,7 +288,9 @@ class SinkPipeline:
             self.counters["frames_undecodable"] += 1
             self.counters[f"undecodable_{e.reason}"] += 1
             return
+        t0 = time.perf_counter()
         decoded = cam.codec.decompress(coded)
+        t1 = time.perf_counter()
         errors = decoded.get("errors", {})
         self.counters["region_errors"] += sum(1 for k in errors if k >= 0)
         if decoded.get("needs_refresh"):
@@ -290,7 +298,9 @@ class SinkPipeline:
         info = {"camera": cam.meta.camera, "frame": frame.frame_index,
                 "capture_us": frame.capture_us, "regions": side.regions, "region_errors": errors,
                 "complete": frame.complete, "meta": cam.meta}
+        t2 = time.perf_counter()
         image = cam.composer.compose(decoded, info)
+        t3 = time.perf_counter()
         results = {}
         for task, model in self.models.items():
             res = model.run(image, {**info, "task": task})
@@ -330,16 +340,19 @@ class SinkPipeline:
         if self.on_frame is not None:
             self.on_frame(cam.meta.camera, frame.frame_index, image)
         if self.listeners:
+            stages = {"decode": t1 - t0, "compose": t3 - t2, "tasks": time.perf_counter() - t3}
             self._report(cam, frame, image, results, side.regions,
-                         bool(decoded.get("has_rest")), t_done)
+                         bool(decoded.get("has_rest")), t_done, stages)
 
     def _report(self, cam: _Camera, frame: AssembledFrame, image: np.ndarray,
-                results: dict[str, Any], regions: list[Any], has_rest: bool, t: float) -> None:
+                results: dict[str, Any], regions: list[Any], has_rest: bool, t: float,
+                stages: dict[str, float]) -> None:
         sizes = {"side": len(frame.side or b""), "rest": len(frame.rest or b""),
                  **{f"task/{k}": len(v) for k, v in frame.tasks.items()}}
         report = FrameReport(cam.meta.camera, frame.frame_index, frame.capture_us,
                              cam.meta.fps, image, results, list(regions),
-                             {k: v for k, v in sizes.items() if v}, frame.complete, has_rest, t)
+                             {k: v for k, v in sizes.items() if v}, frame.complete, has_rest, t,
+                             stages)
         for listener in self.listeners:
             listener(report)
 

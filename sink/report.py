@@ -6,7 +6,7 @@ hand heavy work (JPEG, video encoding) to their own threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ class FrameReport:
     complete: bool
     has_rest: bool
     decoded_at: float  # time.time() when the tasks finished
+    #: seconds this frame spent in each stage: "decode", "compose", "tasks"
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def latency_s(self) -> float:

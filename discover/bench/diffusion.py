@@ -402,66 +402,47 @@ def _r(x: float | None, nd: int = 6) -> float | None:
 
 class _Meter:
     """Per-frame timings of a sink camera's decode, compose and denoising loop, and its UNet /
-    ControlNet calls, by wrapping that camera's codec and composer instances (one compose call
-    per frame; index 0 is the warm-up frame)."""
+    ControlNet calls: the sink's own stage times (``FrameReport.stages``), the SD composer's
+    ``last_sample`` and forward hooks on its networks. Index 0 is the warm-up frame."""
 
-    def __init__(self, cam: Any, sync: Callable[[], None]) -> None:
-        self.sync = sync
+    def __init__(self, pipe: Any, cam: Any) -> None:
         self.decode: list[float] = []
         self.compose: list[float] = []
         self.sample: list[float] = []
         self.unet: list[int] = []
         self.controlnet: list[int] = []
         self.finite = True
-        self._cur = {"sample": 0.0, "unet": 0, "controlnet": 0}
+        self._cur = {"unet": 0, "controlnet": 0}
         self._hooks: list[Any] = []
-        comp = cam.composer
-        cam.codec.decompress = self._timed(cam.codec.decompress, self.decode.append)
-        compose = self._timed(comp.compose, self.compose.append)
-
-        def compose_frame(*args: Any, **kw: Any) -> Any:
-            self._cur.update(sample=0.0, unet=0, controlnet=0)
-            out = compose(*args, **kw)
-            self.sample.append(self._cur["sample"])
-            self.unet.append(self._cur["unet"])
-            self.controlnet.append(self._cur["controlnet"])
-            return out
-
-        comp.compose = compose_frame
-        parts = getattr(comp, "parts", None)
+        self._pipe, self._composer = pipe, cam.composer
+        pipe.listeners.append(self._on_frame)
+        parts = getattr(self._composer, "parts", None)
         if parts is not None:
-            comp.sample = self._timed(comp.sample, self._add_sample, check=True)
             self._hooks.append(parts.unet.register_forward_hook(self._counter("unet")))
-            net = getattr(comp, "controlnet", None)
+            net = getattr(self._composer, "controlnet", None)
             if net is not None:
                 self._hooks.append(net.register_forward_hook(self._counter("controlnet")))
 
-    def _add_sample(self, dt: float) -> None:
-        self._cur["sample"] += dt
+    def _on_frame(self, report: Any) -> None:
+        self.decode.append(report.stages["decode"])
+        self.compose.append(report.stages["compose"])
+        last = getattr(self._composer, "last_sample", None)
+        if last is not None:
+            self.sample.append(last.get("seconds", 0.0))
+            self.finite = self.finite and last.get("finite", True)
+        self.unet.append(self._cur["unet"])
+        self.controlnet.append(self._cur["controlnet"])
+        self._cur.update(unet=0, controlnet=0)
 
     def _counter(self, key: str) -> Callable[..., None]:
         def hook(*_: Any) -> None:
             self._cur[key] += 1
         return hook
 
-    def _timed(self, fn: Callable[..., Any], record: Callable[[float], None],
-               check: bool = False) -> Callable[..., Any]:
-        def wrapped(*args: Any, **kw: Any) -> Any:
-            self.sync()
-            t = time.perf_counter()
-            out = fn(*args, **kw)
-            self.sync()
-            record(time.perf_counter() - t)
-            if check:
-                import torch
-
-                self.finite = self.finite and bool(torch.isfinite(out).all())
-            return out
-        return wrapped
-
     def close(self) -> None:
         for h in self._hooks:
             h.remove()
+        self._pipe.listeners.remove(self._on_frame)
 
 
 def composer_config(composer: str, steps: int | None, weights: dict[str, Any], device: str,
@@ -515,11 +496,11 @@ def run_config(label: str, ccfg: dict[str, Any], meta: Any,
 
     pipe = SinkPipeline(section, CAMERA_PREFIX, on_frame=on_frame)
     pipe.feed(topic(CAMERA_PREFIX, meta.camera, "meta"), meta.to_json())
-    # the camera's codec and composer, made now so that the meter wraps them before frame 0
-    cam = pipe._camera(meta.camera)  # noqa: SLF001 - the bench instruments the sink's own objects
+    # the camera's codec and composer, made now so that the meter hooks them before frame 0
+    cam = pipe.camera(meta.camera)
     if cam is None:
         raise DiscoverError(f"bench diffusion: the sink refused the stream ({pipe.refused})")
-    meter = _Meter(cam, sync)
+    meter = _Meter(pipe, cam)
     res: dict[str, Any] = {"config": label, "composer": ccfg["type"],
                            "steps": ccfg.get("steps"), "load_s": round(load_s, 2)}
     times: list[float] = []

@@ -35,6 +35,7 @@ cache; nothing is downloaded unless ``allow_download`` is set. Models load once 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -439,6 +440,8 @@ class StableDiffusionComposer(Composer):
 
     def __init__(self, config: StableDiffusionConfig) -> None:
         super().__init__(config)
+        #: the last denoising loop: seconds, steps run, whether the latents stayed finite
+        self.last_sample: dict[str, Any] = {}
         self.parts = load_stable_diffusion(
             config.base, revision=config.revision, allow_download=config.allow_download,
             device=config.device, dtype=config.dtype, section=self.section,
@@ -536,6 +539,7 @@ class StableDiffusionComposer(Composer):
         else:
             latents = self.noised(sched, start, noise, timesteps[0])
         g = c.guidance_scale
+        t0 = time.perf_counter()
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
                 inp = torch.cat([latents] * 2) if self.guided else latents
@@ -548,6 +552,10 @@ class StableDiffusionComposer(Composer):
                 if after_step is not None:
                     nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
                     latents = after_step(sched, latents, nxt)
+            if self.parts.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.last_sample = {"seconds": time.perf_counter() - t0, "steps": len(timesteps),
+                                "finite": bool(torch.isfinite(latents).all())}
         return latents
 
     def decode(self, latent: torch.Tensor, height: int, width: int) -> np.ndarray:
