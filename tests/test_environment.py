@@ -6,7 +6,7 @@ tools/torchvision_cpu_fix.py (run by make setup). compressai imports torchvision
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
+torch = pytest.importorskip("torch", reason="torch comes with the 'learned' and 'models' extras")
 
 
 def test_torchvision_nms_on_cpu():

@@ -7,14 +7,14 @@
 #   - installs Mosquitto for the broker tests (Debian, as root) if /usr/sbin/mosquitto is missing
 #   - installs Chromium and chromium-driver for the live view's browser test (Debian, as root)
 # Work already done is skipped: a stamp in .venv holds the hash of the inputs.
-# Environment: SETUP_EXTRAS (default "edge,sink,llm,grounding,diffusion,metrics,dev"; "" for none), PYTHON (interpreter for a
+# Environment: SETUP_EXTRAS (default "edge,sink,learned,models,llm,grounding,diffusion,metrics,dev"; "" for none), PYTHON (interpreter for a
 # new venv, default python3.11), TORCH_PIP_ARGS (extra pip arguments for the torch install,
 # e.g. "--index-url https://download.pytorch.org/whl/cpu" where no local CPU wheel exists).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
-EXTRAS=${SETUP_EXTRAS-edge,sink,llm,grounding,diffusion,metrics,dev}
+EXTRAS=${SETUP_EXTRAS-edge,sink,learned,models,llm,grounding,diffusion,metrics,dev}
 EXTRAS=${EXTRAS// /}
 LOG=$VENV/setup.log
 STAMP=$VENV/.setup-stamp

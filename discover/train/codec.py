@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ImportError as e:
         print(f"error: training needs torch and compressai ({e}): "
-              "pip install 'discover-sdk[sink]'", file=sys.stderr)
+              "pip install 'discover-sdk[learned]'", file=sys.stderr)
         return 2
     videos = [VideoSource(p, args.first, args.last, args.stride) for p in (args.video or [VTEST])]
     cfg = TrainConfig(

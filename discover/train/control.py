@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         import_diffusers("discover/train/control.py")
     except ImportError as e:
         print(f"error: training needs torch and compressai ({e}): "
-              "pip install 'discover-sdk[sink,diffusion]'", file=sys.stderr)
+              "pip install 'discover-sdk[learned,diffusion]'", file=sys.stderr)
         return 2
     except DiscoverError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ def require_torchvision(model: str) -> None:
         import torchvision  # noqa: F401
     except ImportError as e:
         raise DiscoverError(f"task model {model} needs torch and torchvision ({e.name} is "
-                            "missing): pip install 'discover-sdk[sink]'") from None
+                            "missing): pip install 'discover-sdk[models]'") from None
     except RuntimeError as e:  # PyPI's CUDA torchvision next to a CPU-only torch
         raise DiscoverError(f"task model {model}: torchvision does not load ({str(e)[:80]}); "
                             "with a CPU-only torch run tools/torchvision_cpu_fix.py") from None

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
-pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
+torch = pytest.importorskip("torch", reason="torch comes with the 'learned' extra")
+pytest.importorskip("compressai", reason="compressai comes with the 'learned' extra")
 
 from discover.sdk.codecs import CODECS  # noqa: E402
 from discover.sdk.codecs.learned import checkpoint as ckpt  # noqa: E402

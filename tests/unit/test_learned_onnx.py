@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
-pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
+torch = pytest.importorskip("torch", reason="torch comes with the 'learned' extra")
+pytest.importorskip("compressai", reason="compressai comes with the 'learned' extra")
 pytest.importorskip("onnxruntime", reason="onnxruntime comes with the 'edge' extra")
 onnx = pytest.importorskip("onnx", reason="onnx comes with the 'dev' and 'export' extras")
 

@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch comes with the 'sink' extra")
-pytest.importorskip("compressai", reason="compressai comes with the 'sink' extra")
+torch = pytest.importorskip("torch", reason="torch comes with the 'learned' extra")
+pytest.importorskip("compressai", reason="compressai comes with the 'learned' extra")
 
 from discover.sdk.codecs import CODECS  # noqa: E402
 from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig  # noqa: E402

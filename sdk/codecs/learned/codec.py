@@ -97,7 +97,7 @@ def _import_model() -> Any:
         from discover.sdk.codecs.learned import checkpoint, model
     except ImportError as e:
         raise DiscoverError(f"the 'learned' codec needs torch and compressai ({e}); install "
-                            "them with: pip install 'discover-sdk[sink]'") from None
+                            "them with: pip install 'discover-sdk[learned]'") from None
     return model, checkpoint
 
 
