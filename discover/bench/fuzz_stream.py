@@ -48,6 +48,7 @@ TASKS = ["detection", "vehicles"]
 MIX = {"packet": 30, "reassembly": 20, "meta": 12, "side": 14, "cells": 16, "codec": 1,
        "pipeline": 7}
 BATCH = 500
+STARTUP_S = 900.0  # a worker's imports and corpus (slow on a loaded machine) before its inputs
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFF, 0x8000, 0xFFFFFFFF, 0x7FFFFFFF, 64, 65]
 
 
@@ -358,6 +359,7 @@ def worker(seed: int, start: int, stop: int, only: str | None, hang_s: float, co
 
     torch.set_num_threads(1)
     t = Targets()
+    conn.send(("ready", start, "", 0, ""))
     counts: Counter[str] = Counter()
     for n in range(start, stop):
         name, rng = _schedule(seed, n, only)
@@ -392,7 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         p = ctx.Process(target=worker, args=(args.seed, done, stop, args.only, args.hang_s, child))
         p.start()
         child.close()
-        last_seen = time.monotonic()
+        last_seen, ready = time.monotonic(), False
         while True:
             if parent.poll(1.0):
                 try:
@@ -400,7 +402,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 except EOFError:
                     break
                 last_seen = time.monotonic()
-                if kind == "progress":
+                if kind == "ready":
+                    ready = True
+                elif kind == "progress":
                     done = n
                     max_cpu_ms = max(max_cpu_ms, a.pop("max_cpu_ms", 0))
                     totals.update(a)
@@ -413,7 +417,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     findings.append({"kind": kind, "input": n, "target": a, "what": b, "trace": tb})
                     print(f"{kind} at input {n} ({a}): {b}", file=sys.stderr, flush=True)
-            elif not p.is_alive() or time.monotonic() - last_seen > args.stall_s:
+            elif not p.is_alive() or time.monotonic() - last_seen > (
+                    args.stall_s if ready else STARTUP_S):  # building the corpus takes a while
                 break
         p.join(10.0 if done >= stop else 2.0)
         if done >= stop:
