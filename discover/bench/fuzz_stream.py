@@ -12,7 +12,9 @@ Targets (each takes bytes a hostile publisher controls):
   bodies reach the entropy decoder (the crash class of issue 14);
 * ``codec``: a whole learned-codec ``decompress`` of a small frame with one mutated, re-sealed
   payload (temporal and per-frame streams);
-* ``pipeline``: :class:`SinkPipeline` (classical codec) fed mutated packets and metas.
+* ``pipeline``: :class:`SinkPipeline` (classical codec) fed mutated packets and metas;
+* ``signed``: a keyed reassembler fed signed packets with edits (CRC recomputed): none may be
+  taken.
 
 A target passes an input when it returns or raises the error it documents for bad input
 (``PacketError``, ``PayloadError``, ...). Counted: inputs tried, ``crashes`` (any other exception,
@@ -46,7 +48,7 @@ PREFIX = "discover"
 TASKS = ["detection", "vehicles"]
 #: share of inputs per target (the slow ones get fewer)
 MIX = {"packet": 30, "reassembly": 20, "meta": 12, "side": 14, "cells": 16, "codec": 1,
-       "pipeline": 7}
+       "pipeline": 7, "signed": 8}
 BATCH = 500
 STARTUP_S = 900.0  # a worker's imports and corpus (slow on a loaded machine) before its inputs
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFF, 0x8000, 0xFFFFFFFF, 0x7FFFFFFF, 64, 65]
@@ -297,6 +299,20 @@ class Targets:
         _reseal(coded, which, side, mutate(rng, old[5:], [old[5:]]))
         codec.decompress(coded)
 
+    # signed streams: no edit of a signed packet gets past a keyed reassembler
+    def signed(self, rng: random.Random) -> None:
+        from discover.sdk.reassembly import Reassembler
+
+        if not hasattr(self, "_signed"):
+            self._signed = _signed_stream(self.corpus["classical"])
+        key, meta, packets = self._signed
+        topic, orig = rng.choice(packets)
+        forged = mutate(rng, orig, [p for _, p in packets])
+        forged = fix_crc(forged) if rng.random() < 0.9 else forged
+        r = Reassembler(lambda c: meta if c == CAM else None, tasks=TASKS, key=key)
+        taken = r.push(forged, CAM, topic.split("/", 2)[2])
+        assert not taken or forged == orig, "a forged packet passed the key check"
+
     # whole sink
     def pipeline(self, rng: random.Random) -> None:
         from discover.sdk.errors import PacketError  # noqa: F401 - the boundary catches it
@@ -316,6 +332,19 @@ class Targets:
         for topic, p in frame:
             pipe.feed(topic, fix_crc(mutate(rng, p, self.packets)) if rng.random() < 0.3 else p)
         pipe.process_ready(flush=rng.random() < 0.2)
+
+
+def _signed_stream(stream: dict[str, Any]) -> tuple[Any, Any, list[tuple[str, bytes]]]:
+    """The classical stream's frames signed with a fuzzing key: (key, meta, packets)."""
+    from discover.sdk.framing import frame_messages
+    from discover.sdk.security import StreamKey
+
+    key, meta = StreamKey(b"fuzzing-key-0123456789"), stream["meta"]
+    packets = [m for i, c in enumerate(stream["coded"])
+               for m in frame_messages(PREFIX, meta, 100 + i, 1_000_000 * (i + 1),
+                                       stream["regions"], c, max_packet=1024,
+                                       signer=key.signer(meta.session))]
+    return key, meta, packets
 
 
 def _reseal(coded: dict[str, Any], which: Any, side: Any, body: bytes) -> None:

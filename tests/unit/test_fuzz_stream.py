@@ -35,7 +35,7 @@ def targets() -> fz.Targets:
 
 @pytest.mark.parametrize("name, inputs", [("packet", 400), ("reassembly", 300), ("meta", 300),
                                           ("side", 300), ("cells", 200), ("codec", 12),
-                                          ("pipeline", 60)])
+                                          ("pipeline", 60), ("signed", 400)])
 def test_a_short_fuzz_run_finds_nothing(targets, name, inputs):
     outcome = {"ok": 0, "rejected": 0}
     for n in range(inputs):
@@ -48,6 +48,8 @@ def test_a_short_fuzz_run_finds_nothing(targets, name, inputs):
         except Exception as e:  # pragma: no cover - the finding
             pytest.fail(f"{name} input {n}: {type(e).__name__}: {e}")
     assert sum(outcome.values()) == inputs
+    if name == "signed":  # no edit of a signed packet is taken (an unchanged one may be)
+        assert outcome["rejected"] == 0 and outcome["ok"] == inputs
     if name in ("packet", "meta", "side", "cells"):  # mutations do get refused, and some pass
         assert outcome["rejected"] > 0 and outcome["ok"] > 0, outcome
 
