@@ -74,12 +74,16 @@ def test_live_page_in_chromium(broker, clip, tmp_path):
         wait_until(lambda: live.hub.has("cam0"), 60, "the sink's first frame")
         driver.get(live.url + "view/cam0")
         # the overlay is redrawn every frame: read it in one script call, never via elements
-        shown = wait_until(lambda: driver.execute_script(
-            "return [...document.querySelectorAll('#overlay g.shape')].map(g => g.dataset.label)"
-            ".concat(['|'], [...document.querySelectorAll('#labels span')].map(s => s.textContent))"
-        ), 30, "an overlay shape")
-        drawn, listed = shown[:shown.index("|")], shown[shown.index("|") + 1:]
-        assert drawn and listed
+        def overlay() -> tuple[list[str], list[str]] | None:
+            shown = driver.execute_script(
+                "return [...document.querySelectorAll('#overlay g.shape')].map(g => g.dataset.label)"
+                ".concat(['|'], [...document.querySelectorAll('#labels span')]"
+                ".map(s => s.textContent))")
+            drawn, listed = shown[:shown.index("|")], shown[shown.index("|") + 1:]
+            # the page may show a frame with no shapes yet (or between two redraws): poll
+            return (drawn, listed) if drawn and listed else None
+
+        drawn, listed = wait_until(overlay, 30, "an overlay shape and its label")
         produced = set()
         for f in (tmp_path / "cam0" / "results").glob("*.json"):
             try:
