@@ -45,3 +45,14 @@ def test_boxes_of_other_groups_never_suppress():
     assert nms(boxes, scores, 0.5).tolist() == [0]
     assert nms(boxes, scores, 0.5, groups=np.array([0, 1, 2])).tolist() == [0, 1, 2]
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+def test_pair_iou_agrees_with_the_matrix_form():
+    rng = np.random.default_rng(3)
+    a, b = random_boxes(rng, 20), random_boxes(rng, 20)
+    b[:5] = a[:5]  # identical pairs
+    b[5] = (0, 0, 0, 10)  # empty box
+    m = box_iou(a, b)
+    for i in range(20):
+        for j in range(20):
+            assert pair_iou(a[i], b[j]) == pytest.approx(m[i, j], abs=1e-12)
