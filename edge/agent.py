@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -218,17 +219,33 @@ class CameraAgent:
         what ``run`` does per frame, callable without a broker (benchmarks). ``send_rest``
         overrides the rest scheduler; ``detections`` are this frame's boxes grounded already
         (a benchmark coding the same frames at several rates grounds them once)."""
-        s = self.stats
+        t0 = time.perf_counter()
+        regions = self.select(image, index, detections)
+        return self.code(image, index, capture_us, regions, time.perf_counter() - t0,
+                         send_rest=send_rest)
+
+    def select(self, image: np.ndarray, index: int,
+               detections: list | None = None) -> list[Region]:
+        """The first half of :meth:`step`: ground (or take ``detections``) and select the
+        regions. ``run`` does it on its own thread while the previous frame is coded."""
         h, w = image.shape[:2]
         if (w, h) != (self.meta.width, self.meta.height):
             raise DiscoverError(
                 f"camera {self.cam.id}: the source changed resolution mid-stream, from "
                 f"{self.meta.width}x{self.meta.height} to {w}x{h} at frame {index}; restart the "
                 "edge (its stream then starts anew at the new size) or fix the source's size")
-        t0 = time.perf_counter()
         dets = self.tracker.ground(image, self.labels) if detections is None else detections
-        regions = self.regions(dets, w, h)
+        return self.regions(dets, w, h)
+
+    def code(self, image: np.ndarray, index: int, capture_us: int, regions: list[Region],
+             ground_s: float, *, send_rest: bool | None = None,
+             grounded: bool | None = None) -> FrameStep:
+        """The second half of :meth:`step`: rest schedule, codec, packets, stats
+        (``grounded``: whether the grounder ran on this frame rather than the tracker)."""
+        s = self.stats
+        h, w = image.shape[:2]
         t1 = time.perf_counter()
+        t0 = t1 - ground_s
         if send_rest is None:
             send_rest = self.rest.due(index, image, regions)
         coded = self.codec.compress(image, regions, send_rest)
@@ -255,7 +272,7 @@ class CameraAgent:
             with self._timing_lock:
                 self._pending_times[index] = {
                     "camera": self.cam.id, "frame": index, "capture_us": capture_us,
-                    "grounded": self.tracker.last_grounded,
+                    "grounded": self.tracker.last_grounded if grounded is None else grounded,
                     "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
                     "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
         return FrameStep(index, regions, coded, msgs, t1 - t0, t2 - t1, t3 - t2)
@@ -278,6 +295,7 @@ class CameraAgent:
         s.publisher, s.link, self.publisher = pub.counters, link.counters, pub  # live, for metrics
         t_start = time.monotonic()
         warned = False
+        coding = _CodingThread(self, pub, on_frame)
         try:
             # give the first connection a moment, so a healthy broker is not reported unreachable
             link.wait_connected(min(1.0, self.edge.connect_timeout_s))
@@ -295,12 +313,10 @@ class CameraAgent:
                                     "%d frames", self.cam.id, self.broker.describe(),
                                     self.edge.queue_for(self.source.fps))
                         warned = True
-                msgs = self.step(fr.image, fr.index, fr.capture_us).messages
-                if self.metrics is not None:
-                    self.metrics.submitted(self.cam.id, fr.index, fr.capture_us)
-                pub.submit(fr.index, msgs)
-                if on_frame is not None:
-                    on_frame(fr.index)
+                t0 = time.perf_counter()
+                regions = self.select(fr.image, fr.index)
+                coding.submit(fr, regions, time.perf_counter() - t0, self.tracker.last_grounded)
+            coding.finish()
             s.wall_s = time.monotonic() - t_start
             if link.counters["connects"] == 0 and not stop.is_set():
                 # a short source can end before the first connection: wait for it (up to the
@@ -309,6 +325,7 @@ class CameraAgent:
                 if not link.wait_connected(max(0.0, left)):
                     raise self._unreachable()
         finally:
+            coding.close()
             pub.close(timeout=30.0 if link.connected.is_set() else 0.5)
             if link.connected.is_set():
                 info = link.client.publish(topic(self.prefix, self.cam.id, "status"),
@@ -318,6 +335,43 @@ class CameraAgent:
             self.source.close()
             s.publisher, s.link, s.rest = pub.counters, link.counters, self.rest.reasons
         return s.summary()
+
+
+class _CodingThread:
+    """Codes and publishes frame N on its own thread while ``run`` grounds frame N+1: the
+    grounder (ONNX Runtime) and the encoder (x265, or torch) run outside the GIL, so a 2-core
+    gateway keeps both cores busy and the edge runs at the pace of its slower stage instead of
+    their sum. At most one frame is being coded; frames keep their order, and an error in
+    coding is raised in ``run``'s thread on the next frame."""
+
+    def __init__(self, agent: CameraAgent, pub: FramePublisher,
+                 on_frame: Callable[[int], None] | None) -> None:
+        self.agent, self.pub, self.on_frame = agent, pub, on_frame
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"edge-{agent.cam.id}-code")
+        self.pending: Future[None] | None = None
+
+    def submit(self, fr: Any, regions: list[Region], ground_s: float, grounded: bool) -> None:
+        self.finish()
+        self.pending = self.pool.submit(self._code, fr, regions, ground_s, grounded)
+
+    def _code(self, fr: Any, regions: list[Region], ground_s: float, grounded: bool) -> None:
+        a = self.agent
+        msgs = a.code(fr.image, fr.index, fr.capture_us, regions, ground_s,
+                      grounded=grounded).messages
+        if a.metrics is not None:
+            a.metrics.submitted(a.cam.id, fr.index, fr.capture_us)
+        self.pub.submit(fr.index, msgs)
+        if self.on_frame is not None:
+            self.on_frame(fr.index)
+
+    def finish(self) -> None:
+        """Wait for the frame being coded (raising what coding it raised)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def run_edge(edge: EdgeSection, broker: BrokerConfig, prefix: str, *,
