@@ -27,6 +27,11 @@ def pngs(folder: Path, camera: str = "cam0") -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((folder / camera / "frames").glob("*.png"))}
 
 
+#: the recorder stops this long after the last message; a loaded 2-core machine can pause the
+#: edge for over a second mid-stream, which must not end the recording early
+IDLE_S = 5.0
+
+
 @pytest.fixture(scope="module")
 def recorded(module_broker, tmp_path_factory) -> dict[str, Any]:
     """A live edge -> broker -> sink run of N frames, recorded at the same time (once for the
@@ -43,7 +48,7 @@ def recorded(module_broker, tmp_path_factory) -> dict[str, Any]:
 
     def work() -> None:
         try:
-            rec.update(record(cfg, PREFIX, "cam0", rec_file, idle_timeout_s=1.0, stop=stop,
+            rec.update(record(cfg, PREFIX, "cam0", rec_file, idle_timeout_s=IDLE_S, stop=stop,
                               ready=ready))
         except BaseException as e:
             errors.append(e)
@@ -57,7 +62,7 @@ def recorded(module_broker, tmp_path_factory) -> dict[str, Any]:
                                              rest_interval=5)])
     [edge_summary] = run_edge(edge, cfg, PREFIX)
     live_summary = live.finish(30)
-    t.join(20)  # the recorder stops 1 s after the last message
+    t.join(20 + IDLE_S)  # the recorder stops IDLE_S after the last message
     if t.is_alive():
         stop.set()
         t.join(5)
