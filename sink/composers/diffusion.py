@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from discover.sdk.codecs.base import SubstreamError
+from discover.sdk.codecs.learned.entropy import LATENT_STRIDE
 from discover.sdk.devices import torch_device
 from discover.sdk.errors import DiscoverError
 from discover.sdk.hub import is_path_like, short_reason
@@ -57,9 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
-#: the codec's latent cell in pixels (sdk.codecs.learned.entropy.LATENT_STRIDE); region latents
-#: cover their box snapped outwards to this grid
-CODEC_CELL = 16
+#: the learned codec's latent cell in pixels: region latents cover their box snapped outwards
+#: to this grid
+CODEC_CELL = LATENT_STRIDE
 VAE_STRIDE = 8
 SIDE_ERROR = SubstreamError.SIDE  # decoded["errors"] key of a side that did not decode
 _COMPONENTS = {  # subfolder -> a file that must be in it
