@@ -245,7 +245,6 @@ class CameraAgent:
         s = self.stats
         h, w = image.shape[:2]
         t1 = time.perf_counter()
-        t0 = t1 - ground_s
         if send_rest is None:
             send_rest = self.rest.due(index, image, regions)
         coded = self.codec.compress(image, regions, send_rest)
@@ -265,7 +264,7 @@ class CameraAgent:
         s.regions += len(regions)
         s.grounded_frames = self.tracker.grounded
         s.area_share_sum += area_share(regions, w, h)
-        s.ground_s += t1 - t0
+        s.ground_s += ground_s
         s.encode_s += t2 - t1
         s.packetize_s += t3 - t2
         if self.timings is not None:
@@ -273,9 +272,9 @@ class CameraAgent:
                 self._pending_times[index] = {
                     "camera": self.cam.id, "frame": index, "capture_us": capture_us,
                     "grounded": self.tracker.last_grounded if grounded is None else grounded,
-                    "ground_ms": 1000 * (t1 - t0), "encode_ms": 1000 * (t2 - t1),
+                    "ground_ms": 1000 * ground_s, "encode_ms": 1000 * (t2 - t1),
                     "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
-        return FrameStep(index, regions, coded, msgs, t1 - t0, t2 - t1, t3 - t2)
+        return FrameStep(index, regions, coded, msgs, ground_s, t2 - t1, t3 - t2)
 
     # -- run ----------------------------------------------------------------------------------
 

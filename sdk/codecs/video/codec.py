@@ -131,16 +131,21 @@ class VideoCodec(Codec):
         key = self._refresh.is_set()
         self._refresh.clear()
         tasks = self.tasks or tuple(dict.fromkeys(t for r in regions for t in r.tasks))
-        scaled: dict[tuple[int, int], np.ndarray] = {}
+        scaled: dict[tuple[int, int], np.ndarray] = {(w, h): frame}
+
+        def at_scale(scale: float) -> np.ndarray:
+            """The frame at ``scale``, resized once per size for all streams of this frame."""
+            size = (w, h) if scale >= 1 else (_even(w * scale), _even(h * scale))
+            if size not in scaled:
+                scaled[size] = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            return scaled[size]
+
         out: dict[str, bytes] = {}
         keys = 0
         for t in tasks:
             scale, crf, roi = self._task(t)
-            sw, sh = (w, h) if scale >= 1 else (_even(w * scale), _even(h * scale))
-            img = scaled.get((sw, sh))
-            if img is None:
-                img = scaled[(sw, sh)] = frame if (sw, sh) == (w, h) else \
-                    cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA)
+            img = at_scale(scale)
+            sh, sw = img.shape[:2]
             fx, fy = sw / w, sh / h
             boxes = [(int(r.box[0] * fx), int(r.box[1] * fy), -int(-r.box[2] * fx),
                       -int(-r.box[3] * fy)) for r in regions if t in r.tasks]
@@ -149,12 +154,10 @@ class VideoCodec(Codec):
         rest = None
         if send_rest:
             c = self.config
-            rw, rh = (w, h) if c.rest_scale >= 1 else (_even(w * c.rest_scale),
-                                                       _even(h * c.rest_scale))
-            img = frame if (rw, rh) == (w, h) else cv2.resize(frame, (rw, rh),
-                                                              interpolation=cv2.INTER_AREA)
+            img = at_scale(c.rest_scale)
             crf = c.rest_crf if c.rest_crf is not None else self._task("")[1]
-            rest, k = self._encoder("rest", rw, rh, crf, 0.0).encode(img, [], key)
+            rest, k = self._encoder("rest", img.shape[1], img.shape[0], crf, 0.0).encode(
+                img, [], key)
             keys += k
         n = len(out) + (rest is not None)
         return Compressed(side=b"", tasks=out, rest=rest,

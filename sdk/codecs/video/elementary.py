@@ -107,7 +107,7 @@ class StreamEncoder:
         vf.time_base = self.ctx.time_base
         if key:
             vf.pict_type = av.video.frame.PictureType.I
-        if self.spec.roi:
+        if self.roi_offset:  # a stream without ROI never carries ROI side data, so no trap
             vf = tag_roi(vf, boxes, self.roi_offset)
             vf.pts = self.count
             if key:
