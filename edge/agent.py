@@ -33,7 +33,7 @@ from discover.sdk.profiles import load_profile
 from discover.sdk.regions import Region, area_share, select_regions
 from discover.sdk.rest import RestScheduler
 from discover.sdk.security import StreamKey
-from discover.sdk.stream import StreamMeta
+from discover.sdk.stream import FULL_TABLE_EVERY, SideContext, StreamMeta
 from discover.sdk.topics import topic
 from discover.sdk.tracking import TrackingGrounder
 from discover.sdk.transport.broker import BrokerConfig
@@ -135,6 +135,8 @@ class CameraAgent:
         self.codec = CODECS.create(edge.codec_for(cam))
         self.codec.start(cam.tasks, self.source.fps)
         self.rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
+        # the last region table sent: the next is coded against it when frames depend anyway
+        self.side = SideContext(FULL_TABLE_EVERY if self.codec.predictive else 1)
         self.meta = StreamMeta(
             camera=cam.id, width=self.source.width, height=self.source.height,
             fps=self.source.fps, tasks=list(cam.tasks), labels=[ANY_OBJECT, *self.labels],
@@ -193,6 +195,7 @@ class CameraAgent:
         self._last_refresh = now
         self.stats.control["refresh_requests"] += 1
         self.codec.request_refresh()
+        self.side.request_full()
         self.rest.request()
 
     def _published(self, index: int, t: float) -> None:
@@ -251,7 +254,8 @@ class CameraAgent:
         t2 = time.perf_counter()
         msgs = frame_messages(self.prefix, self.meta, index, capture_us, regions, coded,
                               max_packet=self.edge.max_packet,
-                              signer=self.key.signer(self.meta.session) if self.key else None)
+                              signer=self.key.signer(self.meta.session) if self.key else None,
+                              side_context=self.side)
         t3 = time.perf_counter()
         s.intra_frames += int(coded.stats.intra)
         s.region_modes.update(coded.stats.modes)
@@ -290,6 +294,7 @@ class CameraAgent:
         pub = FramePublisher(link, queue_frames=self.edge.queue_for(self.source.fps),
                              max_unacked=self.edge.max_unacked)
         pub.on_published = self._published
+        pub.on_dropped = lambda index: self.side.request_full()  # later tables cannot refer to it
         s = self.stats
         s.publisher, s.link, self.publisher = pub.counters, link.counters, pub  # live, for metrics
         t_start = time.monotonic()

@@ -17,7 +17,7 @@ from discover.sdk.limits import MAX_REGIONS
 from discover.sdk.packet import FLAG_INTRA, Kind, Signer, fragment
 from discover.sdk.reassembly import AssembledFrame
 from discover.sdk.regions import Region
-from discover.sdk.stream import SideInfo, StreamMeta, pack_items, unpack_items
+from discover.sdk.stream import SideContext, SideInfo, StreamMeta, pack_items, unpack_items
 from discover.sdk.topics import substream_topic
 
 
@@ -32,18 +32,22 @@ def frame_messages(
     max_packet: int,
     intra: bool | None = None,
     signer: Signer | None = None,
+    side_context: SideContext | None = None,
 ) -> list[tuple[str, bytes]]:
     """The ``(topic, packet)`` list of one frame: side first, then each task, then rest.
     ``intra`` defaults to the codec's ``stats.intra`` (False for a plain mapping); ``signer``
-    (``StreamKey.signer(session)``) adds a MAC to every packet."""
+    (``StreamKey.signer(session)``) adds a MAC to every packet; ``side_context`` (the camera's
+    :class:`SideContext`) predicts the region table from the previous frame's, else the table
+    is sent in full."""
     if intra is None:
         stats = coded.get("stats")
         intra = bool(stats.intra) if stats is not None else False
     payloads = _task_payloads(meta, regions, coded)
     tasks_sent = tuple(t for t in meta.tasks if t in payloads)
     rest = coded.get("rest")
-    side = SideInfo(meta.width, meta.height, tasks_sent, rest is not None, regions,
-                    coded["side"], intra).encode(meta)
+    info = SideInfo(meta.width, meta.height, tasks_sent, rest is not None, regions,
+                    coded["side"], intra)
+    side = side_context.encode(info, meta, frame_index) if side_context else info.encode(meta)
     flags = FLAG_INTRA if intra else 0
     cam = meta.camera
 
@@ -79,16 +83,19 @@ def _task_payloads(meta: StreamMeta, regions: list[Region],
 
 def codec_input(frame: AssembledFrame, meta: StreamMeta,
                 max_regions: int = MAX_REGIONS,
-                task_streams: bool = False) -> tuple[CodedFrame, SideInfo]:
+                task_streams: bool = False,
+                side_context: SideContext | None = None) -> tuple[CodedFrame, SideInfo]:
     """What ``Codec.decompress`` takes, from a reassembled frame (which must have side).
 
     Region payloads from every task substream that arrived are merged; region ids the side
     table does not know are passed on so the codec reports them as errors. For a stream codec
-    (``task_streams``) the task payloads go to the codec as they arrived.
+    (``task_streams``) the task payloads go to the codec as they arrived. A region table
+    predicted from the previous frame's needs the camera's ``side_context``.
     """
     if frame.side is None:
         raise PacketError("no_side")
-    side = SideInfo.decode(frame.side, meta, max_regions)
+    side = (side_context.decode(frame.side, meta, frame.frame_index, max_regions)
+            if side_context else SideInfo.decode(frame.side, meta, max_regions))
     regions: dict[int, bytes] = {}
     for payload in ({} if task_streams else frame.tasks).values():
         regions.update(unpack_items(payload))

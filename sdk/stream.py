@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,15 +20,18 @@ from discover.sdk.regions import Region
 from discover.sdk.security import StreamKey
 
 STREAM_FORMAT = "discover-stream"
-STREAM_VERSION = 2  # 2: compact side table, task container and learned-codec region headers
-SIDE_VERSION = 2
+STREAM_VERSION = 3  # 3: side without the frame size, region table predicted from the last frame's
+SIDE_VERSION = 3
 MAX_TASKS = 16
 
 SIDE_FLAG_REST = 0x01
 SIDE_FLAG_INTRA = 0x02
-
-# version, flags, width, height, task bits sent, n_regions, box unit (px)
-_SIDE_HEAD = struct.Struct(">BBHHHHB")
+SIDE_FLAG_PREDICTED = 0x04  # the region table refers to the previous frame's (SideContext)
+SIDE_FLAG_SEQ_IDS = 0x08  # region ids are 0..R-1 in table order and not sent
+_SIDE_FLAGS = 0x0F
+#: a full (unpredicted) region table at least this often, so that a sink that cannot ask for a
+#: refresh (a replay, a read-only sink) recovers from a lost frame within this many frames
+FULL_TABLE_EVERY = 50
 
 
 def _is_size(v: Any) -> bool:
@@ -117,7 +119,8 @@ class StreamMeta:
 @dataclass
 class SideInfo:
     """Decoded ``side`` payload: what was sent for this frame, where the regions are, and the
-    codec's side data (e.g. the hyperprior z or a thumbnail)."""
+    codec's side data (e.g. the hyperprior z or a thumbnail). The frame size is the stream
+    descriptor's (it is not repeated in every side)."""
 
     width: int
     height: int
@@ -127,61 +130,231 @@ class SideInfo:
     codec_data: bytes
     intra: bool = False
 
-    def encode(self, meta: StreamMeta) -> bytes:
-        flags = (SIDE_FLAG_REST if self.rest_sent else 0) | (SIDE_FLAG_INTRA if self.intra else 0)
-        label_ix = {label: i for i, label in enumerate(meta.labels)}
-        unit = box_unit(self.regions)
-        out = bytearray(_SIDE_HEAD.pack(SIDE_VERSION, flags, self.width, self.height,
-                                        meta.task_bits(self.tasks_sent), len(self.regions), unit))
+    def encode(self, meta: StreamMeta, ref: Sequence[Region] | None = None) -> bytes:
+        """The side payload; with ``ref`` (the previous frame's table, which the receiver
+        decoded) regions are coded as changes to the ones they continue (docs/packet-format.md)."""
+        if (self.width, self.height) != (meta.width, meta.height):
+            raise ValueError(f"side of a {self.width}x{self.height} frame on a "
+                             f"{meta.width}x{meta.height} stream")
+        seq = all(r.rid == i for i, r in enumerate(self.regions))
+        flags = ((SIDE_FLAG_REST if self.rest_sent else 0) | (SIDE_FLAG_INTRA if self.intra else 0)
+                 | (SIDE_FLAG_PREDICTED if ref is not None else 0) | (SIDE_FLAG_SEQ_IDS if seq else 0))
+        unit = box_unit([*self.regions, *(ref or ())])
+        out = bytearray((SIDE_VERSION, flags))
+        varint.put(out, meta.task_bits(self.tasks_sent))
+        varint.put(out, len(self.regions))
+        out.append(unit)
+        table = _TableWriter(meta, unit, ref)
         for r in self.regions:
-            x0, y0, x1, y1 = r.box
-            for v in (r.rid, x0 // unit, y0 // unit, (x1 - x0) // unit, (y1 - y0) // unit,
-                      label_ix[r.label]):
-                varint.put(out, v)
-            out.append(round(min(max(r.score, 0.0), 1.0) * 255))
-            varint.put(out, meta.task_bits(r.tasks))
+            if not seq:
+                varint.put(out, r.rid)
+            table.put(out, r)
         return bytes(out) + self.codec_data
 
     @classmethod
-    def decode(cls, data: bytes, meta: StreamMeta, max_regions: int = MAX_REGIONS) -> SideInfo:
-        """Parse a side payload; the frame size must be the descriptor's and the region count
-        at most ``max_regions`` (checked before the table is read)."""
+    def decode(cls, data: bytes, meta: StreamMeta, max_regions: int = MAX_REGIONS,
+               ref: Sequence[Region] | None = None) -> SideInfo:
+        """Parse a side payload, the region count at most ``max_regions`` (checked before the
+        table is read). A predicted table needs ``ref``, the previous frame's regions
+        (PacketError ``side_reference`` without it)."""
         try:
-            version, flags, w, h, sent, n, unit = _SIDE_HEAD.unpack_from(data)
-            if version != SIDE_VERSION:
-                raise ValueError(f"side version {version}")
-            if (w, h) != (meta.width, meta.height):
-                raise ValueError(f"frame size {w}x{h}, the stream descriptor says "
-                                 f"{meta.width}x{meta.height}")
+            flags, sent, n, unit, pos = _head(data)
+            if flags & SIDE_FLAG_PREDICTED and ref is None:
+                raise PacketError("side_reference", "the region table continues the previous "
+                                  "frame's, which this receiver does not have; the next full "
+                                  "table resyncs it")
             if n > max_regions:
                 raise ValueError(f"{n} regions, this sink takes at most {max_regions} "
                                  "(sink.max_regions)")
-            if unit == 0:
-                raise ValueError("box unit 0")
+            table = _TableReader(meta, unit, ref if flags & SIDE_FLAG_PREDICTED else None)
             regions = []
-            pos = _SIDE_HEAD.size
-            for _ in range(n):
-                vals = []
-                for _ in range(6):
-                    v, pos = varint.get(data, pos)
-                    vals.append(v)
-                rid, x0, y0, bw, bh, li = vals
-                score = data[pos]
-                bits, pos = varint.get(data, pos + 1)
-                box = (x0 * unit, y0 * unit, (x0 + bw) * unit, (y0 + bh) * unit)
-                if not (bw > 0 and bh > 0 and box[2] <= w and box[3] <= h):
-                    raise ValueError(f"region {rid} box outside the frame")
-                regions.append(Region(rid, box, meta.labels[li], score / 255, meta.tasks_of(bits)))
-            return cls(w, h, meta.tasks_of(sent), bool(flags & SIDE_FLAG_REST), regions,
-                       bytes(data[pos:]), bool(flags & SIDE_FLAG_INTRA))
-        except (struct.error, IndexError, ValueError) as e:
+            for i in range(n):
+                rid = i
+                if not flags & SIDE_FLAG_SEQ_IDS:
+                    rid, pos = varint.get(data, pos)
+                region, pos = table.get(data, pos, rid)
+                regions.append(region)
+            return cls(meta.width, meta.height, meta.tasks_of(sent), bool(flags & SIDE_FLAG_REST),
+                       regions, bytes(data[pos:]), bool(flags & SIDE_FLAG_INTRA))
+        except PacketError:
+            raise
+        except (IndexError, ValueError) as e:
             raise PacketError("bad_side", str(e)) from None
+
+
+def _head(data: bytes) -> tuple[int, int, int, int, int]:
+    """(flags, task bits, region count, box unit, position after the header) of a side."""
+    if len(data) < 2:
+        raise ValueError("short side header")
+    if data[0] != SIDE_VERSION:
+        raise ValueError(f"side version {data[0]}, this release reads {SIDE_VERSION}: run "
+                         "edge and sink (or replay) with the same DISCOVER release")
+    flags = data[1]
+    if flags & ~_SIDE_FLAGS:
+        raise ValueError(f"unknown side flags {flags:#x}")
+    sent, pos = varint.get(data, 2)
+    n, pos = varint.get(data, pos)
+    unit = data[pos]
+    if unit == 0:
+        raise ValueError("box unit 0")
+    return flags, sent, n, unit, pos + 1
+
+
+def _zigzag(v: int) -> int:
+    return v * 2 if v >= 0 else -v * 2 - 1
+
+
+def _unzigzag(v: int) -> int:
+    return v >> 1 if not v & 1 else -(v + 1) >> 1
+
+
+def _varint_len(v: int) -> int:
+    return max(1, (v.bit_length() + 6) // 7)
+
+
+class _TableWriter:
+    """Region entries of one side: each either new (box, label, score, tasks) or a change to the
+    previous frame's region it continues (``code = 1 + (ref << 2 | moved << 1 | rescored)``,
+    then the box's corner moves and the score if they changed): a region that stayed put costs
+    one byte."""
+
+    def __init__(self, meta: StreamMeta, unit: int, ref: Sequence[Region] | None) -> None:
+        self.meta, self.unit = meta, unit
+        self.ref = None if ref is None else list(ref)
+        self.labels = {label: i for i, label in enumerate(meta.labels)}
+        self.used: set[int] = set()
+
+    def put(self, out: bytearray, r: Region) -> None:
+        u = self.unit
+        new = [r.box[0] // u, r.box[1] // u, (r.box[2] - r.box[0]) // u,
+               (r.box[3] - r.box[1]) // u, self.labels[r.label]]
+        tail = [self.meta.task_bits(r.tasks)]
+        score = _score(r.score)
+        if self.ref:
+            k = self._match(r)
+            if k is not None:
+                p = self.ref[k]
+                moves = [_zigzag((a - b) // u) for a, b in zip(r.box, p.box, strict=True)]
+                moved, rescored = any(moves), score != _score(p.score)
+                cost = 1 + sum(map(_varint_len, moves)) * moved + rescored
+                if cost < 2 + sum(map(_varint_len, new + tail)):
+                    self.used.add(k)
+                    varint.put(out, 1 + (k << 2 | moved << 1 | rescored))
+                    for m in moves if moved else ():
+                        varint.put(out, m)
+                    if rescored:
+                        out.append(score)
+                    return
+        if self.ref is not None:
+            out.append(0)
+        for v in new:
+            varint.put(out, v)
+        out.append(score)
+        varint.put(out, tail[0])
+
+    def _match(self, r: Region) -> int | None:
+        """The unused previous region of the same label and tasks nearest ``r`` (sum of corner
+        distances), if it overlaps ``r``."""
+        best, best_d = None, None
+        for k, p in enumerate(self.ref):
+            if k in self.used or p.label != r.label or set(p.tasks) != set(r.tasks):
+                continue
+            if min(p.box[2], r.box[2]) <= max(p.box[0], r.box[0]) or \
+                    min(p.box[3], r.box[3]) <= max(p.box[1], r.box[1]):
+                continue
+            d = sum(abs(a - b) for a, b in zip(p.box, r.box, strict=True))
+            if best_d is None or d < best_d:
+                best, best_d = k, d
+        return best
+
+
+class _TableReader:
+    """Inverse of :class:`_TableWriter`; every box is checked against the frame."""
+
+    def __init__(self, meta: StreamMeta, unit: int, ref: Sequence[Region] | None) -> None:
+        self.meta, self.unit, self.ref = meta, unit, ref
+
+    def get(self, data: bytes, pos: int, rid: int) -> tuple[Region, int]:
+        u, meta = self.unit, self.meta
+        code = 0
+        if self.ref is not None:
+            code, pos = varint.get(data, pos)
+        if code:
+            k, moved, rescored = (code - 1) >> 2, (code - 1) >> 1 & 1, (code - 1) & 1
+            if k >= len(self.ref):
+                raise ValueError(f"region {rid} continues region {k} of a {len(self.ref)}-"
+                                 "region table")
+            p = self.ref[k]
+            box, label, score, tasks = list(p.box), p.label, p.score, p.tasks
+            for i in range(4 if moved else 0):
+                m, pos = varint.get(data, pos)
+                box[i] += _unzigzag(m) * u
+            if rescored:
+                score, pos = data[pos] / 255, pos + 1
+        else:
+            vals = []
+            for _ in range(5):
+                v, pos = varint.get(data, pos)
+                vals.append(v)
+            x0, y0, bw, bh, li = vals
+            box = [x0 * u, y0 * u, (x0 + bw) * u, (y0 + bh) * u]
+            label, score = meta.labels[li], data[pos] / 255
+            bits, pos = varint.get(data, pos + 1)
+            tasks = meta.tasks_of(bits)
+        if not (0 <= box[0] < box[2] <= meta.width and 0 <= box[1] < box[3] <= meta.height):
+            raise ValueError(f"region {rid} box outside the frame")
+        return Region(rid, (box[0], box[1], box[2], box[3]), label, score, tasks), pos
+
+
+def _score(s: float) -> int:
+    return round(min(max(s, 0.0), 1.0) * 255)
+
+
+class SideContext:
+    """The region table one end last coded or decoded for a camera, which the next frame's
+    table is predicted from (one per camera on the edge and on each sink).
+
+    The edge predicts from frame N-1 only when it coded N-1, and sends a full table every
+    ``full_every`` frames and after :meth:`reset` (a sink's refresh request); a sink decodes a
+    predicted table only when it decoded frame N-1's, so a lost or late frame costs the frames
+    up to the next full table (PacketError ``side_reference``: the sink asks for a refresh)."""
+
+    def __init__(self, full_every: int = FULL_TABLE_EVERY) -> None:
+        self.full_every = max(1, full_every)
+        self.reset()
+
+    def reset(self) -> None:
+        self._regions: list[Region] | None = None
+        self._frame: int | None = None
+        self._since_full = 0
+        self._full_next = False
+
+    def request_full(self) -> None:
+        """Send the next table in full (a sink asked for a refresh; safe from another thread)."""
+        self._full_next = True
+
+    def encode(self, side: SideInfo, meta: StreamMeta, frame_index: int) -> bytes:
+        predict = (bool(self._regions) and self._frame == frame_index - 1
+                   and self._since_full < self.full_every - 1 and not self._full_next)
+        self._full_next = False
+        data = side.encode(meta, self._regions if predict else None)
+        self._regions, self._frame = list(side.regions), frame_index
+        self._since_full = self._since_full + 1 if predict else 0
+        return data
+
+    def decode(self, data: bytes, meta: StreamMeta, frame_index: int,
+               max_regions: int = MAX_REGIONS) -> SideInfo:
+        ref = self._regions if self._frame == frame_index - 1 else None
+        self._regions = self._frame = None  # a failed decode leaves nothing to predict from
+        side = SideInfo.decode(data, meta, max_regions, ref)
+        self._regions, self._frame = side.regions, frame_index
+        return side
 
 
 def box_unit(regions: Sequence[Region]) -> int:
     """The side table's coordinate unit: the largest integer (<= 255) dividing every box
-    coordinate; codecs that align boxes to their blocks (the learned codec: 16 px) get 1-byte
-    coordinates."""
+    coordinate; codecs that align boxes to their blocks (the learned codec: 16 px, the video
+    codec: 8 px) get 1-byte coordinates."""
     g = math.gcd(*(v for r in regions for v in r.box))
     return g if 0 < g <= 255 else 1
 
@@ -189,9 +362,9 @@ def box_unit(regions: Sequence[Region]) -> int:
 def peek_manifest(side: bytes, tasks: Sequence[str]) -> tuple[set[str], bool]:
     """Substreams a side payload says were sent (task names, rest?) without the full parse."""
     try:
-        _, flags, _, _, sent, _, _ = _SIDE_HEAD.unpack_from(side)
-    except struct.error:
-        raise PacketError("bad_side", "short side header") from None
+        flags, sent, _, _, _ = _head(side)
+    except (IndexError, ValueError) as e:
+        raise PacketError("bad_side", str(e)) from None
     return {t for i, t in enumerate(tasks) if sent >> i & 1}, bool(flags & SIDE_FLAG_REST)
 
 

@@ -24,7 +24,7 @@ from discover.sdk.errors import DiscoverError, PacketError
 from discover.sdk.framing import codec_input
 from discover.sdk.reassembly import AssembledFrame, Reassembler
 from discover.sdk.security import StreamKey
-from discover.sdk.stream import StreamMeta
+from discover.sdk.stream import SideContext, StreamMeta
 from discover.sdk.topics import is_name, parse_topic, topic
 from discover.sink.composers import COMPOSERS, Composer
 from discover.sink.config import SinkSection
@@ -53,6 +53,7 @@ class _Camera:
         self.bytes = 0
         self.last_index: int | None = None
         self.last_refresh_request = -float("inf")  # monotonic time
+        self.side = SideContext()  # the last region table decoded: the next one may continue it
 
 
 class SinkPipeline:
@@ -286,10 +287,12 @@ class SinkPipeline:
         t_assembled = time.time()
         try:
             coded, side = codec_input(frame, cam.meta, self.section.max_regions,
-                                      cam.codec.task_streams)
+                                      cam.codec.task_streams, cam.side)
         except PacketError as e:
             self.counters["frames_undecodable"] += 1
             self.counters[f"undecodable_{e.reason}"] += 1
+            if e.reason == "side_reference":  # a frame before this one was lost: resync
+                self._request_refresh(cam, frame.frame_index)
             return
         t0 = time.perf_counter()
         decoded = cam.codec.decompress(coded)

@@ -172,6 +172,13 @@ class Codec(Backend):
         self.config = config
         self.tasks: tuple[str, ...] = ()
 
+    @property
+    def predictive(self) -> bool:
+        """Whether a frame decodes only given earlier frames (temporal prediction). The side's
+        region table is then predicted from the previous frame's too; a codec whose frames
+        decode alone keeps full tables, so a sink restarted mid-stream loses nothing."""
+        return False
+
     def start(self, tasks: Sequence[str], fps: float) -> None:
         """The camera's tasks and frame rate, before its first frame (a stream codec opens one
         encoder per task)."""

@@ -250,6 +250,8 @@ class FramePublisher:
         self.max_unacked = max_unacked
         self.counters: Counter[str] = Counter()
         self.on_published: Callable[[int, float], None] | None = None
+        #: called with a frame's index when it is dropped or only partly published
+        self.on_dropped: Callable[[int], None] | None = None
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="discover-publisher", daemon=True)
@@ -258,7 +260,7 @@ class FramePublisher:
     def submit(self, frame_index: int, messages: list[tuple[str, bytes]]) -> None:
         with self._cond:
             while len(self.queue) >= self.queue_frames:
-                self.queue.popleft()
+                self._dropped(self.queue.popleft()[0])
                 self.counters["frames_dropped"] += 1
             self.queue.append((frame_index, messages))
             self.counters["frames_queued"] += 1
@@ -291,6 +293,11 @@ class FramePublisher:
                     self.on_published(index, time.time())
             else:
                 self.counters["frames_partial"] += 1
+                self._dropped(index)
+
+    def _dropped(self, index: int) -> None:
+        if self.on_dropped is not None:
+            self.on_dropped(index)
 
     def close(self, timeout: float = 30.0) -> bool:
         """Publish what is queued (up to ``timeout``), wait for acks, stop the worker."""

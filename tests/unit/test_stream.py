@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
+import random
 
 import pytest
 from discover.sdk.errors import PacketError
 from discover.sdk.regions import Region
 from discover.sdk.stream import (
     MAX_TASKS,
+    SideContext,
     SideInfo,
     StreamMeta,
     box_unit,
@@ -92,16 +93,18 @@ def _side_bytes(regs, meta=None, **kw) -> bytes:
 
 
 def _one_region_side(rid=1, x0=0, y0=0, bw=9, bh=9, label=0, score=0, bits=1, unit=1,
-                     version=2) -> bytes:
-    """A side payload with one table entry written field by field (varints < 128)."""
-    head = struct.pack(">BBHHHHB", version, 0, W, H, 1, 1, unit)
+                     version=3) -> bytes:
+    """A side payload with one full table entry written field by field (varints < 128):
+    version, flags 0 (region ids sent), task bits, region count, unit, then the entry."""
+    head = bytes([version, 0, 1, 1, unit])
     return head + bytes([rid, x0, y0, bw, bh, label, score, bits]) + b"zz"
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda b: b[:5],                                   # short header
-    lambda b: b[:12],                                  # header says 1 region, a part follows
-    lambda b: b"\x01" + b[1:],                         # side version 1 (older release)
+    lambda b: b[:3],                                   # short header
+    lambda b: b[:8],                                   # header says 1 region, a part follows
+    lambda b: b"\x02" + b[1:],                         # side version 2 (older release)
+    lambda b: b[:1] + b"\x40" + b[2:],                 # an unknown flag
     lambda b: _one_region_side(unit=0),                # no coordinate unit
     lambda b: _one_region_side(bw=0),                  # x0 == x1
     lambda b: _one_region_side(bh=0),                  # y0 == y1
@@ -109,7 +112,7 @@ def _one_region_side(rid=1, x0=0, y0=0, bw=9, bh=9, label=0, score=0, bits=1, un
     lambda b: _one_region_side(y0=100, bh=100, unit=3),  # y1 = 600 > H
     lambda b: _one_region_side(label=99),              # label index
     lambda b: _one_region_side()[:-3],                 # task bits cut off
-    lambda b: _one_region_side()[:11] + b"\xff" * 8,   # a varint that never ends
+    lambda b: _one_region_side()[:6] + b"\xff" * 8,    # a varint that never ends
 ])
 def test_malformed_side_is_a_packet_error(mutate):
     good = _side_bytes([Region(1, (0, 0, 9, 9), "person", 0.5, ("detection",))])
@@ -121,13 +124,13 @@ def test_malformed_side_is_a_packet_error(mutate):
 
 
 def test_side_table_of_codec_aligned_boxes_is_compact():
-    """Boxes on the learned codec's 16-px grid are written in grid units: 8 bytes a region
-    at 768x576 (15 in the fixed-width table of format version 1)."""
+    """Boxes on the learned codec's 16-px grid are written in grid units: 7 bytes a full
+    entry at 768x576 (region ids 0..R-1 are not sent), after a 5-byte header."""
     meta = make_meta()
     regs = [Region(i, (16 * i, 16 * (i % 30), 16 * i + 64, 16 * (i % 30) + 96), "car", 0.9,
                    ("detection",)) for i in range(40)]
     side = SideInfo(W, H, ("detection",), False, regs, b"").encode(meta)
-    assert len(side) == 11 + 8 * 40
+    assert len(side) == 5 + 7 * 40
     assert [r.box for r in SideInfo.decode(side, meta).regions] == [r.box for r in regs]
     assert box_unit(regs) == 16 and box_unit([Region(1, (0, 0, 9, 10), "car", 1.0)]) == 1
 
@@ -153,6 +156,105 @@ def test_peek_manifest_reads_bits_in_meta_task_order():
     assert peek_manifest(side, meta.tasks) == ({"vehicles"}, True)
     # a consumer reading with a different task list maps bits by its own list's positions
     assert peek_manifest(side, ["a", "b"]) == (set(), True)
+
+
+def _moving_tables(rng: random.Random, frames: int) -> list[list[Region]]:
+    """Region tables of a street: objects that stay, step a few grid cells, appear, leave,
+    change score or tasks, in a new order every frame (as select_regions sorts by score)."""
+    objs: dict[int, list] = {}
+    tables, nxt = [], 0
+    for _ in range(frames):
+        for k in list(objs):
+            if rng.random() < 0.05:
+                del objs[k]
+        while len(objs) < 12 and rng.random() < 0.5:
+            x, y = rng.randrange(0, W - 128, 8), rng.randrange(0, H - 128, 8)
+            objs[nxt] = [x, y, rng.choice(LABELS), rng.random(), (rng.choice(TASKS),)]
+            nxt += 1
+        for o in objs.values():
+            if rng.random() < 0.4:
+                o[0] = min(max(0, o[0] + 8 * rng.randint(-2, 2)), W - 128)
+                o[1] = min(max(0, o[1] + 8 * rng.randint(-1, 1)), H - 128)
+            if rng.random() < 0.3:
+                o[3] = rng.random()
+        order = sorted(objs.values(), key=lambda o: -o[3])
+        tables.append([Region(i, (o[0], o[1], o[0] + 64, o[1] + 128), o[2], o[3], o[4])
+                       for i, o in enumerate(order)])
+    return tables
+
+
+def _same(a: list[Region], b: list[Region]) -> bool:
+    return [(r.rid, r.box, r.label, r.tasks, round(r.score * 255)) for r in a] == [
+        (r.rid, r.box, r.label, r.tasks, round(min(max(r.score, 0), 1) * 255)) for r in b]
+
+
+def test_predicted_tables_round_trip_and_cost_less_than_full_ones():
+    meta, edge, sink = make_meta(), SideContext(), SideContext()
+    tables = _moving_tables(random.Random(7), 120)
+    predicted = full = 0
+    for i, regs in enumerate(tables):
+        info = SideInfo(W, H, ("detection",), False, regs, b"c")
+        data = edge.encode(info, meta, i)
+        back = sink.decode(data, meta, i)
+        assert _same(back.regions, regs) and back.codec_data == b"c"
+        predicted += len(data)
+        full += len(info.encode(meta))
+    assert predicted < 0.6 * full  # about 2.5 bytes a region against 7
+
+
+def test_a_region_that_stayed_put_costs_one_byte():
+    meta, edge = make_meta(), SideContext()
+    regs = [Region(i, (64 * i, 64, 64 * i + 64, 192), "person", 0.5, ("detection",))
+            for i in range(10)]
+    edge.encode(SideInfo(W, H, (), False, regs, b""), meta, 0)
+    moved = [Region(i, r.box, r.label, r.score, r.tasks) for i, r in enumerate(regs[::-1])]
+    again = edge.encode(SideInfo(W, H, (), False, moved, b""), meta, 1)  # same boxes, reordered
+    assert len(again) == 5 + 10
+
+
+def test_lost_frame_breaks_prediction_until_the_next_full_table():
+    meta, edge, sink = make_meta(), SideContext(full_every=10), SideContext()
+    tables = _moving_tables(random.Random(3), 30)
+    sides = [edge.encode(SideInfo(W, H, (), False, t, b""), meta, i) for i, t in enumerate(tables)]
+    for i in range(4):
+        sink.decode(sides[i], meta, i)
+    for i in range(5, 10):  # frame 4 lost: 5..9 continue tables this sink does not have
+        with pytest.raises(PacketError) as e:
+            sink.decode(sides[i], meta, i)
+        assert e.value.reason == "side_reference"
+    for i in range(10, 30):  # frame 10 is a full table (full_every): in sync again
+        assert _same(sink.decode(sides[i], meta, i).regions, tables[i])
+
+
+def test_refresh_request_makes_the_next_table_full():
+    meta, edge = make_meta(), SideContext()
+    tables = [[Region(i, (64 * i, 64 + 8 * f, 64 * i + 64, 192), "car", 0.5, ("vehicles",))
+               for i in range(4)] for f in range(3)]
+    edge.encode(SideInfo(W, H, (), False, tables[0], b""), meta, 0)
+    edge.request_full()
+    side = edge.encode(SideInfo(W, H, (), False, tables[1], b""), meta, 1)
+    assert _same(SideInfo.decode(side, meta).regions, tables[1])  # no reference needed
+    side = edge.encode(SideInfo(W, H, (), False, tables[2], b""), meta, 2)
+    with pytest.raises(PacketError):
+        SideInfo.decode(side, meta)
+
+
+def test_side_of_another_frame_size_cannot_be_encoded():
+    with pytest.raises(ValueError, match="640x480.*768x576"):
+        SideInfo(640, 480, (), False, [], b"").encode(make_meta())
+
+
+@FAST
+@given(st.binary(max_size=100))
+def test_random_predicted_side_bytes_only_raise_packet_error(blob):
+    ref = _moving_tables(random.Random(1), 1)[0]
+    try:
+        side = SideInfo.decode(b"\x03\x0c" + blob, make_meta(), ref=ref)
+    except PacketError as e:
+        assert e.reason == "bad_side"
+    else:
+        assert all(0 <= r.box[0] < r.box[2] <= W and 0 <= r.box[1] < r.box[3] <= H
+                   for r in side.regions)
 
 
 # -- task container ---------------------------------------------------------------------------
@@ -202,7 +304,7 @@ def test_meta_json_round_trip():
     assert back == meta
     assert back.session == meta.session and len(meta.session) == 16
     obj = json.loads(meta.to_json())
-    assert obj["format"] == "discover-stream" and obj["version"] == 2
+    assert obj["format"] == "discover-stream" and obj["version"] == 3
 
 
 def test_meta_of_another_format_version_says_what_to_do():

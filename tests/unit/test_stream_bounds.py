@@ -161,12 +161,15 @@ def test_meta_size_and_label_count_are_bounded():
 
 # -- side -----------------------------------------------------------------------------------
 
-def test_side_claiming_another_frame_size_is_refused():
+def test_side_takes_the_frame_size_from_the_descriptor_only():
+    """The side carries no frame size (format 3): a sink sizes every frame from the checked
+    descriptor, so no side can claim a huge frame; an edge cannot code a side of another size."""
     codec = CODECS.create("classical")
     meta = make_meta(codec)
-    big = SideInfo(65535, 65535, ("detection",), False, [], b"").encode(meta)
-    with pytest.raises(PacketError, match="65535x65535.*192x128"):
-        SideInfo.decode(big, meta)
+    with pytest.raises(ValueError, match="65535x65535.*192x128"):
+        SideInfo(65535, 65535, ("detection",), False, [], b"").encode(meta)
+    side = SideInfo.decode(SideInfo(W, H, ("detection",), False, [], b"").encode(meta), meta)
+    assert (side.width, side.height) == (meta.width, meta.height) == (W, H)
 
 
 def test_side_region_count_is_capped_before_the_table_is_read():

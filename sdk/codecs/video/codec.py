@@ -98,6 +98,10 @@ class VideoCodec(Codec):
         self._dec: dict[str, StreamDecoder] = {}
         self._refresh = threading.Event()
 
+    @property
+    def predictive(self) -> bool:
+        return True  # P-frames
+
     # -- settings ---------------------------------------------------------------------------
 
     def _task(self, task: str) -> tuple[float, int, float]:
