@@ -177,6 +177,21 @@ def test_late_join_and_loss_recover_with_a_requested_refresh(model, frames):
             assert np.array_equal(out["region_latents"][rid], lat)
 
 
+def test_a_new_region_overlapping_a_predicted_one_decodes_exactly(model, frames):
+    """A new (intra) box over part of a continuing (predicted) one: the encoder keeps, for the
+    new region, exactly the intra latent the sink decodes, not the predicted cells the earlier
+    region left in the overlap (an encoder/decoder drift before the intra coder)."""
+    edge, sink = codec(model), codec(model)
+    decode(sink, edge.compress(frames[0], regions()[:1], send_rest=False), regions()[:1])
+    table = [*regions()[:1], Region(5, (32, 48, 96, 112), "dog", 0.6, ("detection",))]
+    coded = edge.compress(frames[1], table, send_rest=False)
+    assert coded.stats.modes == {"residual": 1, "intra": 1}
+    out = decode(sink, coded, table)
+    assert out["errors"] == {}
+    for rid, lat in kept(edge).items():
+        assert np.array_equal(out["region_latents"][rid], lat), rid
+
+
 def rest_state(c):
     r = c.frames.state.rest
     return None if r is None else (r.seq, r.latent.copy(), r.have.copy())

@@ -200,6 +200,13 @@ class IntraCoder:
         q = np.rint((y - side.mu) / side.step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
         return q.astype(np.int32)
 
+    def intra_latent(self, y: np.ndarray, z_sym: np.ndarray,
+                     rate: int) -> tuple[np.ndarray, np.ndarray]:
+        """The latent an intra frame of ``y`` decodes to, and every cell's CDF index, without
+        making payloads (what the residual model is fitted on, ``training.py``)."""
+        side = self._side(b"", rate, 0, 0, z_sym)
+        return self.quantise(y, side) * side.step + side.mu, side.idx
+
     def cells(self, sym: np.ndarray, idx: np.ndarray) -> bytes:
         """rANS of y symbols, each with the CDF its index names (any shape, C order)."""
         return rans_encode(sym, idx, self.coder.tables.y_cdf)
@@ -239,7 +246,9 @@ class IntraCoder:
             sel = select(box)
 
             def intra(sel: tuple[Any, ...] = sel) -> Coded:
-                return bytes([INTRA]) + self.cells(q[sel], side.idx[sel]), y_hat[sel].copy(), INTRA
+                # from q, not y_hat: an earlier overlapping region may have written there
+                return (bytes([INTRA]) + self.cells(q[sel], side.idx[sel]),
+                        q[sel] * side.step + side.mu[sel], INTRA)
 
             body, lat, f.modes[key] = (layer.encode_region(key, box, y[sel], side, intra)
                                        if layer else intra())
@@ -290,7 +299,7 @@ class IntraCoder:
         sel = select(cells)
         f.y_hat[sel] = lat
         f.received[sel[1:]] = True
-        if key == "rest":
+        if isinstance(cells, np.ndarray):  # the rest
             f.rest_mode, f.rest_mask = mode, cells
         else:
             f.region_latents[key], f.modes[key] = lat, mode
