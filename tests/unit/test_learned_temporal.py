@@ -275,8 +275,8 @@ def test_intra_period_and_damaged_payloads(model, frames):
 def test_temporal_off_is_the_temporal_streams_intra_frames(model, frames, tmp_path):
     """One side format: with temporal off every frame is intra, byte for byte what the
     temporal stream sends on its intra frames (same frame number); each end loads the model
-    through the real checkpoint loader, and a temporal-off sink decodes both streams' intra
-    frames (and refuses their predicted ones)."""
+    through the real checkpoint loader; a temporal-off sink decodes both streams' intra
+    frames (and refuses their predicted ones), a temporal one every frame exactly."""
     model.save_pretrained(tmp_path / "ck")
     ck = str(tmp_path / "ck")
     off = CODECS.create({"type": "learned", "checkpoint": ck, "quality": 2,
@@ -284,6 +284,7 @@ def test_temporal_off_is_the_temporal_streams_intra_frames(model, frames, tmp_pa
     on = CODECS.create({"type": "learned", "checkpoint": ck, "quality": 2,
                         "temporal": {"intra_period": 3}})
     sink = CODECS.create({"type": "learned", "checkpoint": ck, "temporal": {"enabled": False}})
+    sink_on = CODECS.create({"type": "learned", "checkpoint": ck})
     same = 0
     for i, f in enumerate(frames[:6]):
         a = off.compress(f, regions(), send_rest=i % 2 == 0)
@@ -299,6 +300,10 @@ def test_temporal_off_is_the_temporal_streams_intra_frames(model, frames, tmp_pa
         assert out["errors"] == {} and not out["needs_refresh"]
         predicted = decode(sink, b, regions())
         assert (predicted["errors"] == {}) == b.stats.intra
+        out = decode(sink_on, b, regions())  # the temporal round trip, exact
+        assert out["errors"] == {} and out["has_rest"] == (i % 2 == 0)
+        for rid, lat in kept(on).items():
+            assert np.array_equal(out["region_latents"][rid], lat), (i, rid)
     assert same == 2
     assert off.descriptor()["config"]["temporal"]["enabled"] is False
 
