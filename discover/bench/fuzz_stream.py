@@ -94,7 +94,7 @@ def build_corpus(frames: int = 4) -> dict[str, Any]:
             c = codec.compress(img, regions, send_rest=(i % 2 == 0))
             coded.append(c)
             msgs.append(frame_messages(PREFIX, meta, 100 + i, 1_000_000 * (i + 1), regions, c,
-                                       max_packet=1024, intra=bool(c.get("intra", True))))
+                                       max_packet=1024, intra=c.stats.intra))
         streams[name] = {"meta": meta, "coded": coded, "messages": msgs, "regions": regions}
     return streams
 
@@ -248,35 +248,35 @@ class Targets:
         return self._codecs[name]
 
     def _cell_cases(self) -> list[tuple[Any, ...]]:
-        """(coder, payload, idx, cells, tag) of every region and rest of the per-frame stream."""
+        """(intra coder, side, payload, cells, tag) of every region and rest of the per-frame
+        stream (every payload intra)."""
         if not self._cells:
             from discover.sdk.codecs.learned import entropy as en
+            from discover.sdk.codecs.learned.intra import IntraCoder
 
-            codec = self._codec("learned")
-            coder = codec.model.coder()
+            intra = IntraCoder(self._codec("learned").model.coder())
             s = self.corpus["learned"]
             w, h = s["meta"].width, s["meta"].height
             grid = en.latent_grid(w, h)
             boxes = [en.latent_box(r.box, w, h) for r in s["regions"]]
             for c in s["coded"]:
-                z, rate = coder.decode_side(c["side"], en.hyper_grid(w, h))
-                idx, _ = coder.parameters(z, rate)
-                digest = en.side_digest(c["side"])
+                side = intra.decode_side(c["side"], en.hyper_grid(w, h))
                 for r, box in zip(s["regions"], boxes, strict=True):
-                    self._cells.append((coder, c["regions"][r.rid], idx, box,
-                                        en.region_tag(digest, box)))
+                    self._cells.append((intra, side, c["regions"][r.rid], box,
+                                        side.region_tag(box)))
                 if c["rest"]:
-                    mask = en.outside_mask(boxes, grid)
-                    self._cells.append((coder, c["rest"], idx, mask,
-                                        en.rest_tag(digest, grid, boxes)))
+                    self._cells.append((intra, side, c["rest"], en.outside_mask(boxes, grid),
+                                        side.rest_tag(grid, boxes)))
         return self._cells
 
     def cells(self, rng: random.Random) -> None:
         from discover.sdk.codecs.learned import entropy as en
+        from discover.sdk.codecs.learned.intra import INTRA
 
-        coder, payload, idx, cells, tag = rng.choice(self._cell_cases())
-        body = mutate(rng, payload[5:], [c[1][5:] for c in self._cells])
-        coder.decode_cells(en.seal(body, tag), idx, cells, tag)
+        intra, side, payload, cells, tag = rng.choice(self._cell_cases())
+        # after the seal (5 bytes) and the intra mode byte: the rANS cells
+        body = mutate(rng, payload[6:], [c[2][6:] for c in self._cells])
+        intra.decode_payload(en.seal(bytes([INTRA]) + body, tag), side, cells, tag)
 
     def codec(self, rng: random.Random) -> None:
         from discover.sdk.framing import codec_input

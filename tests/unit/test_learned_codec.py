@@ -109,10 +109,12 @@ def decode(c: LearnedCodec, coded: dict, *, regions=None, rest=..., side=None, t
 
 
 def encoder_view(c: LearnedCodec, img: np.ndarray, regions=REGIONS) -> dict:
-    """What the encoder quantised: y_hat (float64 M x h x w) straight from the model."""
+    """What the encoder quantised: y_hat (float64 M x h x w) straight from the model, coded as
+    the next frame of ``c``'s stream (its bytes are those ``c.compress`` makes next)."""
     boxes = [latent_box(r.box, img.shape[1], img.shape[0]) for r in regions]
     with torch.inference_mode():
-        return c.model.compress(c._to_tensor(img), boxes, True)
+        return c.model.compress(c._to_tensor(img), boxes, True, c.rate,
+                                seq=c.frames.state.seq + 1)
 
 
 def crop(img: np.ndarray, box) -> np.ndarray:
@@ -162,10 +164,12 @@ def test_full_decode_is_g_s_of_the_full_latent_and_m_of_z(codec, crops):
     assert np.array_equal(out["x_hat"], ref_img)  # with rest: the full decode, no pasting
 
 
-def test_rest_carries_exactly_the_cells_outside_the_regions(codec, crops):
+def test_rest_carries_exactly_the_cells_outside_the_regions(codec, model, crops):
     img = crops[1]
     enc = encoder_view(codec, img)
     coded = codec.compress(img, REGIONS, send_rest=True)
+    fresh = CODECS.create(INTRA, model=model)  # frame 0 of a stream, as both below
+    with_rest = fresh.compress(img, REGIONS, send_rest=True)
     only_rest = decode(codec, coded, regions={})
     outside = outside_mask([latent_box(r.box, W, H) for r in REGIONS], (H // 16, W // 16))
     assert 0 < outside.sum() < outside.size
@@ -174,9 +178,9 @@ def test_rest_carries_exactly_the_cells_outside_the_regions(codec, crops):
     assert not only_rest["y_hat"][:, ~outside].any()
     assert only_rest["has_rest"] and only_rest["region_pixels"] == {}
     # without rest nothing outside the regions is decoded, and nothing is sent for it
-    no_rest = codec.compress(img, REGIONS, send_rest=False)
+    no_rest = CODECS.create(INTRA, model=model).compress(img, REGIONS, send_rest=False)
     assert no_rest["rest"] is None
-    assert no_rest["regions"] == coded["regions"] and no_rest["side"] == coded["side"]
+    assert no_rest["regions"] == with_rest["regions"] and no_rest["side"] == with_rest["side"]
     out = decode(codec, no_rest)
     assert not out["has_rest"] and not out["y_received"][outside].any()
 
@@ -367,8 +371,8 @@ def test_checkpoint_round_trip_keeps_outputs_and_hash(model, codec, crops, tmp_p
     assert loaded.checkpoint_hash() == h
     assert loaded.descriptor()["checkpoint"] == h
     img = crops[0]
-    a, b = codec.compress(img, REGIONS, True), loaded.compress(img, REGIONS, True)
-    assert a == b  # identical bitstreams
+    a = CODECS.create(INTRA, model=model).compress(img, REGIONS, True)
+    assert a == loaded.compress(img, REGIONS, True)  # identical bitstreams (both frame 0)
     da, db = decode(codec, a), decode(loaded, a)  # and the loaded one decodes the original's
     assert np.array_equal(da["x_hat"], db["x_hat"]) and db["errors"] == {}
     for r in REGIONS:

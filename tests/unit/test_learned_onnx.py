@@ -207,14 +207,14 @@ def test_temporal_coding_with_the_onnx_edge(checkpoint, frames):
     keeps exactly the region latents the edge keeps, frame after frame."""
     edge = CODECS.create({"type": "learned", "checkpoint": checkpoint, "edge_runtime": "onnx"})
     sink = CODECS.create({"type": "learned", "checkpoint": checkpoint})
-    assert edge._temporal is not None
+    assert edge.config.temporal.enabled
     modes = []
     for i, img in enumerate(frames[:6]):
         coded = edge.compress(img, REGIONS, send_rest=(i == 0))
         modes += [m for m, k in coded.stats.modes.items() for _ in range(k)]
         out = sink.decompress({**coded, "table": REGIONS, "size": (W, H)})
         assert out["errors"] == {} and not out["needs_refresh"]
-        kept = {rid: k.latent for rid, k in edge._temporal.state.regions.items()}
+        kept = {rid: k.latent for rid, k in edge.frames.state.regions.items()}
         assert set(out["region_latents"]) == set(kept)
         for rid, lat in out["region_latents"].items():
             assert np.array_equal(lat, kept[rid]), (i, rid)

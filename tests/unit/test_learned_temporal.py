@@ -5,6 +5,8 @@ an intra refresh, and the residual model fit."""
 
 from __future__ import annotations
 
+import copy
+import struct
 from pathlib import Path
 
 import av
@@ -76,7 +78,7 @@ def decode(c, coded, table, keep=None):
 
 
 def kept(c) -> dict[int, np.ndarray]:
-    return {rid: k.latent for rid, k in c._temporal.state.regions.items()}
+    return {rid: k.latent for rid, k in c.frames.state.regions.items()}
 
 
 def test_closed_loop_decodes_exactly_what_the_encoder_predicts_from(model, frames):
@@ -175,8 +177,23 @@ def test_late_join_and_loss_recover_with_a_requested_refresh(model, frames):
             assert np.array_equal(out["region_latents"][rid], lat)
 
 
+def test_a_new_region_overlapping_a_predicted_one_decodes_exactly(model, frames):
+    """A new (intra) box over part of a continuing (predicted) one: the encoder keeps, for the
+    new region, exactly the intra latent the sink decodes, not the predicted cells the earlier
+    region left in the overlap (an encoder/decoder drift before the intra coder)."""
+    edge, sink = codec(model), codec(model)
+    decode(sink, edge.compress(frames[0], regions()[:1], send_rest=False), regions()[:1])
+    table = [*regions()[:1], Region(5, (32, 48, 96, 112), "dog", 0.6, ("detection",))]
+    coded = edge.compress(frames[1], table, send_rest=False)
+    assert coded.stats.modes == {"residual": 1, "intra": 1}
+    out = decode(sink, coded, table)
+    assert out["errors"] == {}
+    for rid, lat in kept(edge).items():
+        assert np.array_equal(out["region_latents"][rid], lat), rid
+
+
 def rest_state(c):
-    r = c._temporal.state.rest
+    r = c.frames.state.rest
     return None if r is None else (r.seq, r.latent.copy(), r.have.copy())
 
 
@@ -203,7 +220,7 @@ def test_changed_cell_mask_is_lossless_and_used_only_where_it_pays(model, densit
     from discover.sdk.codecs.learned.entropy import PayloadError
     from discover.sdk.codecs.learned.temporal import NO_MASK
 
-    t = codec(model)._temporal
+    t = codec(model).frames
     rng = np.random.default_rng(1)
     m, n = model.config.M, 400
     idx = rng.integers(5, 40, (m, n)).astype(np.int32)
@@ -255,13 +272,77 @@ def test_intra_period_and_damaged_payloads(model, frames):
     assert intra == [True, False, False, True, False, False, True]
 
 
-def test_temporal_off_codes_every_frame_intra(model, frames):
-    c = CODECS.create({"type": "learned", "temporal": {"enabled": False}}, model=model)
-    coded = [c.compress(f, regions(), send_rest=False) for f in frames[:2]]
-    assert coded[1].stats.modes == {}  # the stateless per-frame format
-    assert c.descriptor()["config"]["temporal"]["enabled"] is False
+def test_temporal_off_is_the_temporal_streams_intra_frames(model, frames, tmp_path):
+    """One side format: with temporal off every frame is intra, byte for byte what the
+    temporal stream sends on its intra frames (same frame number); each end loads the model
+    through the real checkpoint loader; a temporal-off sink decodes both streams' intra
+    frames (and refuses their predicted ones), a temporal one every frame exactly."""
+    model.save_pretrained(tmp_path / "ck")
+    ck = str(tmp_path / "ck")
+    off = CODECS.create({"type": "learned", "checkpoint": ck, "quality": 2,
+                         "temporal": {"enabled": False}})
+    on = CODECS.create({"type": "learned", "checkpoint": ck, "quality": 2,
+                        "temporal": {"intra_period": 3}})
+    sink = CODECS.create({"type": "learned", "checkpoint": ck, "temporal": {"enabled": False}})
+    sink_on = CODECS.create({"type": "learned", "checkpoint": ck})
+    same = 0
+    for i, f in enumerate(frames[:6]):
+        a = off.compress(f, regions(), send_rest=i % 2 == 0)
+        b = on.compress(f, regions(), send_rest=i % 2 == 0)
+        assert a.stats.intra and a.stats.modes == {"intra": 3} and a.stats.extra["z_new"]
+        assert b.stats.intra == (i % 3 == 0)
+        if b.stats.intra:
+            assert (a.side, a.regions, a.rest) == (b.side, b.regions, b.rest)
+            same += 1
+        else:  # predicted regions (the side matches where z was re-sent: it names no mode)
+            assert a.regions != b.regions
+        out = decode(sink, a, regions())
+        assert out["errors"] == {} and not out["needs_refresh"]
+        predicted = decode(sink, b, regions())
+        assert (predicted["errors"] == {}) == b.stats.intra
+        out = decode(sink_on, b, regions())  # the temporal round trip, exact
+        assert out["errors"] == {} and out["has_rest"] == (i % 2 == 0)
+        for rid, lat in kept(on).items():
+            assert np.array_equal(out["region_latents"][rid], lat), (i, rid)
+    assert same == 2
+    assert off.descriptor()["config"]["temporal"]["enabled"] is False
 
 
+def test_forged_payloads_of_the_one_format_are_counted_not_raised(model, frames):
+    """Bodies forged and re-sealed with a valid CRC and tag (modes that do not exist, cut
+    reference headers, garbage cells) reach the decoders: each fails alone, as an error."""
+    from discover.sdk.codecs.learned import entropy as en
+    from discover.sdk.codecs.learned.intra import IntraCoder
+
+    edge, sink = codec(model), codec(model)
+    first = edge.compress(frames[0], regions(), send_rest=True)
+    decode(sink, first, regions())
+    before = copy.deepcopy(sink.frames.state)
+    coded = edge.compress(frames[1], regions(), send_rest=True)
+    side = IntraCoder(model.coder()).decode_side(coded.side, en.hyper_grid(W, H), sink.frames)
+    box = en.latent_box(regions()[0].box, W, H)
+    for body in (b"", b"\x07", b"\x01", b"\x02\xff", b"\x00" + bytes(3), b"\x01\x01\x00\x00\xff",
+                 b"\x02\x09\x00\x00"):
+        forged = {**coded.regions, 1: en.seal(body, side.region_tag(box))}
+        out = sink.decompress({**coded, "regions": forged, "table": regions(), "size": (W, H)})
+        assert set(out["errors"]) == {1}, (body, out["errors"])
+        assert set(out["region_latents"]) == {2, 3}
+        sink.frames.state = copy.deepcopy(before)
+    grid = en.latent_grid(W, H)
+    boxes = [en.latent_box(r.box, W, H) for r in regions()]
+    for body in (b"\x05", b"\x01\x00\x00\x00"):  # no such rest mode; a rest never sent
+        out = sink.decompress({**coded, "rest": en.seal(body, side.rest_tag(grid, boxes)),
+                               "table": regions(), "size": (W, H)})
+        assert set(out["errors"]) == {-1} and not out["has_rest"]
+        sink.frames.state = copy.deepcopy(before)
+    zh, zw = en.hyper_grid(W, H)
+    for head in (struct.pack(">HHBBI", zh, zw, 1, 7, 1),  # no such z mode
+                 struct.pack(">HHBBII", zh, zw, 1, 1, 1, 5),  # reuses a z never sent
+                 struct.pack(">HHBBI", zh, zw, 1, 1, 1)):  # reuse without its frame
+        out = sink.decompress({**coded, "side": en.seal(head, b"side"), "table": regions(),
+                               "size": (W, H)})
+        assert -2 in out["errors"] and out["needs_refresh"] and out["region_latents"] == {}
+        sink.frames.state = copy.deepcopy(before)
 def test_residual_offsets_fit_picks_the_cheapest_shift():
     """Residuals much smaller than the hyperprior's scales: the fit lowers the index where
     that saves bits, and never costs more than offset 0."""

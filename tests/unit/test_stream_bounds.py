@@ -19,6 +19,7 @@ import pytest
 from discover.sdk.codecs import CODECS
 from discover.sdk.codecs.learned import entropy as en
 from discover.sdk.codecs.learned import rans_check
+from discover.sdk.codecs.learned.intra import INTRA, IntraCoder, select
 from discover.sdk.errors import PacketError
 from discover.sdk.framing import frame_messages
 from discover.sdk.limits import MAX_JSON_DEPTH, json_depth
@@ -64,13 +65,19 @@ def learned(frames):
 # -- entropy decoding -----------------------------------------------------------------------
 
 def _coder_case(learned):
+    """The intra coder, the frame's side, region 1's payload, its box and its tag."""
     codec, coded = learned
-    coder = codec.model.coder()
-    z, rate = coder.decode_side(coded["side"], en.hyper_grid(W, H))
-    idx, _ = coder.parameters(z, rate)
+    intra = IntraCoder(codec.model.coder())
+    side = intra.decode_side(coded["side"], en.hyper_grid(W, H))
     box = en.latent_box(REGIONS[0].box, W, H)
-    tag = en.region_tag(en.side_digest(coded["side"]), box)
-    return coder, coded["regions"][1], idx, box, tag
+    return intra, side, coded["regions"][1], box, side.region_tag(box)
+
+
+def _forged(intra, side, box, tag, cells: bytes):
+    """An intra region payload of forged rANS bytes, sealed with a valid CRC and tag."""
+    lat, mode = intra.decode_payload(en.seal(bytes([INTRA]) + cells, tag), side, box, tag)
+    assert mode == INTRA and lat.shape == side.idx[select(box)].shape
+    return lat
 
 
 @pytest.mark.parametrize("body", [b"\xff" * 4096, b"\x00" * 4096, b"\xff\xff\xff\x7f" * 999,
@@ -78,26 +85,26 @@ def _coder_case(learned):
 def test_forged_region_body_with_a_valid_crc_is_refused_not_a_segfault(learned, body):
     """The probe that segfaulted 3 of 3 sinks: a forged body sealed with a valid CRC and tag
     reaches rANS; the decoder either decodes bounded garbage or says PayloadError."""
-    coder, _, idx, box, tag = _coder_case(learned)
+    intra, side, _, box, tag = _coder_case(learned)
     try:
-        sym = coder.decode_cells(en.seal(body, tag), idx, box, tag)
+        _forged(intra, side, box, tag, body)
     except en.PayloadError:
         return
-    assert sym.shape == idx[en._select(box)].shape
 
 
 def test_random_forged_bodies_never_escape_the_decoder(learned):
-    coder, payload, idx, box, tag = _coder_case(learned)
+    intra, side, payload, box, tag = _coder_case(learned)
+    assert payload[5] == INTRA  # the intra mode byte after the seal; the cells follow
     rnd = random.Random(14)
     outcomes: Counter[str] = Counter()
     for _ in range(300):
-        body = bytearray(payload[5:])
+        body = bytearray(payload[6:])
         for _ in range(rnd.randrange(1, 6)):
             body[rnd.randrange(len(body))] = rnd.choice((0xFF, 0x00, rnd.randrange(256)))
         body += bytes([0xFF]) * rnd.choice((0, 4, 64, 4096))
         try:
-            sym = coder.decode_cells(en.seal(bytes(body), tag), idx, box, tag)
-            outcomes["decoded"] += sym.shape == idx[en._select(box)].shape
+            _forged(intra, side, box, tag, bytes(body))
+            outcomes["decoded"] += 1
         except en.PayloadError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0 and sum(outcomes.values()) == 300
@@ -108,8 +115,7 @@ def test_escapes_decode_exactly_as_compressai_does(learned):
     compressai's own decoder gives."""
     from compressai.ans import RansDecoder
 
-    coder = learned[0].model.coder()
-    table = coder.tables.y_cdf
+    table = learned[0].model.coder().tables.y_cdf
     rnd = np.random.default_rng(3)
     indexes = rnd.integers(0, len(table.length), 3000).astype(np.int32)
     symbols = rnd.laplace(0, 40, 3000).round().astype(np.int32)  # many beyond the tables

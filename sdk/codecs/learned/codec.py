@@ -3,17 +3,20 @@
 Every task region's latent is its own substream, decodable given only ``side``; ``rest``
 carries the latent cells outside all regions. Boxes are snapped to the 16 px latent grid
 (``align``). Probabilities come from z alone through an exact fixed-point hyper decoder, so any
-machine decodes the same symbols (see ``entropy.py``)::
+machine decodes the same symbols (see ``entropy.py``). The payloads are the intra coder's
+(``intra.py``); ``codec.temporal`` (``temporal.py``, a layer over it) may predict a region or
+the rest from the previous frame and reuse z; with it off every frame is intra::
 
-    frame --pad /64--> g_a --> y --h_a--> z --rANS--> side  [ver|crc|h,w|z symbols]
+    frame --pad /64--> g_a --> y --h_a--> z --rANS--> side  [ver|crc|h,w,rate,z mode,seq|z]
                                           |
                            fixed-point h_s(z): CDF index, mu per y cell
                                           |
     y cells in box r  --rANS--> regions[r]   (sealed with a CRC over side digest + box)
     y cells elsewhere --rANS--> rest          (only when asked)
 
-    decode: side -> z -> (index, mu); each region and rest decode on their own (a bad one is
-    reported in ``errors`` and skipped); M(z) once; then
+    decode (exactly what compress returned, as it arrived): side -> z -> (index, mu); each
+    region and rest decode on their own (a bad one is reported in ``errors`` and skipped);
+    M(z) once; then
       region_pixels[r] = g_s(that region's cells only, M(z)) on the box plus ``region_context``
                          cells around it, cropped to the box: the same whatever else arrived
       background       = g_s(all cells that arrived, M(z)) over the whole frame
@@ -45,6 +48,7 @@ from discover.sdk.codecs.learned.entropy import (
     latent_box,
     latent_grid,
 )
+from discover.sdk.codecs.learned.intra import LatentFrame
 from discover.sdk.codecs.learned.temporal import TemporalCoder, TemporalConfig
 from discover.sdk.errors import DiscoverError
 from discover.sdk.regions import Region
@@ -62,7 +66,8 @@ DEFAULT_CHECKPOINT = "small"
 #: throughput where threads share a process (the demo: edge 3.0 -> 1.05 frames/s, sinks
 #: 1.6 -> 1.0); separate edge and sink processes, as deployed, are not affected.
 MODEL_LOCK = threading.RLock()
-#: the temporal coder's region modes, by the number it reports (FrameStats.modes keys)
+#: region modes by their mode byte (intra.INTRA, temporal.RESIDUAL, temporal.SKIP), the names
+#: FrameStats.modes counts them under
 REGION_MODES = ("intra", "residual", "skip")
 
 
@@ -138,11 +143,10 @@ class LearnedCodec(Codec):
             raise DiscoverError(f"codec.quality {config.quality} is out of range: this "
                                 f"checkpoint has rate points 1..{points}")
         self.rate = (config.quality - 1) if config.quality else points // 2
-        self._temporal: TemporalCoder | None = None
-        if config.temporal.enabled:
-            self._temporal = TemporalCoder(self.model.coder(),
-                                           self.model.residual_offsets.cpu().numpy(),
-                                           config.temporal)
+        #: the stream's frame coder: every frame through the intra coder, predicted payloads
+        #: and references from the temporal layer (temporal off: every frame intra)
+        self.frames = TemporalCoder(self.model.coder(), self.model.residual_offsets.cpu().numpy(),
+                                    config.temporal)
         self._analysis: Any = None  # x -> (y, z); None: the model's own (torch)
         if config.edge_runtime == "onnx":
             from discover.sdk.codecs.learned.onnx_edge import ONNX_NAME, OnnxAnalysis
@@ -183,8 +187,7 @@ class LearnedCodec(Codec):
 
     def request_refresh(self) -> None:
         """A sink lost its references: make the next frame intra."""
-        if self._temporal is not None:
-            self._temporal.request_refresh()
+        self.frames.request_refresh()
 
     def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
         with MODEL_LOCK:
@@ -198,39 +201,22 @@ class LearnedCodec(Codec):
         import torch
 
         h, w = frame.shape[:2]
-        boxes, coded_regions = [], []
+        boxes: dict[int, tuple[int, int, int, int]] = {}
         for r in regions:
             lb = latent_box(r.box, w, h)
             if lb is None:
                 raise ValueError(f"region {r.rid} box {r.box} is not inside the {w}x{h} frame")
-            boxes.append(lb)
-            coded_regions.append(r)
-        if self._temporal is not None:
-            return self._compress_temporal(frame, coded_regions, boxes, send_rest)
-        with torch.inference_mode():
-            out = self.model.compress(self._to_tensor(frame), boxes, send_rest, self.rate,
-                                      analysis=self._analysis)
-        return Compressed(side=out["side"], rest=out["rest"], regions={
-            r.rid: p for r, p in zip(coded_regions, out["regions"], strict=True)})
-
-    def _compress_temporal(self, frame: np.ndarray, regions: list[Region],
-                           boxes: list[tuple[int, int, int, int]],
-                           send_rest: bool) -> Compressed:
-        import torch
-
-        assert self._temporal is not None
+            boxes[r.rid] = lb
         with torch.inference_mode():
             y, z_sym = self.model.latents(self._to_tensor(frame), self._analysis)
-        out = self._temporal.encode(y, z_sym, boxes,
-                                    [frozenset(r.tasks) for r in regions],
-                                    [r.rid for r in regions], send_rest, self.rate)
+        f = self.frames.encode(y, z_sym, boxes, {r.rid: frozenset(r.tasks) for r in regions},
+                               send_rest, self.rate)
         modes: dict[str, int] = {}
-        for md in out["modes"]:
+        for md in f.modes.values():
             modes[REGION_MODES[md]] = modes.get(REGION_MODES[md], 0) + 1
-        return Compressed(side=out["side"], rest=out["rest"], regions={
-            r.rid: p for r, p in zip(regions, out["regions"], strict=True)},
-            stats=FrameStats(intra=bool(out["intra"]), modes=modes,
-                             extra={"z_new": out["z_mode"] == 0}))
+        return Compressed(side=f.side.payload, rest=f.rest, regions=f.regions,
+                          stats=FrameStats(intra=f.intra, modes=modes,
+                                           extra={"z_new": f.side.z_new}))
 
     def _decompress(self, coded: CodedFrame) -> Decoded:
         import torch
@@ -255,50 +241,43 @@ class LearnedCodec(Codec):
             else:
                 wanted[rid] = (boxes[rid], blob)
         try:
-            if self._temporal is not None:
-                dec = self._temporal.decode(coded.side, wanted, coded.rest,
-                                            grid, list(boxes.values()),
-                                            {r.rid: frozenset(r.tasks) for r in table})
-                dec["z_hat"] = (torch.from_numpy(dec["z_sym"].astype(np.float32))[None]
-                                + self.model.z_medians().cpu()[None])
-            else:
-                dec = self.model.decompress(coded.side, wanted, coded.rest,
-                                            grid, list(boxes.values()))
+            dec = self.frames.decode(coded.side, wanted, coded.rest, grid, list(boxes.values()),
+                                     {r.rid: frozenset(r.tasks) for r in table})
         except PayloadError as e:
             errors[SubstreamError.SIDE] = f"side did not decode ({e})"
             for rid in wanted:
                 errors[rid] = "no usable side information for this frame"
             return Decoded(x_hat=np.full((h, w, 3), 128, np.uint8), errors=errors,
-                           needs_refresh=self._temporal is not None,
+                           needs_refresh=self.config.temporal.enabled,
                            extra={"region_latents": {}})
-        for key, reason in dec["errors"].items():
+        for key, reason in dec.errors.items():
             errors[SubstreamError.REST if key == "rest" else key] = (
                 "rest payload did not decode" if key == "rest" else "region payload did not decode"
             ) + f" ({reason})"
-        has_rest = bool(coded.rest) and "rest" not in dec["errors"]
+        has_rest = bool(coded.rest) and "rest" not in dec.errors
         with torch.inference_mode():
             out = self._synthesize(dec, w, h, grid, boxes, px, has_rest)
         extra = {k: out.pop(k) for k in ("sd_latent", "region_sd_latents") if k in out}
-        extra.update(y_hat=dec["y_hat"].astype(np.float32), y_received=dec["received"],
-                     region_latents=dec["region_latents"])
+        extra.update(y_hat=dec.y_hat.astype(np.float32), y_received=dec.received,
+                     region_latents=dec.region_latents)
         return Decoded(**out, has_rest=has_rest, errors=errors, extra=extra,
-                       needs_refresh=bool(dec.get("needs_refresh")))
+                       needs_refresh=dec.needs_refresh)
 
-    def _synthesize(self, dec: dict[str, Any], w: int, h: int, grid: tuple[int, int],
+    def _synthesize(self, dec: LatentFrame, w: int, h: int, grid: tuple[int, int],
                     boxes: dict[int, tuple[int, int, int, int]],
                     px: dict[int, tuple[int, int, int, int]], has_rest: bool) -> dict[str, Any]:
         import torch
 
         m, dev = self.model, self.device
-        g = m.global_info(dec["z_hat"].to(dev))
-        y = torch.from_numpy(dec["y_hat"].astype(np.float32)).to(dev)[None]
-        keep = torch.from_numpy(dec["received"].astype(np.float32)).to(dev)[None, None]
+        g = m.global_info(m.z_hat(dec.side.z_sym).to(dev))
+        y = torch.from_numpy(dec.y_hat.astype(np.float32)).to(dev)[None]
+        keep = torch.from_numpy(dec.received.astype(np.float32)).to(dev)[None, None]
         full = m.synthesize(y * keep, keep, g)
         if m.config.head != "pixels":
             return self._sd_outputs(dec, full, g, w, h, grid, boxes)
         background = self._to_bgr(full[..., :h, :w])
         pixels: dict[int, np.ndarray] = {}
-        for rid, lat in dec["region_latents"].items():
+        for rid, lat in dec.region_latents.items():
             pixels[rid] = self._decode_region(lat, boxes[rid], px[rid], g, grid)
         x_hat = background.copy()
         if not has_rest:
@@ -337,14 +316,14 @@ class LearnedCodec(Codec):
         ox, oy = wx0 * LATENT_STRIDE, wy0 * LATENT_STRIDE
         return self._to_bgr(out[..., y0 - oy:y1 - oy, x0 - ox:x1 - ox])
 
-    def _sd_outputs(self, dec: dict[str, Any], full: torch.Tensor, g: torch.Tensor, w: int,
+    def _sd_outputs(self, dec: LatentFrame, full: torch.Tensor, g: torch.Tensor, w: int,
                     h: int, grid: tuple[int, int],
                     boxes: dict[int, tuple[int, int, int, int]]) -> dict[str, Any]:
         """Head ``sd_latent``: the Stable Diffusion latent (4 x H/8 x W/8) for the diffusion
         composer, which needs the SD VAE to make pixels; x_hat is a grey placeholder."""
         s = LATENT_STRIDE // 8
         latents = {}
-        for rid, lat in dec["region_latents"].items():
+        for rid, lat in dec.region_latents.items():
             out, (wx0, wy0) = self._region_output(lat, boxes[rid], g, grid)
             lx0, ly0, lx1, ly1 = boxes[rid]
             latents[rid] = out[0, :, (ly0 - wy0) * s:(ly1 - wy0) * s,

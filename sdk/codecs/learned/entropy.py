@@ -29,7 +29,7 @@ The float layers that come after (``M(z)`` and ``g_s``) only shape pixels, never
 
     z_sym (int, from side) --x 2^F + median--> fixed-point h_s --> scale_int | mean_int
     scale_int --count thresholds[rate] below--> CDF index      mean_int / 2^F --> mu
-    y cells of one box: round((y - mu) / step[rate]) --rANS(CDF[index])--> body
+    y cells of one box: round((y - mu) / step[rate]) --rANS(CDF[index])--> body (intra.py)
     payload = [version u8][crc32(tag + body) u32][body]     tag = side digest + what/where
 
 The tag makes a payload decode only with the side and the box it was made for: a damaged,
@@ -50,7 +50,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 LATENT_STRIDE = 16  #: pixels per latent cell (g_a downsamples 4 x 2)
 HYPER_STRIDE = 64  #: pixels per hyper-latent cell (h_a downsamples 2 x 2 more)
-FORMAT_VERSION = 2  # 2: varint region reference, no reference seq
+FORMAT_VERSION = 3  # 3: one side format for every frame (intra.py); 2: varint region reference
 EXACT_LIMIT = 2.0**52  # every |partial sum| stays below this: float64 integers are exact
 
 LatentBox = tuple[int, int, int, int]  # lx0, ly0, lx1, ly1 in latent cells, exclusive ends
@@ -58,6 +58,11 @@ LatentBox = tuple[int, int, int, int]  # lx0, ly0, lx1, ly1 in latent cells, exc
 
 class PayloadError(ValueError):
     """A payload that does not decode; the message is the short reason."""
+
+
+class MissingReference(PayloadError):
+    """A payload predicted from something this decoder does not have; an intra refresh
+    (the sink asks for one) makes the stream decodable again."""
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -353,9 +358,9 @@ class CodingTables:
 
 
 class LatentCoder:
-    """Codes z (the side substream) and the y cells of boxes (region and rest substreams).
-
-    The symmetric API works on numpy arrays of one frame; it knows nothing about pixels."""
+    """A checkpoint's integer coding tables and the exact probability path over them: the
+    rate points' steps and, from z symbols, every y cell's CDF index and mean. The payloads
+    made with them are ``intra.py``'s (and ``temporal.py``'s predicted ones)."""
 
     def __init__(self, tables: CodingTables) -> None:
         self.tables = tables
@@ -368,64 +373,6 @@ class LatentCoder:
         """Quantisation step of a rate point: ``y_hat = symbol * step + mu``."""
         return float(self.tables.hyper.steps[rate])
 
-    # side
-    def encode_side(self, z_sym: np.ndarray, rate: int = 0) -> bytes:
-        """``[h u16][w u16][rate u8][rANS of z]``, sealed."""
-        if not 0 <= rate < self.rate_points:
-            raise ValueError(f"rate point {rate} out of range 0..{self.rate_points - 1}")
-        n, h, w = z_sym.shape
-        idx = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], z_sym.shape)
-        body = struct.pack(">HHB", h, w, rate) + rans_encode(z_sym, idx, self.tables.z_cdf)
-        return seal(body, b"side")
-
-    def decode_side(self, side: bytes, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
-        """z symbols and the frame's rate point."""
-        body = unseal(side, b"side")
-        if len(body) < 5 or struct.unpack(">HH", body[:4]) != tuple(grid):
-            raise PayloadError("hyper-latent size does not match the frame size")
-        rate = body[4]
-        if rate >= self.rate_points:
-            raise PayloadError(f"rate point {rate} not in this checkpoint")
-        n = self.tables.z_cdf.length.shape[0]
-        idx = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], (n, *grid))
-        return rans_decode(body[5:], idx, self.tables.z_cdf), rate
-
     def parameters(self, z_sym: np.ndarray, rate: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(index, mu)`` of every y cell, exactly, from the z symbols."""
         return hyper_parameters(z_sym, self.tables.hyper, rate)
-
-    # cells
-    def encode_cells(self, y_sym: np.ndarray, idx: np.ndarray, cells: LatentBox | np.ndarray,
-                     tag: bytes) -> bytes:
-        """Seal the rANS code of the cells of a box (or a boolean cell mask)."""
-        sel = _select(cells)
-        return seal(rans_encode(y_sym[sel], idx[sel], self.tables.y_cdf), tag)
-
-    def decode_cells(self, payload: bytes, idx: np.ndarray, cells: LatentBox | np.ndarray,
-                     tag: bytes) -> np.ndarray:
-        """Symbols of the cells (shape of ``idx[cells]``); :class:`PayloadError` if bad."""
-        body = unseal(payload, tag)
-        return rans_decode(body, idx[_select(cells)], self.tables.y_cdf)
-
-
-def decode_rest_into(coder: LatentCoder, rest: bytes, idx: np.ndarray, mu: np.ndarray,
-                     step: float, digest: bytes, table_boxes: Sequence[LatentBox],
-                     y_hat: np.ndarray, received: np.ndarray, errors: dict[Any, str]) -> None:
-    """Decode ``rest`` (always intra) into ``y_hat``/``received``; a bad one goes to
-    ``errors["rest"]``. Shared by the per-frame and the temporal decoder."""
-    grid = received.shape
-    mask = outside_mask(table_boxes, grid)
-    try:
-        sym = coder.decode_cells(rest, idx, mask, rest_tag(digest, grid, table_boxes))
-    except PayloadError as e:
-        errors["rest"] = str(e)
-        return
-    y_hat[:, mask] = sym * step + mu[:, mask]
-    received |= mask
-
-
-def _select(cells: LatentBox | np.ndarray) -> Any:
-    if isinstance(cells, np.ndarray):
-        return (slice(None), cells)
-    lx0, ly0, lx1, ly1 = cells
-    return (slice(None), slice(ly0, ly1), slice(lx0, lx1))

@@ -55,20 +55,14 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from discover.sdk.codecs.learned.entropy import (
     HYPER_STRIDE,
-    LATENT_STRIDE,
     CdfTable,
     CodingTables,
     HyperTables,
     LatentBox,
     LatentCoder,
-    PayloadError,
-    decode_rest_into,
-    outside_mask,
     quantise_layer,
-    region_tag,
-    rest_tag,
-    side_digest,
 )
+from discover.sdk.codecs.learned.intra import IntraCoder
 from torch import Tensor
 
 try:  # compressai >= 1.2.9 moved it into layers
@@ -398,71 +392,45 @@ class DiscoverCodecModel(CompressionModel):
         z_sym = torch.round(z).clamp(-zl, zl)[0].cpu().numpy().astype(np.int32)
         return y[0].double().cpu().numpy(), z_sym
 
+    def z_hat(self, z_sym: np.ndarray) -> Tensor:
+        """The dequantised hyper-latent (1, N, h', w') of z symbols, as M(z) takes it."""
+        return torch.from_numpy(z_sym.astype(np.float32))[None] + self.z_medians().cpu()[None]
+
     @torch.no_grad()
     def compress(self, x: Tensor, boxes: list[LatentBox] | None = None,
-                 send_rest: bool = True, rate: int = 0,
-                 analysis: Any = None) -> dict[str, Any]:
+                 send_rest: bool = True, rate: int = 0, analysis: Any = None,
+                 seq: int = 0) -> dict[str, Any]:
         """Code one padded image (1, 3, H, W) with H, W multiples of 64 at rate point ``rate``
-        (0 = lowest; it travels in ``side``, so it may change from frame to frame).
+        (0 = lowest; it travels in ``side``, so it may change from frame to frame) as intra
+        frame ``seq`` of a stream (:class:`IntraCoder`, the codec's own format).
 
         Returns ``side`` (z), ``regions`` (one payload per box, in order), ``rest`` (cells
         outside all boxes, or None) and, for checks, ``y_hat`` (the exact decoded latent,
         float64 M x h x w), ``z_sym``, ``indexes``. ``analysis`` replaces :meth:`analysis`
         (x -> y, z - medians as tensors or arrays), e.g. an ONNX Runtime session."""
-        coder = self.coder()
         boxes = list(boxes or [])
         y64, z_sym = self.latents(x, analysis)
-        side = coder.encode_side(z_sym, rate)
-        idx, mu = coder.parameters(z_sym, rate)
-        step = coder.step(rate)
-        y_sym = np.clip(np.rint((y64 - mu) / step), -(2**15), 2**15).astype(np.int32)
-        digest = side_digest(side)
-        regions = [coder.encode_cells(y_sym, idx, b, region_tag(digest, b)) for b in boxes]
-        rest = None
-        if send_rest:
-            grid = (y_sym.shape[1], y_sym.shape[2])
-            rest = coder.encode_cells(y_sym, idx, outside_mask(boxes, grid),
-                                      rest_tag(digest, grid, boxes))
-        return {"side": side, "regions": regions, "rest": rest, "y_hat": y_sym * step + mu,
-                "z_sym": z_sym, "indexes": idx, "rate": rate}
+        f = IntraCoder(self.coder()).encode(y64, z_sym, dict(enumerate(boxes)), send_rest,
+                                            rate, seq)
+        return {"side": f.side.payload, "regions": [f.regions[i] for i in range(len(boxes))],
+                "rest": f.rest, "y_hat": f.y_hat, "z_sym": z_sym, "indexes": f.side.idx,
+                "rate": rate}
 
     def decompress(self, side: bytes, regions: dict[Any, tuple[LatentBox, bytes]],
                    rest: bytes | None, grid: tuple[int, int],
                    table_boxes: list[LatentBox]) -> dict[str, Any]:
-        """Entropy-decode what arrived of one frame (no synthesis).
+        """Entropy-decode what arrived of one intra frame (no synthesis; the inverse of
+        :meth:`compress`).
 
         ``regions`` maps a key to (latent box, payload); ``table_boxes`` are all boxes of the
         frame (they define the rest). Raises :class:`PayloadError` if the side is bad; a bad
         region or rest is reported in ``errors`` (key, or ``"rest"``) and skipped. Returns
         ``z_hat`` (tensor), ``y_hat`` (float64 M x h x w, zero where nothing arrived),
         ``received`` (bool h x w), ``region_latents`` {key: float64 M x bh x bw}."""
-        coder = self.coder()
-        ratio = HYPER_STRIDE // LATENT_STRIDE
-        hz, wz = grid[0] // ratio, grid[1] // ratio
-        z_sym, rate = coder.decode_side(side, (hz, wz))
-        idx, mu = coder.parameters(z_sym, rate)
-        step = coder.step(rate)
-        digest = side_digest(side)
-        y_hat = np.zeros(mu.shape, np.float64)
-        received = np.zeros(grid, bool)
-        errors: dict[Any, str] = {}
-        latents: dict[Any, np.ndarray] = {}
-        if rest:
-            decode_rest_into(coder, rest, idx, mu, step, digest, table_boxes, y_hat, received,
-                             errors)
-        for key, (box, payload) in regions.items():
-            lx0, ly0, lx1, ly1 = box
-            try:
-                sym = coder.decode_cells(payload, idx, box, region_tag(digest, box))
-            except PayloadError as e:
-                errors[key] = str(e)
-                continue
-            latents[key] = sym * step + mu[:, ly0:ly1, lx0:lx1]
-            y_hat[:, ly0:ly1, lx0:lx1] = latents[key]
-            received[ly0:ly1, lx0:lx1] = True
-        z_hat = torch.from_numpy(z_sym.astype(np.float32))[None] + self.z_medians().cpu()[None]
-        return {"z_hat": z_hat, "y_hat": y_hat, "received": received, "region_latents": latents,
-                "errors": errors, "indexes": idx, "rate": rate}
+        f = IntraCoder(self.coder()).decode(side, regions, rest, grid, table_boxes)
+        return {"z_hat": self.z_hat(f.side.z_sym), "y_hat": f.y_hat, "received": f.received,
+                "region_latents": f.region_latents, "errors": f.errors,
+                "indexes": f.side.idx, "rate": f.side.rate}
 
     # -- checkpoints ------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Temporal coding of the region latents (issue 3, "video needs temporal prediction").
+"""Temporal coding of the region latents (issue 3, "video needs temporal prediction"): a layer
+over the intra coder (``intra.py``) that owns what is temporal, the references, the predicted
+payload modes and the refresh.
 
 Per-frame intra coding pays for every object again on every frame; on a static camera most
 of a region's latent is what the sink already has. So, per camera stream:
@@ -19,6 +21,8 @@ of a region's latent is what the sink already has. So, per camera stream:
   static background re-sent costs a fraction of a new one, so a viewer's full view stays cheap;
 * every ``intra_period`` frames, and when a sink asks over ``<prefix>/<camera>/control``
   (late join, a lost packet), the whole frame is intra, so any sink can start decoding there.
+  An intra frame is exactly what :meth:`IntraCoder.encode` makes (the layer is not asked);
+  with ``enabled: false`` every frame is one, and the decoder refuses predicted payloads.
 
 Encoder and decoder both keep the exact decoded latents of the last frame (float64, exact: the
 residual symbols times a dyadic step plus a dyadic reference), so there is no drift. Residual
@@ -27,16 +31,13 @@ consecutive training frames (``fit_residual_offsets``); their mean is the refere
 
 ::
 
-    side   [h u16][w u16][rate u8][z mode u8][seq u32][z seq u32][rANS z if mode 0]
-    region [mode u8]                                    mode 0 intra:    [rANS cells]
-           [mode u8][ref rid varint][dx i8][dy i8]     1 residual: [rANS cells]
-                                                       2 skip:     (nothing)
-
-    (the reference is region ``ref rid`` of frame ``seq - 1``)
-
-    rest   [0 u8][rANS cells]                          intra
-           [1 u8][ref seq u32][rANS cells]             residual against the rest kept at
-                                                       frame ``ref seq``
+    side   the intra coder's; z mode 1 names the frame whose z applies ([z seq u32])
+    region [0 u8][rANS cells]                           intra (intra.py)
+           [1 u8][ref rid varint][dx i8][dy i8][cells]  residual against region ``ref rid``
+           [2 u8][ref rid varint][dx i8][dy i8]         skip     of frame ``seq - 1``
+    rest   [0 u8][rANS cells]                           intra (intra.py)
+           [1 u8][ref seq u32][cells]                   residual against the rest kept at
+                                                        frame ``ref seq``
 
     residual cells (shifted reference covers them): round((y - ref) / step), index - offset
     other cells:                                    round((y - mu) / step),  index
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,34 +55,28 @@ import numpy as np
 from discover.sdk import varint
 from discover.sdk.boxes import pair_iou
 from discover.sdk.codecs.learned.entropy import (
-    HYPER_STRIDE,
-    LATENT_STRIDE,
     LatentBox,
     LatentCoder,
+    MissingReference,
     PayloadError,
-    outside_mask,
     rans_decode,
     rans_encode,
-    region_tag,
-    rest_tag,
-    seal,
-    side_digest,
-    unseal,
+)
+from discover.sdk.codecs.learned.intra import (
+    INTRA,
+    SYMBOL_LIMIT,
+    Coded,
+    IntraCoder,
+    LatentFrame,
+    Side,
+    select,
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-INTRA, RESIDUAL, SKIP = 0, 1, 2
-Z_INTRA, Z_REUSE = 0, 1
-_SIDE = struct.Struct(">HHBBII")
+RESIDUAL, SKIP = 1, 2  # region / rest modes beside intra.INTRA
 _SHIFT = struct.Struct(">bb")
 NO_MASK = 255  # residual cells sent without a changed-cell mask
 _REST_REF = struct.Struct(">BI")  # residual mode, frame of the reference rest
-SYMBOL_LIMIT = 2**15
-
-
-class MissingReference(PayloadError):
-    """A payload predicted from something this decoder does not have; an intra refresh
-    (the sink asks for one) makes the stream decodable again."""
 
 
 class TemporalConfig(BaseModel):
@@ -154,13 +150,17 @@ def _shift(a: LatentBox, b: LatentBox) -> tuple[int, int]:
 
 
 class TemporalCoder:
-    """One camera stream's temporal coder; the same class encodes (edge) and decodes (sink).
+    """One camera stream's frame coder; the same class encodes (edge) and decodes (sink).
+    Every frame goes through :class:`IntraCoder`; this class is the :class:`intra.Layer` that
+    supplies its predicted payloads and reused z, and keeps the references.
 
     ``offsets`` (rates x M, int) lower the scale index of residual cells."""
 
     def __init__(self, coder: LatentCoder, offsets: np.ndarray, config: TemporalConfig) -> None:
-        self.coder, self.offsets, self.config = coder, offsets, config
+        self.intra = IntraCoder(coder)
+        self.offsets, self.config = offsets, config
         self.state = _State()
+        self._tasks: Mapping[Any, frozenset[str]] = {}  # the frame being encoded: per region
         self._mask_bits: np.ndarray | None = None
         self._refresh = threading.Event()
         self._refresh.set()  # the first frame is intra
@@ -169,10 +169,164 @@ class TemporalCoder:
         """Make the next encoded frame intra (thread-safe: called from the MQTT thread)."""
         self._refresh.set()
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- frames -----------------------------------------------------------------------------
+
+    def encode(self, y: np.ndarray, z_sym: np.ndarray, boxes: Mapping[int, LatentBox],
+               tasks: Mapping[int, frozenset[str]], send_rest: bool, rate: int) -> LatentFrame:
+        """Code one frame: ``y`` float64 (M x h x w), ``z_sym`` int (N x h' x w'), the boxes and
+        tasks of its regions by region id. Intra (refresh, period, temporal off) or predicted."""
+        st, cfg = self.state, self.config
+        seq = st.seq + 1
+        intra = (self._refresh.is_set() or not cfg.enabled or st.z_sym is None
+                 or (cfg.intra_period > 0 and seq % cfg.intra_period == 0))
+        self._refresh.clear()
+        z_seq = None
+        if not intra and st.z_sym is not None and st.z_sym.shape == z_sym.shape \
+                and float(np.mean(st.z_sym != z_sym)) <= cfg.z_reuse_share:
+            z_seq, z_sym = st.z_seq, st.z_sym
+        if intra:
+            st.rest = None
+        self._tasks = tasks
+        f = self.intra.encode(y, z_sym, boxes, send_rest, rate, seq, z_seq=z_seq,
+                              layer=None if intra else self)
+        f.intra = intra
+        self._keep(f, boxes, tasks)
+        return f
+
+    def decode(self, side: bytes, regions: Mapping[Any, tuple[LatentBox, bytes]],
+               rest: bytes | None, grid: tuple[int, int], table_boxes: list[LatentBox],
+               tasks: Mapping[Any, frozenset[str]]) -> LatentFrame:
+        """Decode what arrived of one frame (``IntraCoder.decode`` with this layer when
+        temporal prediction is on). Raises :class:`PayloadError` if the side is bad or names a
+        z this decoder does not have."""
+        f = self.intra.decode(side, regions, rest, grid, table_boxes,
+                              self if self.config.enabled else None)
+        self._keep(f, {k: box for k, (box, _) in regions.items()}, tasks)
+        return f
+
+    def _keep(self, f: LatentFrame, boxes: Mapping[Any, LatentBox],
+              tasks: Mapping[Any, frozenset[str]]) -> None:
+        """What both ends keep of a frame for the next: its region latents, z, the rest."""
+        st, s = self.state, f.side
+        if f.rest_mask is not None and f.rest_mode is not None:
+            self._keep_rest(s.seq, f.rest_mask, f.y_hat[:, f.rest_mask], f.rest_mode == INTRA)
+        st.seq, st.z_seq, st.z_sym = s.seq, s.z_seq, s.z_sym
+        st.regions = {k: _Kept(boxes[k], tasks.get(k, frozenset()), lat)
+                      for k, lat in f.region_latents.items()}
+
+    def _keep_rest(self, seq: int, mask: np.ndarray, lat: np.ndarray, intra: bool) -> None:
+        st = self.state
+        if intra or st.rest is None:
+            m = lat.shape[0]
+            st.rest = _Rest(seq, np.zeros((m, *mask.shape)), np.zeros(mask.shape, bool))
+        st.rest.seq = seq
+        st.rest.latent[:, mask] = lat
+        st.rest.have |= mask
+
+    # -- the layer: encoding ----------------------------------------------------------------
+
+    def encode_region(self, key: int, box: LatentBox, y: np.ndarray, side: Side,
+                      intra: Callable[[], Coded]) -> Coded:
+        """A region against its reference in the previous frame: skip if its residual is all
+        but zero, else the box's move, no move (a static background inside a moving box) or
+        intra, whichever is fewest bytes (the decoder follows the header)."""
+        cfg, prev, tk = self.config, self.state.regions, self._tasks[key]
+        ref_rid, best = None, cfg.match_iou
+        for prid, p in prev.items():
+            iou = pair_iou(box, p.box)
+            if iou >= best and tk <= p.tasks:
+                ref_rid, best = prid, iou
+        if ref_rid is None:
+            return intra()
+        ref, sel = prev[ref_rid], select(box)
+        idx, step = side.idx[sel], side.step
+        res_idx = self._res_index(idx, side.rate)
+        moves = [_shift(box, ref.box)]
+        if moves[0] != (0, 0):
+            moves.append((0, 0))
+        found: Coded | None = None
+        for dx, dy in moves:
+            pred, cover = predict(ref, box, dx, dy)
+            target = np.where(cover, pred, side.mu[sel])
+            sym = np.rint((y - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+            if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
+                return ref_header(SKIP, ref_rid, dx, dy), pred, SKIP
+            body = ref_header(RESIDUAL, ref_rid, dx, dy) + self._masked_cells(
+                sym.astype(np.int32), idx, res_idx, cover)
+            if found is None or len(body) < len(found[0]):
+                found = body, sym * step + target, RESIDUAL
+        alt = intra()
+        return alt if found is None or len(alt[0]) <= len(found[0]) else found
+
+    def encode_rest(self, mask: np.ndarray, y: np.ndarray, side: Side,
+                    intra: Callable[[], Coded]) -> Coded:
+        """The rest intra, or the residual against the kept background where it covers these
+        cells (cells it does not cover coded intra), whichever is shorter."""
+        alt, kept = intra(), self.state.rest
+        if kept is None:
+            return alt
+        idx = side.idx[:, mask]
+        cover = kept.have[mask]
+        target = np.where(cover, kept.latent[:, mask], side.mu[:, mask])
+        res = np.rint((y - target) / side.step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+        body = _REST_REF.pack(RESIDUAL, kept.seq) + self._masked_cells(
+            res.astype(np.int32), idx, self._res_index(idx, side.rate), cover)
+        return (body, res * side.step + target, RESIDUAL) if len(body) < len(alt[0]) else alt
+
+    # -- the layer: decoding ----------------------------------------------------------------
+
+    def reused_z(self, z_seq: int, grid: tuple[int, int]) -> np.ndarray:
+        st = self.state
+        if st.z_sym is not None and st.z_seq == z_seq and st.z_sym.shape[1:] == tuple(grid):
+            return st.z_sym
+        st.regions = {}
+        raise MissingReference("reference z missing (joined late or lost a frame): "
+                               "waiting for an intra refresh")
+
+    def decode_region(self, key: Any, box: LatentBox, mode: int, body: bytes,
+                      side: Side) -> np.ndarray:
+        """A residual or skipped region against region ``ref rid`` of the previous frame, as
+        this decoder has it."""
+        if mode not in (RESIDUAL, SKIP):
+            raise PayloadError(f"unknown region mode {mode}")
+        ref_rid, dx, dy, start = parse_ref_header(body)
+        st = self.state
+        ref = st.regions.get(ref_rid) if st.seq == side.seq - 1 else None
+        if ref is None:
+            raise MissingReference("reference region missing (joined late or lost a frame): "
+                                   "waiting for an intra refresh")
+        pred, cover = predict(ref, box, dx, dy)
+        if mode == SKIP:
+            if not cover.all():
+                raise PayloadError("skipped region not covered by its reference")
+            return pred
+        sel = select(box)
+        idx = side.idx[sel]
+        sym = self._unmasked_cells(body[start:], idx, self._res_index(idx, side.rate), cover)
+        return sym * side.step + np.where(cover, pred, side.mu[sel])
+
+    def decode_rest(self, mask: np.ndarray, mode: int, body: bytes, side: Side) -> np.ndarray:
+        """A residual rest (M x n) against the kept background it names."""
+        if mode != RESIDUAL:
+            raise PayloadError(f"unknown rest mode {mode}")
+        if len(body) < _REST_REF.size:
+            raise PayloadError("truncated rest reference")
+        _, ref_seq = _REST_REF.unpack_from(body)
+        kept = self.state.rest
+        if kept is None or kept.seq != ref_seq:
+            raise MissingReference("reference rest missing (joined late or lost a frame): "
+                                   "waiting for an intra refresh")
+        idx = side.idx[:, mask]
+        cover = kept.have[mask]
+        target = np.where(cover, kept.latent[:, mask], side.mu[:, mask])
+        sym = self._unmasked_cells(body[_REST_REF.size:], idx, self._res_index(idx, side.rate),
+                                   cover)
+        return sym * side.step + target
+
+    # -- residual cells ---------------------------------------------------------------------
 
     def _res_index(self, idx: np.ndarray, rate: int) -> np.ndarray:
-        off = self.offsets[rate][:, None, None]
+        off = self.offsets[rate].reshape(-1, *([1] * (idx.ndim - 1)))
         return np.maximum(idx - off, 0).astype(np.int32)
 
     def _cells(self, sym: np.ndarray, idx: np.ndarray, res_idx: np.ndarray,
@@ -180,12 +334,12 @@ class TemporalCoder:
         """One rANS stream: the uncovered (intra) cells, then the covered (residual) cells."""
         s = np.concatenate([sym[:, ~cover].ravel(), sym[:, cover].ravel()])
         i = np.concatenate([idx[:, ~cover].ravel(), res_idx[:, cover].ravel()])
-        return rans_encode(s, i, self.coder.tables.y_cdf)
+        return self.intra.cells(s, i)
 
     def _uncells(self, body: bytes, idx: np.ndarray, res_idx: np.ndarray,
                  cover: np.ndarray) -> np.ndarray:
         i = np.concatenate([idx[:, ~cover].ravel(), res_idx[:, cover].ravel()])
-        flat = rans_decode(body, i, self.coder.tables.y_cdf)
+        flat = self.intra.uncells(body, i)
         sym = np.zeros(idx.shape, np.int32)
         n = int((~cover).sum()) * idx.shape[0]
         sym[:, ~cover] = flat[:n].reshape(idx.shape[0], -1)
@@ -196,7 +350,7 @@ class TemporalCoder:
         """Per CDF row, the bits a 0 and a 1 cost (2 x rows): the changed-cell mask borrows
         the rows of the y table whose zero probability fits its density best."""
         if self._mask_bits is None:
-            t = self.coder.tables.y_cdf
+            t = self.intra.coder.tables.y_cdf
             bits = np.full((2, len(t.length)), 64.0)
             for r, (row, n, off) in enumerate(zip(t.cdf, t.length, t.offset, strict=True)):
                 for s in (0, 1):
@@ -219,7 +373,8 @@ class TemporalCoder:
         cost = self._mask_rows()
         ones = int(bits.sum())
         row = int(np.argmin((bits.size - ones) * cost[0] + ones * cost[1]))
-        mask = rans_encode(bits, np.full(bits.shape, row, np.int32), self.coder.tables.y_cdf)
+        mask = rans_encode(bits, np.full(bits.shape, row, np.int32),
+                           self.intra.coder.tables.y_cdf)
         keep = ~cover | changed
         out = bytearray([row])
         varint.put(out, len(mask))
@@ -238,10 +393,10 @@ class TemporalCoder:
             n, pos = varint.get(body, 1)
         except (IndexError, ValueError):
             raise PayloadError("truncated changed-cell mask") from None
-        if row >= len(self.coder.tables.y_cdf.length) or pos + n > len(body):
+        table = self.intra.coder.tables.y_cdf
+        if row >= len(table.length) or pos + n > len(body):
             raise PayloadError("bad changed-cell mask")
-        bits = rans_decode(body[pos:pos + n], np.full(int(cover.sum()), row, np.int32),
-                           self.coder.tables.y_cdf)
+        bits = rans_decode(body[pos:pos + n], np.full(int(cover.sum()), row, np.int32), table)
         if np.any((bits != 0) & (bits != 1)):
             raise PayloadError("bad changed-cell mask")
         changed = np.zeros(cover.shape, bool)
@@ -250,236 +405,6 @@ class TemporalCoder:
         sym = np.zeros(idx.shape, np.int32)
         sym[:, keep] = self._uncells(body[pos + n:], idx[:, keep], res_idx[:, keep], cover[keep])
         return sym
-
-    # -- encode -----------------------------------------------------------------------------
-
-    def encode(self, y: np.ndarray, z_sym: np.ndarray, boxes: list[LatentBox],
-               tasks: list[frozenset[str]], rids: list[int], send_rest: bool,
-               rate: int) -> dict[str, Any]:
-        """Code one frame: ``y`` float64 (M x h x w), ``z_sym`` int (N x h' x w'), the boxes
-        with their tasks and region ids. Returns side, regions (in order), rest, modes, y_hat."""
-        c, st, cfg = self.coder, self.state, self.config
-        seq = st.seq + 1
-        intra = (self._refresh.is_set() or not cfg.enabled or st.z_sym is None
-                 or (cfg.intra_period > 0 and seq % cfg.intra_period == 0))
-        self._refresh.clear()
-        z_mode = Z_INTRA
-        if not intra and st.z_sym is not None and st.z_sym.shape == z_sym.shape:
-            changed = float(np.mean(st.z_sym != z_sym))
-            if changed <= cfg.z_reuse_share:
-                z_mode, z_sym = Z_REUSE, st.z_sym
-        z_seq = seq if z_mode == Z_INTRA else st.z_seq
-        head = _SIDE.pack(z_sym.shape[1], z_sym.shape[2], rate, z_mode, seq, z_seq)
-        if z_mode == Z_INTRA:
-            n = z_sym.shape[0]
-            zi = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], z_sym.shape)
-            head += rans_encode(z_sym, zi, c.tables.z_cdf)
-        side = seal(head, b"side")
-        digest = side_digest(side)
-        idx, mu = c.parameters(z_sym, rate)
-        step = c.step(rate)
-        res_idx = self._res_index(idx, rate)
-        prev = {} if intra else st.regions
-        payloads, modes, kept = [], [], {}
-        q = np.rint((y - mu) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)  # intra symbols
-        y_hat = q * step + mu
-        for box, tk, rid in zip(boxes, tasks, rids, strict=True):
-            lx0, ly0, lx1, ly1 = box
-            sl = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
-            ref_rid, best = None, cfg.match_iou
-            for prid, p in prev.items():
-                iou = pair_iou(box, p.box)
-                if iou >= best and tk <= p.tasks:
-                    ref_rid, best = prid, iou
-            # the encoder's choice, the decoder follows the header: a covered region whose
-            # residual is all but zero is skipped; else the box's move, no move (a static
-            # background inside a moving box) or intra, whichever is fewest bytes
-            body, lat, mode = b"", None, INTRA
-            if ref_rid is not None:
-                ref = prev[ref_rid]
-                moves = [_shift(box, ref.box)]
-                if moves[0] != (0, 0):
-                    moves.append((0, 0))
-                for dx, dy in moves:
-                    pred, cover = predict(ref, box, dx, dy)
-                    target = np.where(cover, pred, mu[sl])
-                    sym = np.rint((y[sl] - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-                    if cover.all() and float(np.abs(sym).mean()) < cfg.skip_threshold:
-                        body, lat, mode = ref_header(SKIP, ref_rid, dx, dy), pred, SKIP
-                        break
-                    cand = ref_header(RESIDUAL, ref_rid, dx, dy) + self._masked_cells(
-                        sym.astype(np.int32), idx[sl], res_idx[sl], cover)
-                    if not body or len(cand) < len(body):
-                        body, lat, mode = cand, sym * step + target, RESIDUAL
-            if mode != SKIP:
-                intra_body = bytes([INTRA]) + self._cells(
-                    q[sl].astype(np.int32), idx[sl], res_idx[sl], np.zeros(box_shape(box), bool))
-                if not body or len(intra_body) <= len(body):
-                    body, lat, mode = intra_body, y_hat[sl].copy(), INTRA
-            modes.append(mode)
-            y_hat[sl] = lat
-            kept[rid] = _Kept(box, tk, lat)
-            payloads.append(seal(body, region_tag(digest, box)))
-        rest = None
-        if intra:
-            st.rest = None
-        if send_rest:
-            grid = (y.shape[1], y.shape[2])
-            mask = outside_mask(boxes, grid)
-            body, lat = self._encode_rest(y[:, mask], q[:, mask], mu[:, mask], idx[:, mask],
-                                          res_idx[:, mask], step, mask)
-            rest = seal(body, rest_tag(digest, grid, boxes))
-            y_hat[:, mask] = lat
-            self._keep_rest(seq, mask, lat, body[0] == INTRA)
-        st.seq, st.z_seq, st.z_sym, st.regions = seq, z_seq, z_sym, kept
-        return {"side": side, "regions": payloads, "rest": rest, "modes": modes,
-                "y_hat": y_hat, "intra": intra, "z_mode": z_mode, "z_sym": z_sym,
-                "indexes": idx}
-
-    def _encode_rest(self, y: np.ndarray, q: np.ndarray, mu: np.ndarray, idx: np.ndarray,
-                     res_idx: np.ndarray, step: float,
-                     mask: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """The rest body of the cells in ``mask`` (arrays M x n; ``q`` their intra symbols) and
-        their decoded latent: intra, or the residual against the last rest where it covered
-        these cells (cells it did not cover coded intra), whichever is shorter."""
-        st = self.state
-        body = bytes([INTRA]) + rans_encode(q.astype(np.int32), idx, self.coder.tables.y_cdf)
-        lat = q * step + mu
-        if st.rest is not None:
-            cover = st.rest.have[mask]
-            target = np.where(cover, st.rest.latent[:, mask], mu)
-            res = np.rint((y - target) / step).clip(-SYMBOL_LIMIT, SYMBOL_LIMIT)
-            cand = _REST_REF.pack(RESIDUAL, st.rest.seq) + self._masked_cells(
-                res.astype(np.int32), idx, res_idx, cover)
-            if len(cand) < len(body):
-                body, lat = cand, res * step + target
-        return body, lat
-
-    def _keep_rest(self, seq: int, mask: np.ndarray, lat: np.ndarray, intra: bool) -> None:
-        st = self.state
-        if intra or st.rest is None:
-            m = lat.shape[0]
-            st.rest = _Rest(seq, np.zeros((m, *mask.shape)), np.zeros(mask.shape, bool))
-        st.rest.seq = seq
-        st.rest.latent[:, mask] = lat
-        st.rest.have |= mask
-
-    def _decode_rest(self, payload: bytes, seq: int, idx: np.ndarray, res_idx: np.ndarray,
-                     mu: np.ndarray, step: float, mask: np.ndarray, tag: bytes) -> np.ndarray:
-        """Latent (M x n) of the rest cells in ``mask``; :class:`PayloadError` if the payload
-        is bad or references a rest this decoder does not have."""
-        st = self.state
-        b = unseal(payload, tag)
-        if not b:
-            raise PayloadError("empty rest payload")
-        if b[0] == INTRA:
-            lat = rans_decode(b[1:], idx[:, mask], self.coder.tables.y_cdf) * step + mu[:, mask]
-        elif b[0] == RESIDUAL:
-            if len(b) < _REST_REF.size:
-                raise PayloadError("truncated rest reference")
-            _, ref_seq = _REST_REF.unpack_from(b)
-            if st.rest is None or st.rest.seq != ref_seq:
-                raise MissingReference("reference rest missing (joined late or lost a frame): "
-                                       "waiting for an intra refresh")
-            cover = st.rest.have[mask]
-            target = np.where(cover, st.rest.latent[:, mask], mu[:, mask])
-            sym = self._unmasked_cells(b[_REST_REF.size:], idx[:, mask], res_idx[:, mask],
-                                       cover)
-            lat = sym * step + target
-        else:
-            raise PayloadError(f"unknown rest mode {b[0]}")
-        self._keep_rest(seq, mask, lat, b[0] == INTRA)
-        return lat
-
-    # -- decode -----------------------------------------------------------------------------
-
-    def decode(self, side: bytes, regions: dict[Any, tuple[LatentBox, bytes]],
-               rest: bytes | None, grid: tuple[int, int], table_boxes: list[LatentBox],
-               tasks: dict[Any, frozenset[str]]) -> dict[str, Any]:
-        """Decode what arrived of one frame (same result dict as the model's ``decompress``,
-        plus ``needs_refresh`` when a reference was missing). Raises :class:`PayloadError` if
-        the side is bad or names a z this decoder does not have."""
-        c, st = self.coder, self.state
-        ratio = HYPER_STRIDE // LATENT_STRIDE
-        hz, wz = grid[0] // ratio, grid[1] // ratio
-        body = unseal(side, b"side")
-        if len(body) < _SIDE.size:
-            raise PayloadError("truncated side")
-        h, w, rate, z_mode, seq, z_seq = _SIDE.unpack(body[:_SIDE.size])
-        if (h, w) != (hz, wz):
-            raise PayloadError("hyper-latent size does not match the frame size")
-        if rate >= c.rate_points:
-            raise PayloadError(f"rate point {rate} not in this checkpoint")
-        if z_mode == Z_INTRA:
-            n = c.tables.z_cdf.length.shape[0]
-            zi = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None], (n, hz, wz))
-            z_sym = rans_decode(body[_SIDE.size:], zi, c.tables.z_cdf)
-        elif z_mode == Z_REUSE and st.z_sym is not None and st.z_seq == z_seq \
-                and st.z_sym.shape[1:] == (hz, wz):
-            z_sym = st.z_sym
-        else:
-            st.regions = {}
-            raise PayloadError("reference z missing (joined late or lost a frame): "
-                               "waiting for an intra refresh")
-        digest = side_digest(side)
-        idx, mu = c.parameters(z_sym, rate)
-        step = c.step(rate)
-        res_idx = self._res_index(idx, rate)
-        y_hat = np.zeros(mu.shape, np.float64)
-        received = np.zeros(grid, bool)
-        errors: dict[Any, str] = {}
-        latents: dict[Any, np.ndarray] = {}
-        kept: dict[int, _Kept] = {}
-        needs_refresh = False
-        if rest:
-            mask = outside_mask(table_boxes, grid)
-            try:
-                y_hat[:, mask] = self._decode_rest(rest, seq, idx, res_idx, mu, step, mask,
-                                                   rest_tag(digest, grid, table_boxes))
-                received |= mask
-            except PayloadError as e:
-                errors["rest"] = str(e)
-                needs_refresh = needs_refresh or isinstance(e, MissingReference)
-        for key, (box, payload) in regions.items():
-            lx0, ly0, lx1, ly1 = box
-            sl = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
-            try:
-                b = unseal(payload, region_tag(digest, box))
-                if not b:
-                    raise PayloadError("empty region payload")
-                mode = b[0]
-                if mode == INTRA:
-                    sym = self._uncells(b[1:], idx[sl], res_idx[sl], np.zeros(box_shape(box), bool))
-                    lat = sym * step + mu[sl]
-                elif mode in (RESIDUAL, SKIP):
-                    ref_rid, dx, dy, start = parse_ref_header(b)
-                    # the reference is a region of the previous frame, as this decoder has it
-                    ref = st.regions.get(ref_rid) if st.seq == seq - 1 else None
-                    if ref is None:
-                        raise MissingReference("reference region missing (joined late or lost "
-                                               "a frame): waiting for an intra refresh")
-                    pred, cover = predict(ref, box, dx, dy)
-                    if mode == SKIP:
-                        if not cover.all():
-                            raise PayloadError("skipped region not covered by its reference")
-                        lat = pred
-                    else:
-                        sym = self._unmasked_cells(b[start:], idx[sl], res_idx[sl], cover)
-                        lat = sym * step + np.where(cover, pred, mu[sl])
-                else:
-                    raise PayloadError(f"unknown region mode {mode}")
-            except PayloadError as e:
-                errors[key] = str(e)
-                needs_refresh = needs_refresh or isinstance(e, MissingReference)
-                continue
-            latents[key] = lat
-            y_hat[sl] = lat
-            received[ly0:ly1, lx0:lx1] = True
-            kept[key] = _Kept(box, tasks.get(key, frozenset()), lat)
-        st.seq, st.z_seq, st.z_sym, st.regions = seq, z_seq, z_sym, kept
-        return {"z_sym": z_sym, "y_hat": y_hat, "received": received, "region_latents": latents,
-                "errors": errors, "indexes": idx, "rate": rate, "needs_refresh": needs_refresh,
-                "seq": seq}
 
 
 def ref_header(mode: int, ref_rid: int, dx: int, dy: int) -> bytes:
@@ -497,10 +422,6 @@ def parse_ref_header(body: bytes) -> tuple[int, int, int, int]:
     except (ValueError, struct.error):
         raise PayloadError("truncated reference header") from None
     return ref_rid, dx, dy, pos + _SHIFT.size
-
-
-def box_shape(box: LatentBox) -> tuple[int, int]:
-    return box[3] - box[1], box[2] - box[0]
 
 
 # -- fitting the residual model ---------------------------------------------------------------

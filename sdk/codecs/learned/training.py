@@ -577,6 +577,7 @@ def fit_residual_model(model: DiscoverCodecModel, videos: Sequence[VideoSource],
     round((y_t+1 - y_hat_t) / step) inside the boxes of frame t+1, with the scale indexes z_t+1
     gives (what the temporal coder codes). Returns the record of the fit."""
     from discover.sdk.codecs.learned.entropy import latent_box
+    from discover.sdk.codecs.learned.intra import IntraCoder
     from discover.sdk.codecs.learned.model import pad_to_grid
     from discover.sdk.codecs.learned.temporal import fit_offsets
 
@@ -584,6 +585,7 @@ def fit_residual_model(model: DiscoverCodecModel, videos: Sequence[VideoSource],
     if not model.coding_ready:
         model.update(force=True)
     coder = model.coder()
+    intra = IntraCoder(coder)
     table = model.gaussian_conditional.scale_table.double().numpy()
     samples: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(coder.rate_points)]
     data = consecutive_pairs(videos, pairs)
@@ -604,11 +606,9 @@ def fit_residual_model(model: DiscoverCodecModel, videos: Sequence[VideoSource],
             lat.append(model.latents(pad_to_grid(x.float() / 255.0)))
         (ya, za), (yb, zb) = lat
         for r in range(coder.rate_points):
-            step = coder.step(r)
-            idx_a, mu_a = coder.parameters(za, r)
-            y_hat_a = np.rint((ya - mu_a) / step) * step + mu_a
-            idx_b, _ = coder.parameters(zb, r)
-            sym = np.rint((yb - y_hat_a) / step).astype(np.int32)
+            y_hat_a, _ = intra.intra_latent(ya, za, r)
+            _, idx_b = intra.intra_latent(yb, zb, r)
+            sym = np.rint((yb - y_hat_a) / coder.step(r)).astype(np.int32)
             samples[r].append((sym[:, mask], idx_b[:, mask]))
     if not samples[0]:
         raise DiscoverError("stage T: the grounder found no boxes on the training pairs")
