@@ -23,26 +23,28 @@ import cv2
 import numpy as np
 
 from discover.sdk.assets import SAMPLE_CLIP
+from discover.sdk.boxes import box_iou
 
 CLASSES = ("person", "car", "truck", "sports ball")
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x0 y0 x1 y1."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
-def _boxes(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def scored(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray, float]]:
+    """The judged-class detections of ``model`` (NanoDet) on ``image``: (label, x0 y0 x1 y1,
+    score)."""
     res = model.run(image, {"task": "detection", "regions": [], "region_errors": {}})
     return [(d["label"], np.array([d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
-                                   d["bbox"][1] + d["bbox"][3]], float))
+                                   d["bbox"][1] + d["bbox"][3]], float), float(d["score"]))
             for d in res["detections"] if d["label"] in CLASSES]
+
+
+def above(dets: list[tuple[str, np.ndarray, float]], score: float) -> list[tuple[str, np.ndarray]]:
+    """(label, box) of the detections scoring at least ``score``."""
+    return [(lb, b) for lb, b, s in dets if s >= score]
+
+
+def detect(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The judged-class detections of ``model`` on ``image`` at its own threshold."""
+    return above(scored(model, image), 0.0)
 
 
 def extras(original: list[tuple[str, np.ndarray]], composed: list[tuple[str, np.ndarray]],
@@ -54,7 +56,7 @@ def extras(original: list[tuple[str, np.ndarray]], composed: list[tuple[str, np.
     for label in {lb for lb, _ in composed}:
         c = np.array([b for lb, b in composed if lb == label])
         o = np.array([b for lb, b in original if lb == label or not same_class]).reshape(-1, 4)
-        n += int(np.sum(_iou(c, o).max(axis=1, initial=0.0) < iou))
+        n += int(np.sum(box_iou(c, o).max(axis=1, initial=0.0) < iou))
     return n
 
 
@@ -75,7 +77,7 @@ def run(frames_dir: Path, source: Path, iou: float = 0.3, rest_interval: int = 1
                 if per_frame and i > max(int(p.stem) for p in frames_dir.glob("*.png")):
                     break
                 continue
-            orig, comp = _boxes(model, img), _boxes(model, cv2.imread(str(f)))
+            orig, comp = detect(model, img), detect(model, cv2.imread(str(f)))
             n = extras(orig, comp, iou)
             per_frame.append(n)
             any_class.append(extras(orig, comp, iou, same_class=False))
