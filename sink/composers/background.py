@@ -1,25 +1,41 @@
-"""``background``: for static cameras, paste each frame's task regions onto a clean background.
+"""``background``: for static cameras, show each frame's changes on a clean background.
 
 The edge sends ``rest`` only every N frames and when the view outside the task regions changed
-(sdk/rest.py); in between, this composer shows the current regions on a background image, so a
-full-view stream costs little more than the task stream.
+(sdk/rest.py); in between, this composer shows the current frame's changes on a background
+image, so a full-view stream costs little more than the task stream.
 
-The background must not hold the objects themselves: a rest frame shows its people where they
-were then, and pasting the people of a later frame onto it would show each walking person twice
-(a ghost at the old place). So the background is built only from rest pixels *outside* the task
-regions of the frame that rest came with (grown by ``guard_px``, for the parts of an object its
-box misses). Pixels no rest has shown clear yet (an object stood there at every rest so far)
-are filled from the clean pixels around them (a push-pull fill over an image pyramid: a smooth
-patch in the surrounding colours, a few ms), not by the object; the next rest that shows them
-clear replaces the fill. Until the first rest arrives it falls
-back to the codec's own reconstruction.
+How the background is made. It must not hold the objects themselves: a rest frame shows its
+people where they were then, and pasting the people of a later frame onto it would show each
+walking person twice (a ghost at the old place). So it is built only from rest pixels
+*outside* the task regions of the frame that rest came with (grown by ``guard_px``, for the
+parts of an object its box misses). Pixels no rest has shown clear yet (an object stood there
+at every rest so far) are filled from the clean pixels around them (a push-pull fill over an
+image pyramid: a smooth patch in the surrounding colours, a few ms), not by the object; the
+next rest that shows them clear replaces the fill. Until the first rest arrives it falls back
+to the codec's own reconstruction.
+
+What is shown between rests depends on the codec:
+
+* a stream codec (``video``: ``Codec.task_streams``) decodes the whole frame as its machine
+  view (the task stream, upscaled). The composer shows it wherever the scene changed since
+  the background (a block test on grey levels, with hysteresis: ``changed_mask``) and in the
+  regions, and the background elsewhere. So an object the grounder missed, or one that left
+  the place an old rest showed it at, shows once: the background is never trusted where the
+  current frame says otherwise.
+* a region codec (``learned``, ``classical``) decodes only its regions: their crops are pasted
+  on the background. An object no region holds shows where the last rest had it.
 
 ::
 
     rest arrived? --yes--> clean := clean | outside(regions + guard)
                            background[outside] := rest; background[~clean] := fill(background)
                            show the decoded full frame
-                  --no---> canvas := background (or x_hat before the first rest) + region crops
+                  --no---> whole-frame machine view M (stream codec)?
+                             --yes--> show := changed(M, background) | regions
+                                      canvas := background; canvas[show] := M
+                             --no---> canvas := background + region crops
+                           (x_hat itself before the first rest or after max_age_frames; a
+                           task stream that did not decode: the background alone)
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.codecs.base import SubstreamError
 from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
 
@@ -168,7 +185,7 @@ class BackgroundComposer(Composer):
         if bg is None or not 0 <= frame - self._background_frame <= self.config.max_age_frames \
                 or bg.shape != decoded["x_hat"].shape:
             return decoded["x_hat"]
-        if self._machine_view(info):
+        if self._machine_view(info) and SubstreamError.TASK not in (decoded.get("errors") or {}):
             return self._with_changes(decoded["x_hat"], bg, list(info["regions"]))
         canvas = bg.copy()
         boxes = {r.rid: r.box for r in info["regions"]}

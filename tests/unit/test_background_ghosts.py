@@ -167,3 +167,17 @@ def test_changed_mask_hysteresis() -> None:
     assert m[8:16, 8:24].all() and not m[40:48, 40:48].any()
     assert m.sum() == 2 * 64
     assert changed_mask(b, a, 8, 12, 6, 1)[0:24, 0:32].all()  # grown by one block
+
+
+def test_a_task_stream_that_did_not_decode_shows_the_background() -> None:
+    """The video codec's x_hat is a grey placeholder when its task stream failed: the view
+    keeps the background rather than turning grey."""
+    from discover.sdk.codecs.base import SubstreamError
+
+    bg = COMPOSERS.create("background")
+    img0, r0 = scene(10)
+    bg.compose(whole_frame(img0, True, 0), {"frame": 0, "regions": [], "meta": VIDEO_META})
+    grey = {"x_hat": np.full_like(img0, 128), "has_rest": False, "region_pixels": {},
+            "errors": {SubstreamError.TASK: "task/detection: missing reference"}}
+    out = bg.compose(grey, {"frame": 1, "regions": [], "meta": VIDEO_META})
+    assert np.abs(out.astype(int) - img0).max() <= 3  # the rest, up to its coding noise
