@@ -120,17 +120,19 @@ def changed_mask(view: np.ndarray, background: np.ndarray, block: int, high: flo
     diff = cv2.absdiff(cv2.cvtColor(view, cv2.COLOR_BGR2GRAY),
                        cv2.cvtColor(background, cv2.COLOR_BGR2GRAY))
     bh, bw = -(-h // block), -(-w // block)
-    pad = cv2.copyMakeBorder(diff, 0, bh * block - h, 0, bw * block - w, cv2.BORDER_REPLICATE)
-    score = pad.reshape(bh, block, bw, block).mean(axis=(1, 3))
-    weak = (score > low).astype(np.uint8)
-    n, labels = cv2.connectedComponents(weak, connectivity=8)
-    seeded = np.zeros(n, bool)
-    seeded[np.unique(labels[score > high])] = True
-    seeded[0] = False  # label 0 is the unchanged blocks
-    blocks = seeded[labels].astype(np.uint8)
+    if (bh * block, bw * block) != (h, w):
+        diff = cv2.copyMakeBorder(diff, 0, bh * block - h, 0, bw * block - w,
+                                  cv2.BORDER_REPLICATE)
+    score = cv2.resize(diff.astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
+    n, labels = cv2.connectedComponents((score > low).astype(np.uint8), connectivity=8)
+    seeded = np.zeros(n, np.uint8)
+    seeded[labels[score > high]] = 1
+    seeded[0] = 0  # label 0 is the unchanged blocks
+    blocks = seeded[labels]
     if grow:
         blocks = cv2.dilate(blocks, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return np.repeat(np.repeat(blocks, block, 0), block, 1)[:h, :w].astype(bool)
+    up = cv2.resize(blocks, (bw * block, bh * block), interpolation=cv2.INTER_NEAREST)
+    return up[:h, :w].astype(bool)
 
 
 def whole_frame_view(meta: Any) -> bool:
@@ -208,5 +210,5 @@ class BackgroundComposer(Composer):
         show = changed_mask(view, bg, c.change_block, c.change_high, c.change_low,
                             c.change_grow) | region_mask(view.shape, regions, 0)
         canvas = bg.copy()
-        np.copyto(canvas, view, where=show[..., None])
+        cv2.copyTo(view, show.view(np.uint8), canvas)
         return canvas
