@@ -6,7 +6,9 @@ NanoDet (the bundled COCO-80 detector) runs on each original frame and on the si
 frame of the same index (``<sink out>/<camera>/frames/NNNNNN.png``, as ``discover demo`` and
 ``discover sink --out`` write them). A composed detection of a judged class with no original
 detection of the same class overlapping it by IoU >= ``iou`` is an extra object; the figure is
-extras per frame. Classes judged: person, car, truck, sports ball (as in issue 11). Extras on
+extras per frame (``_not_even_weak``: counted against the original's detections down to
+WEAK_SCORE, so an object the original has just under the threshold is not extra). Classes
+judged: person, car, truck, sports ball (as in issue 11). Extras on
 rest frames (every ``rest_interval``-th, the demo's 10) come from the codec's own full
 reconstruction; extras between rests beyond that rate come from the composer.
 """
@@ -26,6 +28,11 @@ from discover.sdk.assets import SAMPLE_CLIP
 from discover.sdk.boxes import box_iou
 
 CLASSES = ("person", "car", "truck", "sports ball")
+STRONG = 0.35  #: the nanodet task model's own threshold (sink/tasks/nanodet.py)
+#: an original's detection down to this score counts as present for the "not even weak"
+#: figure: NanoDet finds a borderline object (a rock it scores 0.30) at 0.36 on a compressed
+#: frame; that is not an object the original lacks
+WEAK_SCORE = 0.15
 
 
 def scored(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray, float]]:
@@ -40,11 +47,6 @@ def scored(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray, float]]
 def above(dets: list[tuple[str, np.ndarray, float]], score: float) -> list[tuple[str, np.ndarray]]:
     """(label, box) of the detections scoring at least ``score``."""
     return [(lb, b) for lb, b, s in dets if s >= score]
-
-
-def detect(model: Any, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """The judged-class detections of ``model`` on ``image`` at its own threshold."""
-    return above(scored(model, image), 0.0)
 
 
 def extras(original: list[tuple[str, np.ndarray]], composed: list[tuple[str, np.ndarray]],
@@ -64,12 +66,13 @@ def run(frames_dir: Path, source: Path, iou: float = 0.3, rest_interval: int = 1
     from discover.edge.sources import open_source
     from discover.sink.tasks import TASK_MODELS
 
-    model = TASK_MODELS.create("nanodet")
+    model = TASK_MODELS.create({"type": "nanodet", "score_threshold": WEAK_SCORE})
     src = open_source(str(source))
     per_frame: list[int] = []
     between: list[int] = []  # frames without a rest of their own
     on_rest: list[int] = []  # rest frames: the codec's own full reconstruction
     any_class: list[int] = []
+    weak: list[int] = []  # against the originals' detections down to WEAK_SCORE
     try:
         for i, img in enumerate(src.frames()):
             f = frames_dir / f"{i:06d}.png"
@@ -77,8 +80,10 @@ def run(frames_dir: Path, source: Path, iou: float = 0.3, rest_interval: int = 1
                 if per_frame and i > max(int(p.stem) for p in frames_dir.glob("*.png")):
                     break
                 continue
-            orig, comp = detect(model, img), detect(model, cv2.imread(str(f)))
+            low, comp = scored(model, img), above(scored(model, cv2.imread(str(f))), STRONG)
+            orig = above(low, STRONG)
             n = extras(orig, comp, iou)
+            weak.append(extras(above(low, WEAK_SCORE), comp, iou))
             per_frame.append(n)
             any_class.append(extras(orig, comp, iou, same_class=False))
             (between if i % rest_interval else on_rest).append(n)
@@ -93,6 +98,7 @@ def run(frames_dir: Path, source: Path, iou: float = 0.3, rest_interval: int = 1
             "extra_objects_per_frame_on_rests": round(float(np.mean(on_rest)), 3)
             if on_rest else None,
             "extra_objects_per_frame_any_class": round(float(np.mean(any_class)), 3),
+            "extra_objects_per_frame_not_even_weak": round(float(np.mean(weak)), 3),
             "frames_with_extras": int(np.sum(np.array(per_frame) > 0)),
             "iou": iou, "classes": list(CLASSES), "frames_dir": str(frames_dir)}
 

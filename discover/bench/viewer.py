@@ -30,17 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from discover.bench.ghosts import above, extras, scored
+from discover.bench.ghosts import STRONG, WEAK_SCORE, above, extras, scored
 from discover.sdk.assets import SAMPLE_CLIP
 from discover.sdk.errors import DiscoverError
 from discover.sdk.rd import psnr
 
 ANCHOR_CRFS = (22, 26, 30, 34, 38, 42)
-#: an original's detection down to this score counts as present: NanoDet (threshold 0.35)
-#: finds a borderline object (a rock at 0.30) at 0.36 on a compressed frame; that is not an
-#: object the original lacks
-WEAK_SCORE = 0.15
-STRONG = 0.35  #: the nanodet task model's own threshold (sink/tasks/nanodet.py)
 Scored = list[tuple[str, np.ndarray, float]]
 
 

@@ -64,3 +64,18 @@ def test_bench_runs_on_a_few_frames() -> None:
     assert len(res["composers"]) == 2
     for s in res["composers"].values():
         assert 20 < s["psnr"] < MAX_DB and not math.isnan(s["extras_per_frame"])
+
+
+def test_ghosts_on_a_sink_folder_of_the_originals_counts_nothing(clip, tmp_path) -> None:
+    """``python -m discover.bench.ghosts`` on frames NNNNNN.png that are the clip's own."""
+    import cv2
+
+    from discover.bench import ghosts
+    from discover.bench.ground import load_frames
+
+    frames, _ = load_frames(str(SAMPLE_CLIP), 0, 2)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{i:06d}.png"), f)
+    res = ghosts.run(tmp_path, SAMPLE_CLIP)
+    assert res["frames"] == 2
+    assert res["extra_objects_per_frame"] == res["extra_objects_per_frame_not_even_weak"] == 0
