@@ -181,3 +181,16 @@ def test_a_task_stream_that_did_not_decode_shows_the_background() -> None:
             "errors": {SubstreamError.TASK: "task/detection: missing reference"}}
     out = bg.compose(grey, {"frame": 1, "regions": [], "meta": VIDEO_META})
     assert np.abs(out.astype(int) - img0).max() <= 3  # the rest, up to its coding noise
+
+
+def test_auto_knows_a_whole_frame_codec_from_the_stream_meta() -> None:
+    from discover.sdk.codecs import CODECS
+    from discover.sdk.stream import StreamMeta
+    from discover.sink.composers.background import whole_frame_view
+
+    for key, whole in (("video", True), ("classical", False)):
+        meta = StreamMeta(camera="c", width=W, height=H, fps=10.0, tasks=["detection"],
+                          labels=[], codec=CODECS.create({"type": key}).descriptor())
+        assert whole_frame_view(meta) is whole, key
+    assert whole_frame_view(None) is False
+    assert whole_frame_view(SimpleNamespace(codec={"type": "unknown"})) is False
