@@ -1,25 +1,41 @@
-"""``background``: for static cameras, paste each frame's task regions onto a clean background.
+"""``background``: for static cameras, show each frame's changes on a clean background.
 
 The edge sends ``rest`` only every N frames and when the view outside the task regions changed
-(sdk/rest.py); in between, this composer shows the current regions on a background image, so a
-full-view stream costs little more than the task stream.
+(sdk/rest.py); in between, this composer shows the current frame's changes on a background
+image, so a full-view stream costs little more than the task stream.
 
-The background must not hold the objects themselves: a rest frame shows its people where they
-were then, and pasting the people of a later frame onto it would show each walking person twice
-(a ghost at the old place). So the background is built only from rest pixels *outside* the task
-regions of the frame that rest came with (grown by ``guard_px``, for the parts of an object its
-box misses). Pixels no rest has shown clear yet (an object stood there at every rest so far)
-are filled from the clean pixels around them (a push-pull fill over an image pyramid: a smooth
-patch in the surrounding colours, a few ms), not by the object; the next rest that shows them
-clear replaces the fill. Until the first rest arrives it falls
-back to the codec's own reconstruction.
+How the background is made. It must not hold the objects themselves: a rest frame shows its
+people where they were then, and pasting the people of a later frame onto it would show each
+walking person twice (a ghost at the old place). So it is built only from rest pixels
+*outside* the task regions of the frame that rest came with (grown by ``guard_px``, for the
+parts of an object its box misses). Pixels no rest has shown clear yet (an object stood there
+at every rest so far) are filled from the clean pixels around them (a push-pull fill over an
+image pyramid: a smooth patch in the surrounding colours, a few ms), not by the object; the
+next rest that shows them clear replaces the fill. Until the first rest arrives it falls back
+to the codec's own reconstruction.
+
+What is shown between rests depends on the codec:
+
+* a stream codec (``video``: ``Codec.task_streams``) decodes the whole frame as its machine
+  view (the task stream, upscaled). The composer shows it wherever the scene changed since
+  the background (a block test on grey levels, with hysteresis: ``changed_mask``) and in the
+  regions, and the background elsewhere. So an object the grounder missed, or one that left
+  the place an old rest showed it at, shows once: the background is never trusted where the
+  current frame says otherwise.
+* a region codec (``learned``, ``classical``) decodes only its regions: their crops are pasted
+  on the background. An object no region holds shows where the last rest had it.
 
 ::
 
     rest arrived? --yes--> clean := clean | outside(regions + guard)
                            background[outside] := rest; background[~clean] := fill(background)
                            show the decoded full frame
-                  --no---> canvas := background (or x_hat before the first rest) + region crops
+                  --no---> whole-frame machine view M (stream codec)?
+                             --yes--> show := changed(M, background) | regions
+                                      canvas := background; canvas[show] := M
+                             --no---> canvas := background + region crops
+                           (x_hat itself before the first rest or after max_age_frames; a
+                           task stream that did not decode: the background alone)
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from discover.sdk.codecs.base import SubstreamError
 from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
 
@@ -38,6 +55,17 @@ class BackgroundConfig(ComposerConfig):
                                                        "many frames (the scene may have changed)")
     guard_px: int = Field(4, ge=0, le=64, description="grow each region by this many pixels "
                                                       "before taking background pixels around it")
+    machine_view: Literal["auto", "on", "off"] = Field(
+        "auto", description="between rests, show the codec's whole-frame machine view where "
+        "the scene changed since the background (auto: when the stream's codec sends one, a "
+        "stream codec such as video; off: paste the region crops only)")
+    change_block: int = Field(8, ge=1, le=64, description="change test block size in pixels")
+    change_high: float = Field(12.0, ge=0, description="a block whose mean grey difference "
+                               "between machine view and background exceeds this changed")
+    change_low: float = Field(6.0, ge=0, description="blocks over this that touch a changed "
+                              "block changed too (hysteresis: the faint edges of an object)")
+    change_grow: int = Field(1, ge=0, le=8, description="grow the changed blocks by this many "
+                             "blocks")
 
 
 def region_mask(shape: tuple[int, ...], regions: list[Any], grow: int) -> np.ndarray:
@@ -83,6 +111,44 @@ def _push_pull(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
     return out
 
 
+def changed_mask(view: np.ndarray, background: np.ndarray, block: int, high: float,
+                 low: float, grow: int) -> np.ndarray:
+    """True (per pixel) where ``view`` differs from ``background``: blocks whose mean grey
+    difference exceeds ``high``, joined by the neighbouring blocks over ``low`` (hysteresis),
+    grown by ``grow`` blocks."""
+    h, w = view.shape[:2]
+    diff = cv2.absdiff(cv2.cvtColor(view, cv2.COLOR_BGR2GRAY),
+                       cv2.cvtColor(background, cv2.COLOR_BGR2GRAY))
+    bh, bw = -(-h // block), -(-w // block)
+    if (bh * block, bw * block) != (h, w):
+        diff = cv2.copyMakeBorder(diff, 0, bh * block - h, 0, bw * block - w,
+                                  cv2.BORDER_REPLICATE)
+    score = cv2.resize(diff.astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
+    n, labels = cv2.connectedComponents((score > low).astype(np.uint8), connectivity=8)
+    seeded = np.zeros(n, np.uint8)
+    seeded[labels[score > high]] = 1
+    seeded[0] = 0  # label 0 is the unchanged blocks
+    blocks = seeded[labels]
+    if grow:
+        blocks = cv2.dilate(blocks, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    up = cv2.resize(blocks, (bw * block, bh * block), interpolation=cv2.INTER_NEAREST)
+    return up[:h, :w].astype(bool)
+
+
+def whole_frame_view(meta: Any) -> bool:
+    """Whether the stream's codec (``meta.codec`` type) decodes a whole-frame machine view
+    between rests: a stream codec (``Codec.task_streams``, e.g. ``video``) codes the full
+    frame at the task's scale; region codecs decode only their regions."""
+    from discover.sdk.codecs import CODECS
+    from discover.sdk.errors import DiscoverError
+
+    codec = getattr(meta, "codec", None) or {}
+    try:
+        return bool(CODECS.get(str(codec.get("type"))).task_streams)
+    except DiscoverError:  # a codec this sink does not know: no claim about its x_hat
+        return False
+
+
 @COMPOSERS.register
 class BackgroundComposer(Composer):
     key = "background"
@@ -96,6 +162,7 @@ class BackgroundComposer(Composer):
         self._clean: np.ndarray | None = None  # pixels some rest showed outside every region
         self._filled = -1  # clean pixel count at the last hole fill (clean only grows)
         self._background_frame = -1
+        self._whole: bool | None = None  # the codec decodes a whole-frame machine view
 
     def _take_rest(self, x_hat: np.ndarray, regions: list[Any]) -> None:
         outside = ~region_mask(x_hat.shape, regions, self.config.guard_px)
@@ -120,9 +187,28 @@ class BackgroundComposer(Composer):
         if bg is None or not 0 <= frame - self._background_frame <= self.config.max_age_frames \
                 or bg.shape != decoded["x_hat"].shape:
             return decoded["x_hat"]
+        if self._machine_view(info) and SubstreamError.TASK not in (decoded.get("errors") or {}):
+            return self._with_changes(decoded["x_hat"], bg, list(info["regions"]))
         canvas = bg.copy()
         boxes = {r.rid: r.box for r in info["regions"]}
         for rid, crop in decoded.get("region_pixels", {}).items():
             x0, y0, x1, y1 = boxes[rid]
             canvas[y0:y1, x0:x1] = crop
+        return canvas
+
+    def _machine_view(self, info: dict[str, Any]) -> bool:
+        mode = self.config.machine_view
+        if mode == "auto":
+            if self._whole is None:
+                self._whole = whole_frame_view(info.get("meta"))
+            return self._whole
+        return mode == "on"
+
+    def _with_changes(self, view: np.ndarray, bg: np.ndarray, regions: list[Any]) -> np.ndarray:
+        """The background, with the machine view where the scene changed and in the regions."""
+        c = self.config
+        show = changed_mask(view, bg, c.change_block, c.change_high, c.change_low,
+                            c.change_grow) | region_mask(view.shape, regions, 0)
+        canvas = bg.copy()
+        cv2.copyTo(view, show.view(np.uint8), canvas)
         return canvas

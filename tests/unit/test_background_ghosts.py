@@ -1,13 +1,17 @@
 """The background composer shows a moving object once: the background it pastes the current
-regions on is made of rest pixels outside the regions of the frame each rest came with."""
+regions on is made of rest pixels outside the regions of the frame each rest came with, and
+with a whole-frame machine view (video codec) the machine view shows wherever the scene
+changed, so an object no region holds cannot show twice either."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from discover.sdk.regions import Region
 from discover.sink.composers import COMPOSERS
-from discover.sink.composers.background import fill_holes
+from discover.sink.composers.background import changed_mask, fill_holes
 
 H, W, SIZE = 96, 160, 16
 RED = np.array([0, 0, 255], np.uint8)
@@ -75,3 +79,118 @@ def test_fill_holes_uses_the_surrounding_colours() -> None:
     out = fill_holes(img, holes)
     np.testing.assert_array_equal(out[~holes], img[~holes])
     assert np.abs(out[holes].astype(int) - (200, 10, 10)).max() < 12
+
+
+# -- a stream codec's whole-frame machine view (video codec): objects outside every region ----
+
+VIDEO_META = SimpleNamespace(codec={"type": "video"})  # what the sink has from the stream meta
+
+
+def machine_view(img: np.ndarray, seed: int) -> np.ndarray:
+    """``img`` as a lossy codec returns it: a few grey levels of noise everywhere."""
+    noise = np.random.default_rng(seed).integers(-3, 4, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def reddish(img: np.ndarray) -> tuple[int, int]:
+    """(pixels, connected components) that look like the red square (noise tolerant)."""
+    import cv2
+
+    red = ((img[..., 2] > 200) & (img[..., 1] < 60) & (img[..., 0] < 60)).astype(np.uint8)
+    n, _ = cv2.connectedComponents(red)
+    return int(red.sum()), n - 1
+
+
+def whole_frame(img: np.ndarray, rest: bool, seed: int) -> dict:
+    """A video codec's Decoded: the rest (rest frames) or the task stream, both whole frames."""
+    return {"x_hat": machine_view(img, seed), "has_rest": rest, "region_pixels": {}}
+
+
+@pytest.mark.parametrize("path", ["moves", "leaves"])
+def test_object_the_grounder_missed_shows_once(path: str) -> None:
+    """The square is in no region (the grounder missed it); the rest at frame 0 holds it at
+    x=10. Later it walks away or leaves the view: the old place shows the background."""
+    bg = COMPOSERS.create("background")
+    xs = [10, 40, 70, 100, 130] if path == "moves" else [10, None, None, None]
+    for i, x in enumerate(xs):
+        img, _ = scene(x if x is not None else 0)
+        if x is None:
+            img = scene(0)[0]
+            img[40:40 + SIZE, 0:SIZE] = scene(W)[0][40:40 + SIZE, 0:SIZE]  # square gone
+        out = bg.compose(whole_frame(img, i == 0, i), {"frame": i, "regions": [],
+                                                      "meta": VIDEO_META})
+        pixels, blobs = reddish(out)
+        want = 1 if x is not None else 0
+        assert blobs == want, f"frame {i}: the square shows {blobs} times"
+        assert not reddish(out[40:40 + SIZE, 10:10 + SIZE])[0] or x == 10, \
+            f"frame {i}: a ghost at the rest's old place"
+
+
+def test_static_background_comes_from_the_rest_where_nothing_changed() -> None:
+    """Between rests, where the machine view only differs by coding noise, the (better) rest
+    background is shown; the moving object comes from the machine view."""
+    bg = COMPOSERS.create("background")
+    img0, r0 = scene(10)
+    rest = machine_view(img0, 0)
+    bg.compose({"x_hat": rest, "has_rest": True, "region_pixels": {}},
+               {"frame": 0, "regions": [r0], "meta": VIDEO_META})
+    img1, r1 = scene(100)
+    view = machine_view(img1, 1)
+    out = bg.compose({"x_hat": view, "has_rest": False, "region_pixels": {}},
+                     {"frame": 1, "regions": [r1], "meta": VIDEO_META})
+    np.testing.assert_array_equal(out[:, 48:80], rest[:, 48:80])  # static: from the rest
+    np.testing.assert_array_equal(out[40:56, 100:116], view[40:56, 100:116])
+    assert reddish(out) == (SIZE * SIZE, 1)
+
+
+def test_region_codecs_keep_pasting_crops() -> None:
+    """Without a whole-frame machine view (a region codec's x_hat is its own background with
+    crops) the composer pastes crops on the clean background, as before."""
+    bg = COMPOSERS.create("background")
+    img0, r0 = scene(10)
+    bg.compose(decoded(img0, r0, True), {"frame": 0, "regions": [r0],
+                                         "meta": SimpleNamespace(codec={"type": "classical"})})
+    img1, r1 = scene(100)
+    out = bg.compose(decoded(img1, r1, False), {"frame": 1, "regions": [r1],
+                                                "meta": SimpleNamespace(codec={"type": "classical"})})
+    assert red_blobs(out) == (SIZE * SIZE, 1)  # x_hat (zeros) was never shown
+
+
+def test_changed_mask_hysteresis() -> None:
+    a = np.full((64, 64, 3), 100, np.uint8)
+    assert not changed_mask(a, a, 8, 12, 6, 0).any()
+    b = a.copy()
+    b[8:16, 8:16] = 140  # a strong block
+    b[8:16, 16:24] = 108  # a faint block touching it: joined
+    b[40:48, 40:48] = 108  # a faint block alone: noise, left out
+    m = changed_mask(b, a, 8, 12, 6, 0)
+    assert m[8:16, 8:24].all() and not m[40:48, 40:48].any()
+    assert m.sum() == 2 * 64
+    assert changed_mask(b, a, 8, 12, 6, 1)[0:24, 0:32].all()  # grown by one block
+
+
+def test_a_task_stream_that_did_not_decode_shows_the_background() -> None:
+    """The video codec's x_hat is a grey placeholder when its task stream failed: the view
+    keeps the background rather than turning grey."""
+    from discover.sdk.codecs.base import SubstreamError
+
+    bg = COMPOSERS.create("background")
+    img0, r0 = scene(10)
+    bg.compose(whole_frame(img0, True, 0), {"frame": 0, "regions": [], "meta": VIDEO_META})
+    grey = {"x_hat": np.full_like(img0, 128), "has_rest": False, "region_pixels": {},
+            "errors": {SubstreamError.TASK: "task/detection: missing reference"}}
+    out = bg.compose(grey, {"frame": 1, "regions": [], "meta": VIDEO_META})
+    assert np.abs(out.astype(int) - img0).max() <= 3  # the rest, up to its coding noise
+
+
+def test_auto_knows_a_whole_frame_codec_from_the_stream_meta() -> None:
+    from discover.sdk.codecs import CODECS
+    from discover.sdk.stream import StreamMeta
+    from discover.sink.composers.background import whole_frame_view
+
+    for key, whole in (("video", True), ("classical", False)):
+        meta = StreamMeta(camera="c", width=W, height=H, fps=10.0, tasks=["detection"],
+                          labels=[], codec=CODECS.create({"type": key}).descriptor())
+        assert whole_frame_view(meta) is whole, key
+    assert whole_frame_view(None) is False
+    assert whole_frame_view(SimpleNamespace(codec={"type": "unknown"})) is False
