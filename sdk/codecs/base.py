@@ -148,6 +148,9 @@ class Decoded(_Fields):
     errors: dict[int, str] = field(default_factory=dict)
     background: np.ndarray | None = None
     needs_refresh: bool = False
+    #: x_hat is a decoded whole frame between rests (a stream codec's machine view), not a
+    #: canvas where only the regions are right: a composer may show it outside the regions
+    whole_frame: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _extra(self) -> Mapping[str, Any]:

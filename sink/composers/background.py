@@ -16,8 +16,8 @@ to the codec's own reconstruction.
 
 What is shown between rests depends on the codec:
 
-* a stream codec (``video``: ``Codec.task_streams``) decodes the whole frame as its machine
-  view (the task stream, upscaled). The composer shows it wherever the scene changed since
+* a codec that decodes the whole frame between rests (``Decoded.whole_frame``: the video
+  codec's machine view, the task stream upscaled) lets the composer show it. The composer shows it wherever the scene changed since
   the background (a block test on grey levels, with hysteresis: ``changed_mask``) and in the
   regions, and the background elsewhere. So an object the grounder missed, or one that left
   the place an old rest showed it at, shows once: the background is never trusted where the
@@ -30,7 +30,7 @@ What is shown between rests depends on the codec:
     rest arrived? --yes--> clean := clean | outside(regions + guard)
                            background[outside] := rest; background[~clean] := fill(background)
                            show the decoded full frame
-                  --no---> whole-frame machine view M (stream codec)?
+                  --no---> whole-frame machine view M (Decoded.whole_frame)?
                              --yes--> show := changed(M, background) | regions
                                       canvas := background; canvas[show] := M
                              --no---> canvas := background + region crops
@@ -57,8 +57,8 @@ class BackgroundConfig(ComposerConfig):
                                                       "before taking background pixels around it")
     machine_view: Literal["auto", "on", "off"] = Field(
         "auto", description="between rests, show the codec's whole-frame machine view where "
-        "the scene changed since the background (auto: when the stream's codec sends one, a "
-        "stream codec such as video; off: paste the region crops only)")
+        "the scene changed since the background (auto: when the codec decodes one, "
+        "Decoded.whole_frame; off: paste the region crops only)")
     change_block: int = Field(8, ge=1, le=64, description="change test block size in pixels")
     change_high: float = Field(12.0, ge=0, description="a block whose mean grey difference "
                                "between machine view and background exceeds this changed")
@@ -135,20 +135,6 @@ def changed_mask(view: np.ndarray, background: np.ndarray, block: int, high: flo
     return up[:h, :w].astype(bool)
 
 
-def whole_frame_view(meta: Any) -> bool:
-    """Whether the stream's codec (``meta.codec`` type) decodes a whole-frame machine view
-    between rests: a stream codec (``Codec.task_streams``, e.g. ``video``) codes the full
-    frame at the task's scale; region codecs decode only their regions."""
-    from discover.sdk.codecs import CODECS
-    from discover.sdk.errors import DiscoverError
-
-    codec = getattr(meta, "codec", None) or {}
-    try:
-        return bool(CODECS.get(str(codec.get("type"))).task_streams)
-    except DiscoverError:  # a codec this sink does not know: no claim about its x_hat
-        return False
-
-
 @COMPOSERS.register
 class BackgroundComposer(Composer):
     key = "background"
@@ -162,7 +148,6 @@ class BackgroundComposer(Composer):
         self._clean: np.ndarray | None = None  # pixels some rest showed outside every region
         self._filled = -1  # clean pixel count at the last hole fill (clean only grows)
         self._background_frame = -1
-        self._whole: bool | None = None  # the codec decodes a whole-frame machine view
 
     def _take_rest(self, x_hat: np.ndarray, regions: list[Any]) -> None:
         outside = ~region_mask(x_hat.shape, regions, self.config.guard_px)
@@ -187,7 +172,7 @@ class BackgroundComposer(Composer):
         if bg is None or not 0 <= frame - self._background_frame <= self.config.max_age_frames \
                 or bg.shape != decoded["x_hat"].shape:
             return decoded["x_hat"]
-        if self._machine_view(info) and SubstreamError.TASK not in (decoded.get("errors") or {}):
+        if self._machine_view(decoded) and SubstreamError.TASK not in (decoded.get("errors") or {}):
             return self._with_changes(decoded["x_hat"], bg, list(info["regions"]))
         canvas = bg.copy()
         boxes = {r.rid: r.box for r in info["regions"]}
@@ -196,12 +181,10 @@ class BackgroundComposer(Composer):
             canvas[y0:y1, x0:x1] = crop
         return canvas
 
-    def _machine_view(self, info: dict[str, Any]) -> bool:
+    def _machine_view(self, decoded: dict[str, Any]) -> bool:
         mode = self.config.machine_view
-        if mode == "auto":
-            if self._whole is None:
-                self._whole = whole_frame_view(info.get("meta"))
-            return self._whole
+        if mode == "auto":  # the codec says whether its x_hat is a whole decoded frame
+            return bool(decoded.get("whole_frame"))
         return mode == "on"
 
     def _with_changes(self, view: np.ndarray, bg: np.ndarray, regions: list[Any]) -> np.ndarray:

@@ -103,7 +103,8 @@ def reddish(img: np.ndarray) -> tuple[int, int]:
 
 def whole_frame(img: np.ndarray, rest: bool, seed: int) -> dict:
     """A video codec's Decoded: the rest (rest frames) or the task stream, both whole frames."""
-    return {"x_hat": machine_view(img, seed), "has_rest": rest, "region_pixels": {}}
+    return {"x_hat": machine_view(img, seed), "has_rest": rest, "region_pixels": {},
+            "whole_frame": not rest}
 
 
 @pytest.mark.parametrize("path", ["moves", "leaves"])
@@ -136,7 +137,7 @@ def test_static_background_comes_from_the_rest_where_nothing_changed() -> None:
                {"frame": 0, "regions": [r0], "meta": VIDEO_META})
     img1, r1 = scene(100)
     view = machine_view(img1, 1)
-    out = bg.compose({"x_hat": view, "has_rest": False, "region_pixels": {}},
+    out = bg.compose({"x_hat": view, "has_rest": False, "region_pixels": {}, "whole_frame": True},
                      {"frame": 1, "regions": [r1], "meta": VIDEO_META})
     np.testing.assert_array_equal(out[:, 48:80], rest[:, 48:80])  # static: from the rest
     np.testing.assert_array_equal(out[40:56, 100:116], view[40:56, 100:116])
@@ -183,14 +184,15 @@ def test_a_task_stream_that_did_not_decode_shows_the_background() -> None:
     assert np.abs(out.astype(int) - img0).max() <= 3  # the rest, up to its coding noise
 
 
-def test_auto_knows_a_whole_frame_codec_from_the_stream_meta() -> None:
-    from discover.sdk.codecs import CODECS
-    from discover.sdk.stream import StreamMeta
-    from discover.sink.composers.background import whole_frame_view
+def test_auto_follows_what_the_codec_says_it_decoded() -> None:
+    """The real codecs: the video codec's x_hat between rests is a whole decoded frame, the
+    classical codec's is not; the composer shows the machine view only for the former."""
+    from discover.sdk.codecs import CODECS, CodedFrame
 
+    img, r = scene(10)
     for key, whole in (("video", True), ("classical", False)):
-        meta = StreamMeta(camera="c", width=W, height=H, fps=10.0, tasks=["detection"],
-                          labels=[], codec=CODECS.create({"type": key}).descriptor())
-        assert whole_frame_view(meta) is whole, key
-    assert whole_frame_view(None) is False
-    assert whole_frame_view(SimpleNamespace(codec={"type": "unknown"})) is False
+        codec = CODECS.create({"type": key})
+        codec.start(["detection"], 10.0)
+        sink = CODECS.create(codec.descriptor()["config"])
+        got = sink.decompress(CodedFrame.of(codec.compress(img, [r], False), [r], (W, H)))
+        assert got.whole_frame is whole, key

@@ -185,6 +185,10 @@ class LearnedCodec(Codec):
 
     # -- API --------------------------------------------------------------------------------
 
+    @property
+    def predictive(self) -> bool:
+        return self.config.temporal.enabled  # regions and rest predicted from references
+
     def request_refresh(self) -> None:
         """A sink lost its references: make the next frame intra."""
         self.frames.request_refresh()

@@ -208,7 +208,8 @@ class VideoCodec(Codec):
         if x_hat is None:
             x_hat = np.full((h, w, 3), 128, np.uint8)
         return Decoded(x_hat=x_hat, region_pixels=pixels, has_rest=rest is not None,
-                       errors=errors, background=rest, needs_refresh=refresh)
+                       errors=errors, background=rest, needs_refresh=refresh,
+                       whole_frame=bool(views))
 
 
 __all__ = ["FAMILIES", "VideoCodec", "VideoConfig"]
