@@ -136,9 +136,10 @@ def test_roi_starting_mid_stream_and_on_ultrafast_codes_and_decodes(frames, pres
     plain = codec(preset=preset, roi_offset=0.0)
     plain_sizes = [len(plain.compress(f, regions() if i >= 3 else [], False).tasks["detection"])
                    for i, f in enumerate(frames[:6])]
-    # no boxes: the plain stream (ultrafast's negligible AQ strength moves it a few bytes)
-    assert all(abs(a - b) <= 0.03 * b for a, b in zip(sizes[:3], plain_sizes[:3], strict=True))
-    assert sizes[3] > plain_sizes[3]  # boxes at a lower QP cost bits: ROI is applied
+    # no boxes: about the plain stream (ultrafast's AQ at strength 0.01 moves the keyframe by
+    # 7 % at ipratio 3, the predicted frames by under 3 %) ...
+    assert all(abs(a - b) <= 0.1 * b for a, b in zip(sizes[:3], plain_sizes[:3], strict=True))
+    assert sizes[3] > 2 * plain_sizes[3]  # ... boxes at -0.3 cost far more bits: ROI applied
 
 
 def test_task_sink_gets_no_rest_and_side_stays_small(frames):

@@ -69,7 +69,7 @@ class VideoConfig(CodecConfig):
     preset: str = Field("medium", pattern=r"^[a-z0-9]+$", description="encoder preset")
     gop: int = Field(0, ge=0, description="keyframe every N coded frames per stream (0: only the "
                      "first and on a sink's refresh request)")
-    params: str = Field("", description="extra x265-params (x265 only; e.g. ipratio=2.0)")
+    params: str = Field("", description="extra x265-params (x265 only; e.g. ipratio=2)")
     rest_crf: int | None = Field(None, ge=0, le=63, description="CRF of the human view (rest); "
                                  "default: the task streams' CRF")
     rest_scale: float = Field(1.0, gt=0.05, le=1.0)

@@ -54,14 +54,16 @@ def _options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: bool,
              threads: int, params: str = "") -> dict[str, str]:
     """Low-delay options: no B-frames, no lookahead, one frame thread (one packet out per frame
     in), keyframes every ``gop`` frames (0: only on request) plus on request. x265 gets
-    ``ipratio=2``: without lookahead there is no cu-tree to spend more on what later frames
+    ``ipratio=3``: without lookahead there is no cu-tree to spend more on what later frames
     reference, so the keyframe, which a static background is then skipped against, gets it
-    (development clip, CRF 38: mAP@0.5 0.920 -> 0.935 for +3 % rate)."""
+    (development frames, docs/video-codec.md: 2 against x265's 1.4 gave mAP@0.5 0.920 -> 0.935
+    at CRF 38 for +3 % rate; 3 against 2 a further -6 % BD-rate on detection at full scale,
+    +0.02-0.05 mAP at +2 % rate at half scale, -13 % rate at equal PSNR)."""
     keyint = str(gop) if gop else "-1"
     if spec.encoder == "libx265":
         x = ["log-level=error", "info=0", "bframes=0", "rc-lookahead=0", "frame-threads=1",
                   f"pools={threads}", "repeat-headers=1", f"keyint={gop or 100000}",
-                  "scenecut=0", "ipratio=2"]
+                  "scenecut=0", "ipratio=3"]
         extra = encoder_params(spec.encoder, preset, roi)
         return {"crf": str(crf), "preset": preset, "forced-idr": "1",
                 "x265-params": ":".join(x + ([extra] if extra else []) + ([params] if params else []))}
