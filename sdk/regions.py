@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from discover.sdk.boxes import pair_iou
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
@@ -151,3 +155,20 @@ def area_share(regions: Sequence[Region], width: int, height: int) -> float:
         x0, y0, x1, y1 = r.box
         mask[y0:y1, x0:x1] = True
     return float(mask.mean())
+
+
+def paste_regions(canvas: np.ndarray, regions: Iterable[Region],
+                  crops: Mapping[int, np.ndarray]) -> list[int]:
+    """Put each decoded region crop into ``canvas`` (in place) at its region's box, in the
+    order of ``crops`` (where boxes overlap, the later crop wins, as the codecs decode them);
+    a crop whose id is not in ``regions`` is left out. Returns the ids pasted, in that order."""
+    boxes = {r.rid: r.box for r in regions}
+    pasted = []
+    for rid, crop in crops.items():
+        box = boxes.get(rid)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        canvas[y0:y1, x0:x1] = crop
+        pasted.append(rid)
+    return pasted

@@ -336,7 +336,7 @@ def parse_composers(spec: str | Sequence[str]) -> tuple[str, ...]:
 def is_sd(composer: str) -> bool:
     """Whether the composer denoises with Stable Diffusion (runs once per step count)."""
     from discover.sink.composers import COMPOSERS
-    from discover.sink.composers.diffusion import StableDiffusionComposer
+    from discover.sink.composers.sd_sampler import StableDiffusionComposer
 
     return issubclass(COMPOSERS.get(composer), StableDiffusionComposer)
 
@@ -465,7 +465,7 @@ def run_config(label: str, ccfg: dict[str, Any], meta: Any,
                messages: list[list[tuple[str, bytes]]], *, max_seconds: float | None,
                estimate: float | None, prog: Progress) -> tuple[dict[str, Any], Any, Any]:
     """One composer configuration through a sink worker: (result, last composed frame or None,
-    the preloaded composer, whose models stay cached until sink.composers.diffusion's
+    the preloaded composer, whose models stay cached until sink.composers.sd_loading's
     clear_model_cache)."""
     import torch
 
@@ -625,7 +625,7 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
     torch_dev = None
     info_dev: dict[str, Any] = {}
     if sd_names:
-        from discover.sink.composers.diffusion import (
+        from discover.sink.composers.sd_loading import (
             import_diffusers,
             resolve_device,
             resolve_dtype,
@@ -686,7 +686,7 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
 
         # -- configurations ---------------------------------------------------------------
         from discover.sink.composers import COMPOSERS
-        from discover.sink.composers.diffusion import clear_model_cache
+        from discover.sink.composers.sd_loading import clear_model_cache
 
         results: list[dict[str, Any]] = []
         panels: list[tuple[str, np.ndarray]] = [(f"original #{len(imgs) - 1}", imgs[-1])]
