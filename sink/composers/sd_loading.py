@@ -105,6 +105,64 @@ def _download_hint(model: str, folder: str = "DIR") -> str:
             f"{folder}` (newer huggingface_hub: `hf download ...`), copy {folder} here")
 
 
+def _check_sd_folder(base: str, base_key: str, hub_name: str) -> bool:
+    """Whether ``base`` is a local folder; one error line for a path that is not there or a
+    folder that lacks one of the parts."""
+    folder = Path(base).expanduser()
+    if not folder.is_dir():
+        if is_path_like(base):
+            raise DiscoverError(f"Stable Diffusion folder {base} does not exist ({base_key}); "
+                                f"{_download_hint(hub_name, base)} and set {base_key} to it")
+        return False
+    for sub, files in _COMPONENTS.items():
+        names = (files,) if isinstance(files, str) else files
+        if not any((folder / sub / n).is_file() for n in names):
+            raise DiscoverError(
+                f"Stable Diffusion folder {folder} has no {sub}/{names[0]}; it must hold "
+                "unet/, vae/, text_encoder/, tokenizer/ and scheduler/ as diffusers' "
+                f"save_pretrained writes them; {_download_hint(hub_name, str(folder))}")
+    return True
+
+
+def _sd_load_error(e: Exception, base: str, source: str, local: bool, offline: bool,
+                   section: str, hub_name: str) -> DiscoverError:
+    """The one line a failed load becomes: what was tried and how to get the model."""
+    base_key = setting(section, "base")
+    why = short_reason(e)
+    if local:
+        return DiscoverError(
+            f"cannot load Stable Diffusion from folder {source} ({why}); it must hold "
+            "unet/, vae/, text_encoder/, tokenizer/ and scheduler/ with their weights "
+            f"as diffusers' save_pretrained writes them; {_download_hint(hub_name, source)}")
+    if offline:
+        why = "" if isinstance(e, OSError) else f" ({why})"
+        return DiscoverError(
+            f"Stable Diffusion model '{base}' is neither a folder here nor in the Hugging "
+            f"Face cache, and downloads are off{why}; {_download_hint(base)} and set "
+            f"{base_key} to DIR, or allow downloads ({setting(section, 'allow_download')}"
+            f"{'' if section == '--' else ': true'})")
+    return DiscoverError(f"cannot download Stable Diffusion model '{base}' ({why}); check the "
+                         f"model id and the network, or set {base_key} to a local folder")
+
+
+def _sd_modules(diffusers: Any, source: str, dt: Any, kw: dict[str, Any]) -> tuple[Any, ...]:
+    """(unet, vae, text encoder, tokenizer, scheduler config) as from_pretrained loads them."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    with warnings.catch_warnings():
+        # diffusers passes huggingface_hub an argument it deprecated; nothing to act on
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        unet = diffusers.UNet2DConditionModel.from_pretrained(source, subfolder="unet",
+                                                              torch_dtype=dt, **kw)
+        vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae",
+                                                      torch_dtype=dt, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        sched_cfg = dict(diffusers.DDIMScheduler.load_config(source, subfolder="scheduler",
+                                                             **kw))
+    return unet, vae, text_encoder, tokenizer, sched_cfg
+
+
 def load_stable_diffusion(base: str, *, revision: str | None = None,
                           allow_download: bool = False, device: str = "auto",
                           dtype: str = "auto", section: str = "sink.composer",
@@ -114,62 +172,24 @@ def load_stable_diffusion(base: str, *, revision: str | None = None,
     folder (or file) and how to get it. Cached: a second call with the same arguments returns
     the same objects."""
     diffusers = import_diffusers(f"{setting(section, 'base')} (Stable Diffusion)")
-    base_key = setting(section, "base")
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     dev = resolve_device(device, section)
     dt = resolve_dtype(dtype, dev)
     key = ("sd", base, revision, allow_download, str(dev), str(dt))
     if key in _MODELS:
         return _MODELS[key]
-    folder = Path(base).expanduser()
-    local = folder.is_dir()
     hub_name = default if is_path_like(base) else base
-    if not local and is_path_like(base):
-        raise DiscoverError(f"Stable Diffusion folder {base} does not exist ({base_key}); "
-                            f"{_download_hint(hub_name, base)} and set {base_key} to it")
-    if local:
-        for sub, files in _COMPONENTS.items():
-            names = (files,) if isinstance(files, str) else files
-            if not any((folder / sub / n).is_file() for n in names):
-                raise DiscoverError(
-                    f"Stable Diffusion folder {folder} has no {sub}/{names[0]}; it must hold "
-                    "unet/, vae/, text_encoder/, tokenizer/ and scheduler/ as diffusers' "
-                    f"save_pretrained writes them; {_download_hint(hub_name, str(folder))}")
-    source = str(folder) if local else base
+    local = _check_sd_folder(base, setting(section, "base"), hub_name)
+    source = str(Path(base).expanduser()) if local else base
     kw: dict[str, Any] = {"local_files_only": local or not allow_download}
     if not local and revision:
         kw["revision"] = revision
     try:
-        with warnings.catch_warnings():
-            # diffusers passes huggingface_hub an argument it deprecated; nothing to act on
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            unet = diffusers.UNet2DConditionModel.from_pretrained(source, subfolder="unet",
-                                                                  torch_dtype=dt, **kw)
-            vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae",
-                                                          torch_dtype=dt, **kw)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-            sched_cfg = dict(diffusers.DDIMScheduler.load_config(source, subfolder="scheduler",
-                                                                 **kw))
+        unet, vae, text_encoder, tokenizer, sched_cfg = _sd_modules(diffusers, source, dt, kw)
     except DiscoverError:
         raise
     except Exception as e:  # diffusers/transformers/hub raise OSError, ValueError, HF errors
-        why = short_reason(e)
-        if local:
-            msg = (f"cannot load Stable Diffusion from folder {source} ({why}); it must hold "
-                   "unet/, vae/, text_encoder/, tokenizer/ and scheduler/ with their weights "
-                   f"as diffusers' save_pretrained writes them; {_download_hint(hub_name, source)}")
-        elif kw["local_files_only"]:
-            why = "" if isinstance(e, OSError) else f" ({why})"
-            msg = (f"Stable Diffusion model '{base}' is neither a folder here nor in the Hugging "
-                   f"Face cache, and downloads are off{why}; {_download_hint(base)} and set "
-                   f"{base_key} to DIR, or allow downloads ({setting(section, 'allow_download')}"
-                   f"{'' if section == '--' else ': true'})")
-        else:
-            msg = (f"cannot download Stable Diffusion model '{base}' ({why}); check the model id "
-                   f"and the network, or set {base_key} to a local folder")
-        raise DiscoverError(msg) from None
+        raise _sd_load_error(e, base, source, local, kw["local_files_only"], section,
+                             hub_name) from None
     text_encoder.to(dtype=dt)  # diffusers models loaded in dt already
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
