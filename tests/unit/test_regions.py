@@ -9,6 +9,7 @@ from discover.sdk.regions import (
     Region,
     merge_overlaps,
     paste_regions,
+    region_mask,
     select_regions,
 )
 
@@ -80,3 +81,12 @@ def test_paste_regions_puts_each_crop_at_its_box_in_crop_order():
     assert (canvas[0:4, 0:4] == 10).all()  # pasted last: wins the overlap
     assert (canvas[4, 2:6] == 20).all() and (canvas[2:5, 4:6] == 20).all()
     assert int(canvas.sum()) == 10 * 16 * 3 + 20 * (12 - 4) * 3  # nothing outside the boxes
+
+
+def test_region_mask_is_the_union_of_the_boxes_grown_and_clipped():
+    regions = [Region(0, (1, 1, 3, 2), "a", 0.9), Region(1, (8, 5, 10, 6), "b", 0.9)]
+    mask = region_mask(regions, 10, 6)
+    assert mask.shape == (6, 10) and int(mask.sum()) == 2 + 2
+    assert mask[1, 1:3].all() and mask[5, 8:10].all()
+    grown = region_mask(regions, 10, 6, grow=1)
+    assert int(grown.sum()) == 4 * 3 + 3 * 2  # (0..4 x 0..3) and (7..10 x 4..6), clipped
