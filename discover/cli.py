@@ -354,13 +354,11 @@ def _perceptual(spec: str) -> tuple[str, ...]:
 
 # -- parser -----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    p = argparse.ArgumentParser(
-        prog="discover",
-        description="DISCOVER edge-camera SDK: send only what the task needs.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+Sub = Any  # argparse's sub-parsers action (a private class)
 
+
+def _add_run_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """demo, edge, sink: running the product."""
     d = sub.add_parser("demo", parents=[common], help="broker + edge + sinks on the sample clip")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     d.add_argument("--max-frames", type=int, default=None,
@@ -398,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the HLS restream here; a bare PORT binds 127.0.0.1 (sink.http.listen)")
     s.set_defaults(func=cmd_sink)
 
+
+def _add_recording_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """record, replay: a camera's stream to a file and back."""
     r = sub.add_parser("record", parents=[common], help="record a camera's stream to a file")
     r.add_argument("--camera", required=True, help="camera id or + for all")
     _add_key_arg(r)
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key_arg(rp)
     rp.set_defaults(func=cmd_replay)
 
+
+def _add_model_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """profile, train, export: making the labels and models the product runs."""
     pf = sub.add_parser("profile", parents=[common],
                         help="make a task's label list with GPT-4o (once; cached on disk)")
     pf.add_argument("--task", required=True, help="task name, e.g. detection")
@@ -436,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("args", nargs=argparse.REMAINDER, help="options of discover/train/export_onnx.py")
     ex.set_defaults(func=cmd_export, quiet=False, verbose=0, debug=False, json=False)
 
+
+def _add_inspect_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """config, ground: what the configuration is and what the grounder finds."""
     c = sub.add_parser("config", parents=[common], help="show the effective config or its schema")
     c.add_argument("--schema", action="store_true", help="print the JSON schema")
     c.set_defaults(func=cmd_config)
@@ -455,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--annotate-frame", type=int, metavar="I", help="video: frame to annotate")
     g.set_defaults(func=cmd_ground)
 
+
+def _add_bench_command(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """bench: the options every benchmark or several take; codec and diffusion in groups."""
     b = sub.add_parser("bench", parents=[common],
                        help="benchmarks (stream, ground, tasks, codec, diffusion)")
     b.add_argument("what", choices=["stream", "ground", "tasks", "codec", "diffusion"])
@@ -488,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "--max-frames N), against x264 and x265")
     bc.add_argument("--checkpoint", type=Path, help="codec, tasks, diffusion: learned-codec "
                     "checkpoint folder (default: the shipped sdk/codecs/learned/checkpoints/small)")
+    _add_bench_diffusion_args(b)
+    b.set_defaults(func=cmd_bench)
+
+
+def _add_bench_diffusion_args(b: argparse.ArgumentParser) -> None:
+    """bench diffusion's options, in their own help group."""
     bd = b.add_argument_group("diffusion options (sink throughput of the Stable Diffusion "
                               "composers; discover/bench/diffusion.py)")
     bd.add_argument("--base", help="SD 2.1-base folder (diffusers layout)")
@@ -514,7 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Stable Diffusion precision (auto: float16 on cuda, float32 on cpu)")
     bd.add_argument("--max-seconds", type=float, help="per configuration: do not start a "
                     "frame that would end past this many seconds (the result says so)")
-    b.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``discover`` command line: one sub-command per job, grouped as the README lists them."""
+    common = _common()
+    p = argparse.ArgumentParser(
+        prog="discover",
+        description="DISCOVER edge-camera SDK: send only what the task needs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_commands(sub, common)
+    _add_recording_commands(sub, common)
+    _add_model_commands(sub, common)
+    _add_inspect_commands(sub, common)
+    _add_bench_command(sub, common)
     return p
 
 

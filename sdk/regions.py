@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from discover.sdk.boxes import pair_iou
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
@@ -140,14 +144,38 @@ def merge_overlaps(regions: Sequence[Region]) -> list[Region]:
     return [Region(k, r.box, r.label, r.score, r.tasks) for k, r in enumerate(out)]
 
 
-def area_share(regions: Sequence[Region], width: int, height: int) -> float:
-    """Share of the frame covered by the union of the regions' boxes."""
-    if not regions or width <= 0 or height <= 0:
-        return 0.0
+def region_mask(regions: Iterable[Region], width: int, height: int,
+                grow: int = 0) -> np.ndarray:
+    """A height x width boolean mask, True inside any region's box grown by ``grow`` pixels."""
     import numpy as np
 
     mask = np.zeros((height, width), dtype=bool)
     for r in regions:
-        x0, y0, x1, y1 = r.box
-        mask[y0:y1, x0:x1] = True
-    return float(mask.mean())
+        x0, y0, x1, y1 = (int(v) for v in r.box)
+        mask[max(0, y0 - grow):min(height, y1 + grow),
+             max(0, x0 - grow):min(width, x1 + grow)] = True
+    return mask
+
+
+def area_share(regions: Sequence[Region], width: int, height: int) -> float:
+    """Share of the frame covered by the union of the regions' boxes."""
+    if not regions or width <= 0 or height <= 0:
+        return 0.0
+    return float(region_mask(regions, width, height).mean())
+
+
+def paste_regions(canvas: np.ndarray, regions: Iterable[Region],
+                  crops: Mapping[int, np.ndarray]) -> list[int]:
+    """Put each decoded region crop into ``canvas`` (in place) at its region's box, in the
+    order of ``crops`` (where boxes overlap, the later crop wins, as the codecs decode them);
+    a crop whose id is not in ``regions`` is left out. Returns the ids pasted, in that order."""
+    boxes = {r.rid: r.box for r in regions}
+    pasted = []
+    for rid, crop in crops.items():
+        box = boxes.get(rid)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        canvas[y0:y1, x0:x1] = crop
+        pasted.append(rid)
+    return pasted

@@ -50,7 +50,14 @@ import numpy as np
 from discover.progress import Progress
 from discover.sdk.errors import DiscoverError
 from discover.sdk.rd import bd_quality, bd_rate, masked_psnr, ms_ssim, msssim_db, psnr
-from discover.sdk.regions import Region, area_share, merge_overlaps, pad_and_clip, select_regions
+from discover.sdk.regions import (
+    Region,
+    area_share,
+    merge_overlaps,
+    pad_and_clip,
+    region_mask,
+    select_regions,
+)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_ANCHORS = ("jpeg", "webp", "x265", "av1")
@@ -200,14 +207,6 @@ class BoxSource:
                                        self.min_score)
 
 
-def region_mask(regions: Sequence[Region], height: int, width: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    for r in regions:
-        x0, y0, x1, y1 = r.box
-        mask[y0:y1, x0:x1] = True
-    return mask
-
-
 # -- our codec --------------------------------------------------------------------------------
 
 class Ours:
@@ -277,11 +276,11 @@ def _even(img: np.ndarray) -> np.ndarray:
 
 def _video_anchor(frames: list[np.ndarray], fps: float, name: str,
                   crf: int) -> tuple[int, list[np.ndarray]]:
-    from discover.bench.tasks import VIDEO, _video
+    from discover.bench.tasks import VIDEO, code_video
 
     enc, decs = VIDEO[name]
     h, w = frames[0].shape[:2]
-    size, out = _video([_even(f) for f in frames], fps, enc, crf, decs)
+    size, out = code_video([_even(f) for f in frames], fps, enc, crf, decs)
     return size, [np.ascontiguousarray(f[:h, :w]) for f in out]
 
 
@@ -524,7 +523,7 @@ def _bench_image(img: np.ndarray, regions: list[Region], ours: Ours, qualities: 
                  anchors: dict[str, Sequence[int]], log: Callable[[str], None]) -> dict[str, Any]:
     h, w = img.shape[:2]
     pixels = w * h
-    mask = region_mask(regions, h, w)
+    mask = region_mask(regions, w, h)
     settings: dict[str, dict[str, Any]] = {"ours_full": {"points": []},
                                            "ours_region": {"points": []}}
     for q in qualities:
@@ -597,29 +596,27 @@ def _image_summary(per_image: list[dict[str, Any]], ours: Ours,
 
 # -- video ------------------------------------------------------------------------------------
 
-def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
-                 qualities: Sequence[int], crfs: dict[str, Sequence[int]],
-                 box_source: BoxSource, prog: Progress) -> dict[str, Any]:
+def _video_point(label: str, per_frame: list[dict[str, Any]], total_bits: int, n: int, w: int,
+                 h: int, seconds: float) -> Point:
+    """One rate point of the video: its bits and rate, the per-frame figures averaged."""
+    p: Point = {"point": label, "bits": total_bits, "bpp": total_bits / (n * w * h),
+                "kbps": total_bits / 1000 / seconds}
+    for k in ("psnr", "region_psnr", "side_bits", "task_bits", "rest_bits", "enc_ms", "dec_ms"):
+        vals = [f[k] for f in per_frame if f.get(k) is not None]
+        if vals:
+            p[k] = float(np.mean(vals))
+    if any("intra" in f for f in per_frame):
+        p["intra_frames"] = sum(f.get("intra") is not False for f in per_frame)
+        p["skipped_regions"] = sum(f.get("skipped_regions", 0) for f in per_frame)
+    return _rounded(p)
+
+
+def _video_ours(frames: list[np.ndarray], fps: float, ours: Ours, qualities: Sequence[int],
+                regions: list[list[Region]], masks: list[np.ndarray],
+                prog: Progress) -> tuple[dict[str, list[Point]], dict[str, Any]]:
+    """Ours on the frames in order, full (rest every frame) and task only, at each quality:
+    (points per mode, per-frame figures per mode and quality)."""
     n, (h, w) = len(frames), frames[0].shape[:2]
-    prog.update(f"video: {n} frames {w}x{h} of {source}; grounding", force=True)
-    box_source.fresh()
-    regions = [box_source.regions(f) for f in frames]
-    masks = [region_mask(rs, h, w) for rs in regions]
-    seconds = n / fps
-
-    def point(label: str, per_frame: list[dict[str, Any]], total_bits: int) -> Point:
-        p: Point = {"point": label, "bits": total_bits, "bpp": total_bits / (n * w * h),
-                    "kbps": total_bits / 1000 / seconds}
-        for k in ("psnr", "region_psnr", "side_bits", "task_bits", "rest_bits", "enc_ms",
-                  "dec_ms"):
-            vals = [f[k] for f in per_frame if f.get(k) is not None]
-            if vals:
-                p[k] = float(np.mean(vals))
-        if any("intra" in f for f in per_frame):
-            p["intra_frames"] = sum(f.get("intra") is not False for f in per_frame)
-            p["skipped_regions"] = sum(f.get("skipped_regions", 0) for f in per_frame)
-        return _rounded(p)
-
     ours_pts: dict[str, list[Point]] = {"full": [], "task": []}
     detail: dict[str, Any] = {}
     for q in qualities:
@@ -633,10 +630,18 @@ def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
                     "skipped_regions": coded.stats.modes.get("skip", 0), **bits,
                     **measure(img, x_hat, rs, masks[i], msssim=False)}))
             total = sum(f["side_bits"] + f["task_bits"] + f["rest_bits"] for f in per_frame)
-            ours_pts[mode].append(point(f"q{q}", per_frame, total))
+            ours_pts[mode].append(_video_point(f"q{q}", per_frame, total, n, w, h, n / fps))
             detail[f"{mode}_q{q}"] = per_frame
             prog.update(f"video ours {mode} q{q}: {ours_pts[mode][-1]['bpp']:.4f} bpp, "
                         f"PSNR {ours_pts[mode][-1]['psnr']:.2f}", force=True)
+    return ours_pts, detail
+
+
+def _video_anchors(frames: list[np.ndarray], fps: float, crfs: dict[str, Sequence[int]],
+                   regions: list[list[Region]], masks: list[np.ndarray],
+                   prog: Progress) -> dict[str, dict[str, Any]]:
+    """The frames as x264 / x265 video at each CRF; a missing encoder skips its anchor."""
+    n, (h, w) = len(frames), frames[0].shape[:2]
     anchors: dict[str, dict[str, Any]] = {}
     for name, values in crfs.items():
         s = anchors[name] = {"points": []}
@@ -648,8 +653,21 @@ def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
                 break
             per_frame = [measure(f, d, rs, m, msssim=False)
                          for f, d, rs, m in zip(frames, decoded, regions, masks, strict=True)]
-            s["points"].append(point(f"crf{c}", per_frame, 8 * size))
+            s["points"].append(_video_point(f"crf{c}", per_frame, 8 * size, n, w, h, n / fps))
         prog.update(f"video {name}: {len(s['points'])} points", force=True)
+    return anchors
+
+
+def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
+                 qualities: Sequence[int], crfs: dict[str, Sequence[int]],
+                 box_source: BoxSource, prog: Progress) -> dict[str, Any]:
+    n, (h, w) = len(frames), frames[0].shape[:2]
+    prog.update(f"video: {n} frames {w}x{h} of {source}; grounding", force=True)
+    box_source.fresh()
+    regions = [box_source.regions(f) for f in frames]
+    masks = [region_mask(rs, w, h) for rs in regions]
+    ours_pts, detail = _video_ours(frames, fps, ours, qualities, regions, masks, prog)
+    anchors = _video_anchors(frames, fps, crfs, regions, masks, prog)
     out: dict[str, Any] = {
         "source": source, "frames": n, "width": w, "height": h, "fps": fps,
         "boxes": box_source.grounder_key,
@@ -670,20 +688,12 @@ def _bench_video(source: str, frames: list[np.ndarray], fps: float, ours: Ours,
 
 # -- run --------------------------------------------------------------------------------------
 
-def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
-                    video: str | None = None, max_frames: int | None = None,
-                    checkpoint: Path | None = None, out: Path = Path("out/bench-codec"),
-                    quiet: bool = False, *, model: Any = None, grounder: str = "nanodet",
-                    qualities: Sequence[int] | None = None,
-                    jpeg_qualities: Sequence[int] = (3, 5, 10, 20, 35, 50, 70, 85, 95),
-                    webp_qualities: Sequence[int] = (1, 5, 10, 20, 35, 50, 70, 85, 95),
-                    x265_crfs: Sequence[int] = (22, 27, 32, 37, 42, 47, 51),
-                    av1_crfs: Sequence[int] = (20, 30, 40, 50, 56, 63),
-                    video_x264_crfs: Sequence[int] = (18, 23, 28, 33, 38, 43, 48, 51),
-                    video_x265_crfs: Sequence[int] = (18, 23, 28, 33, 38, 43, 48, 51),
-                    ) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring); returns the summary, writes the rest."""
-    t_start = time.monotonic()
+def _read_inputs(images: Path | None, boxes: Path | None, video: str | None,
+                 max_frames: int | None, grounder: str) -> tuple[
+                     list[Path], list[np.ndarray], dict[str, Any] | None,
+                     tuple[list[np.ndarray], float] | None]:
+    """(image paths, the images, task boxes per image name or None, the video's frames and
+    fps or None); every bad argument or unreadable input fails here, before any work."""
     if max_frames is not None and video is None:
         raise DiscoverError("--max-frames applies to --video; pass --video FILE too")
     if max_frames is not None and max_frames < 1:
@@ -702,6 +712,94 @@ def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
 
         frames, fps = load_frames(video, 0, max_frames)
         clip = (frames, fps or 10.0)
+    return paths, pictures, box_map, clip
+
+
+def _qualities(ours: Ours, qualities: Sequence[int] | None) -> list[int]:
+    """The rate points to run: those asked for (checked against the checkpoint), else all."""
+    qs = list(qualities or range(1, ours.points + 1))
+    bad = [q for q in qs if not 1 <= q <= ours.points]
+    if bad:
+        raise DiscoverError(f"qualities {bad} are out of range: the checkpoint has rate points "
+                            f"1..{ours.points}")
+    return qs
+
+
+def _run_images(paths: list[Path], pictures: list[np.ndarray], box_source: BoxSource,
+                ours: Ours, qs: list[int], anchor_values: dict[str, Sequence[int]],
+                prog: Progress) -> list[dict[str, Any]]:
+    """Every image through ours and the anchors: per image its regions and settings."""
+    per_image: list[dict[str, Any]] = []
+    for k, (path, img) in enumerate(zip(paths, pictures, strict=True), 1):
+        h, w = img.shape[:2]
+        regions = box_source.regions(img, path.name)
+        prog.update(f"[{k}/{len(paths)}] {path.name} {w}x{h}, {len(regions)} regions "
+                    f"({box_source.described})", force=True)
+        settings = _bench_image(img, regions, ours, qs, anchor_values,
+                                lambda m: prog.update(m, force=True))
+        per_image.append({"name": path.name, "width": w, "height": h,
+                          "regions": [r.to_json() for r in regions],
+                          "region_area_share": round(area_share(regions, w, h), 4),
+                          # overlapping boxes code their shared cells once per region
+                          "region_coded_area_share": round(
+                              sum(r.area for r in regions) / (w * h), 4),
+                          "settings": settings})
+    return per_image
+
+
+def _plots(result: dict[str, Any], n_images: int, video: str | None, out: Path) -> list[str]:
+    """The rate-distortion plots of the images (and the video); their paths."""
+    plots = []
+
+    def draw(name: str, series: dict[str, list[tuple[float, float]]], title: str,
+             ylabel: str) -> None:
+        plot_rd(series, out / name, title, ylabel)
+        plots.append(str(out / name))
+
+    curves = {"ours_full": result["ours"]["full"], "ours_region": result["ours"]["region"],
+              **result["anchors"]}
+    what = f"{n_images} images, mean per setting"
+    draw("rd_psnr.png", _series({k: v for k, v in curves.items() if k != "ours_region"}, "psnr"),
+         f"whole-frame PSNR, {what}", "PSNR (dB)")
+    draw("rd_msssim.png", _series({k: v for k, v in curves.items() if k != "ours_region"},
+                                  "msssim_db"), f"whole-frame MS-SSIM, {what}", "MS-SSIM (dB)")
+    draw("rd_region_psnr.png", _series(curves, "region_psnr"),
+         f"PSNR inside the task regions, {what}", "region PSNR (dB)")
+    if video is not None:
+        v = result["video"]
+        vc = {"ours_full": v["ours"]["full"], **{a: s["points"] for a, s in v["anchors"].items()}}
+        draw("rd_video_psnr.png", _series(vc, "psnr"),
+             f"video {Path(video).name}, {v['frames']} frames", "PSNR (dB)")
+        vt = {"ours_task": v["ours"]["task"], **{a: s["points"] for a, s in v["anchors"].items()}}
+        draw("rd_video_region_psnr.png", _series(vt, "region_psnr"),
+             f"video {Path(video).name}, {v['frames']} frames", "region PSNR (dB)")
+    return plots
+
+
+def _video_summary(result: dict[str, Any]) -> None:
+    """The returned summary keeps the video's BD-rates on top and leaves the per-frame detail
+    to the file."""
+    result["video"] = {k: v for k, v in result["video"].items() if k != "per_frame"}
+    for a in VIDEO_ANCHORS:
+        result[f"video_bd_rate_vs_{a}_psnr"] = result["video"][f"bd_rate_vs_{a}_psnr"]
+        result[f"video_bd_rate_vs_{a}_psnr_note"] = result["video"][f"bd_rate_vs_{a}_psnr_note"]
+
+
+def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
+                    video: str | None = None, max_frames: int | None = None,
+                    checkpoint: Path | None = None, out: Path = Path("out/bench-codec"),
+                    quiet: bool = False, *, model: Any = None, grounder: str = "nanodet",
+                    qualities: Sequence[int] | None = None,
+                    jpeg_qualities: Sequence[int] = (3, 5, 10, 20, 35, 50, 70, 85, 95),
+                    webp_qualities: Sequence[int] = (1, 5, 10, 20, 35, 50, 70, 85, 95),
+                    x265_crfs: Sequence[int] = (22, 27, 32, 37, 42, 47, 51),
+                    av1_crfs: Sequence[int] = (20, 30, 40, 50, 56, 63),
+                    video_x264_crfs: Sequence[int] = (18, 23, 28, 33, 38, 43, 48, 51),
+                    video_x265_crfs: Sequence[int] = (18, 23, 28, 33, 38, 43, 48, 51),
+                    ) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); returns the summary, writes the rest."""
+    t_start = time.monotonic()
+    paths, pictures, box_map, clip = _read_inputs(images, boxes, video, max_frames, grounder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -709,32 +807,13 @@ def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
                             "folder") from None
     prog = Progress("bench codec", enabled=not quiet)
     ours = Ours(checkpoint, model)
-    qs = list(qualities or range(1, ours.points + 1))
-    bad = [q for q in qs if not 1 <= q <= ours.points]
-    if bad:
-        raise DiscoverError(f"qualities {bad} are out of range: the checkpoint has rate points "
-                            f"1..{ours.points}")
+    qs = _qualities(ours, qualities)
     ours.warm_up()
     box_source = BoxSource(ours.align, box_map, grounder)
-    anchor_values = {"jpeg": jpeg_qualities, "webp": webp_qualities, "x265": x265_crfs,
-                     "av1": av1_crfs}
-    anchor_values = {k: v for k, v in anchor_values.items() if v}
-    per_image: list[dict[str, Any]] = []
+    anchor_values = {k: v for k, v in {"jpeg": jpeg_qualities, "webp": webp_qualities,
+                                       "x265": x265_crfs, "av1": av1_crfs}.items() if v}
     try:
-        for k, (path, img) in enumerate(zip(paths, pictures, strict=True), 1):
-            h, w = img.shape[:2]
-            regions = box_source.regions(img, path.name)
-            prog.update(f"[{k}/{len(paths)}] {path.name} {w}x{h}, {len(regions)} regions "
-                        f"({box_source.described})", force=True)
-            settings = _bench_image(img, regions, ours, qs, anchor_values,
-                                    lambda m: prog.update(m, force=True))
-            per_image.append({"name": path.name, "width": w, "height": h,
-                              "regions": [r.to_json() for r in regions],
-                              "region_area_share": round(area_share(regions, w, h), 4),
-                              # overlapping boxes code their shared cells once per region
-                              "region_coded_area_share": round(
-                                  sum(r.area for r in regions) / (w * h), 4),
-                              "settings": settings})
+        per_image = _run_images(paths, pictures, box_source, ours, qs, anchor_values, prog)
         result: dict[str, Any] = {
             "images": len(per_image),
             "image_source": str(images) if images else "held-out OpenCV photos "
@@ -756,40 +835,11 @@ def run_bench_codec(images: Path | None = None, boxes: Path | None = None,
                                            box_source, prog)
     finally:
         prog.done()
-
-    plots = []
-
-    def draw(name: str, series: dict[str, list[tuple[float, float]]], title: str,
-             ylabel: str) -> None:
-        plot_rd(series, out / name, title, ylabel)
-        plots.append(str(out / name))
-
-    curves = {"ours_full": result["ours"]["full"], "ours_region": result["ours"]["region"],
-              **result["anchors"]}
-    what = f"{len(per_image)} images, mean per setting"
-    draw("rd_psnr.png", _series({k: v for k, v in curves.items() if k != "ours_region"}, "psnr"),
-         f"whole-frame PSNR, {what}", "PSNR (dB)")
-    draw("rd_msssim.png", _series({k: v for k, v in curves.items() if k != "ours_region"},
-                                  "msssim_db"), f"whole-frame MS-SSIM, {what}", "MS-SSIM (dB)")
-    draw("rd_region_psnr.png", _series(curves, "region_psnr"),
-         f"PSNR inside the task regions, {what}", "region PSNR (dB)")
-    if video is not None:
-        v = result["video"]
-        vc = {"ours_full": v["ours"]["full"], **{a: s["points"] for a, s in v["anchors"].items()}}
-        draw("rd_video_psnr.png", _series(vc, "psnr"),
-             f"video {Path(video).name}, {v['frames']} frames", "PSNR (dB)")
-        vt = {"ours_task": v["ours"]["task"], **{a: s["points"] for a, s in v["anchors"].items()}}
-        draw("rd_video_region_psnr.png", _series(vt, "region_psnr"),
-             f"video {Path(video).name}, {v['frames']} frames", "region PSNR (dB)")
-    result["plots"] = plots
+    result["plots"] = _plots(result, len(per_image), video, out)
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     full = {**result, "per_image": per_image}
     (out / "codec.json").write_text(json.dumps(full, indent=2))
     result["json"] = str(out / "codec.json")
     if video is not None:  # the per-frame detail stays in the file
-        result["video"] = {k: v for k, v in result["video"].items() if k != "per_frame"}
-        for a in VIDEO_ANCHORS:
-            result[f"video_bd_rate_vs_{a}_psnr"] = result["video"][f"bd_rate_vs_{a}_psnr"]
-            result[f"video_bd_rate_vs_{a}_psnr_note"] = result["video"][
-                f"bd_rate_vs_{a}_psnr_note"]
+        _video_summary(result)
     return result

@@ -336,7 +336,7 @@ def parse_composers(spec: str | Sequence[str]) -> tuple[str, ...]:
 def is_sd(composer: str) -> bool:
     """Whether the composer denoises with Stable Diffusion (runs once per step count)."""
     from discover.sink.composers import COMPOSERS
-    from discover.sink.composers.diffusion import StableDiffusionComposer
+    from discover.sink.composers.sd_sampler import StableDiffusionComposer
 
     return issubclass(COMPOSERS.get(composer), StableDiffusionComposer)
 
@@ -461,76 +461,116 @@ def composer_config(composer: str, steps: int | None, weights: dict[str, Any], d
     return cfg
 
 
+def _open_sink(ccfg: dict[str, Any], meta: Any,
+               on_frame: Callable[[str, int, np.ndarray], None]) -> tuple[Any, Any]:
+    """A sink worker for the bench camera with composer ``ccfg`` (it takes rest where the
+    composer needs it), fed the meta: (pipeline, its camera)."""
+    from discover.sdk.topics import topic
+    from discover.sink.config import SinkSection
+    from discover.sink.pipeline import SinkPipeline
+
+    section = SinkSection.model_validate({
+        "tasks": list(meta.tasks), "composer": ccfg, "output": "none",
+        "publish_results": False})
+    pipe = SinkPipeline(section, CAMERA_PREFIX, on_frame=on_frame)
+    pipe.feed(topic(CAMERA_PREFIX, meta.camera, "meta"), meta.to_json())
+    # the camera's codec and composer, made now so that a meter can hook them before frame 0
+    cam = pipe.camera(meta.camera)
+    if cam is None:
+        raise DiscoverError(f"bench diffusion: the sink refused the stream ({pipe.refused})")
+    return pipe, cam
+
+
+def _time_frames(label: str, pipe: Any, messages: list[list[tuple[str, bytes]]],
+                 sync: Callable[[], None], max_seconds: float | None, estimate: float | None,
+                 prog: Progress) -> tuple[float | None, list[float], str | None]:
+    """Feed the frames one by one: (warm-up seconds, seconds of each later frame, why it
+    stopped early or None). A frame that would end past ``max_seconds`` is not started."""
+    times: list[float] = []
+    warm: float | None = None
+    start = time.perf_counter()
+    for i, msgs in enumerate(messages):
+        nxt = (times[-1] if times else warm) if i else estimate
+        spent = time.perf_counter() - start
+        if max_seconds is not None and nxt is not None and spent + nxt > max_seconds:
+            return warm, times, (f"stopped before frame {i} of {len(messages)}: {spent:.0f} s "
+                                 f"spent, the next frame would take ~{nxt:.0f} s, "
+                                 f"--max-seconds {max_seconds:g}")
+        what = "warm-up" if i == 0 else f"frame {i}/{len(messages) - 1}"
+        eta = f" (~{nxt:.0f} s)" if nxt and nxt >= 1 else ""
+        prog.update(f"{label}: {what}{eta}", force=True)
+        t = time.perf_counter()
+        for tp, payload in msgs:
+            pipe.feed(tp, payload)
+        got = pipe.process_ready()
+        sync()
+        dt = time.perf_counter() - t
+        if got != 1:
+            raise RuntimeError(f"{label}: the sink delivered {got} frames for frame {i}")
+        if i == 0:
+            warm = dt
+        else:
+            times.append(dt)
+    return warm, times, None
+
+
+def _sd_figures(composer: Any, meter: _Meter, sl: slice, ccfg: dict[str, Any]) -> dict[str, Any]:
+    """A Stable Diffusion composer's denoising figures over the frames ``sl`` and its
+    settings."""
+    c, parts = composer.config, composer.parts
+    unet = meter.unet[sl]
+    denoise = _median(meter.sample[sl])
+    calls = _median(unet) or 0
+    calls = int(calls) if float(calls).is_integer() else calls
+    res = {
+        "denoise_s": _r(denoise), "denoising_steps": calls,
+        "s_per_step": _r(denoise / calls if denoise is not None and calls else None),
+        "unet_calls_per_frame": unet, "controlnet_calls_per_frame": meter.controlnet[sl],
+        "unet_batch": 2 if composer.guided else 1,
+        "guidance_scale": c.guidance_scale, "strength": c.strength,
+        "scheduler": c.scheduler, "base": c.base,
+        "latents_finite": meter.finite,
+        "device": str(parts.device), "dtype": str(parts.dtype).replace("torch.", "")}
+    if ccfg["type"] == "diffusion":
+        res["controlnet"] = c.controlnet
+        res["blend"] = c.blend
+    if parts.device.type == "cuda":
+        import torch
+
+        res["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return res
+
+
 def run_config(label: str, ccfg: dict[str, Any], meta: Any,
                messages: list[list[tuple[str, bytes]]], *, max_seconds: float | None,
                estimate: float | None, prog: Progress) -> tuple[dict[str, Any], Any, Any]:
     """One composer configuration through a sink worker: (result, last composed frame or None,
-    the preloaded composer, whose models stay cached until sink.composers.diffusion's
+    the preloaded composer, whose models stay cached until sink.composers.sd_loading's
     clear_model_cache)."""
     import torch
 
-    from discover.sdk.topics import topic
     from discover.sink.composers import COMPOSERS
-    from discover.sink.config import SinkSection
-    from discover.sink.pipeline import SinkPipeline
 
     t0 = time.perf_counter()
     composer = COMPOSERS.create(ccfg)  # loads (and caches) the models: outside the clock
     load_s = time.perf_counter() - t0
     parts = getattr(composer, "parts", None)
     cuda = parts is not None and parts.device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    section = SinkSection.model_validate({  # takes rest where the composer needs it
-        "tasks": list(meta.tasks), "composer": ccfg, "output": "none",
-        "publish_results": False})
     last: list[Any] = [None, None]
 
     def on_frame(cam: str, index: int, image: np.ndarray) -> None:
         last[0], last[1] = index, image
 
-    pipe = SinkPipeline(section, CAMERA_PREFIX, on_frame=on_frame)
-    pipe.feed(topic(CAMERA_PREFIX, meta.camera, "meta"), meta.to_json())
-    # the camera's codec and composer, made now so that the meter hooks them before frame 0
-    cam = pipe.camera(meta.camera)
-    if cam is None:
-        raise DiscoverError(f"bench diffusion: the sink refused the stream ({pipe.refused})")
+    pipe, cam = _open_sink(ccfg, meta, on_frame)
     meter = _Meter(pipe, cam)
     res: dict[str, Any] = {"config": label, "composer": ccfg["type"],
                            "steps": ccfg.get("steps"), "load_s": round(load_s, 2)}
-    times: list[float] = []
-    warm: float | None = None
-    stopped = None
-    start = time.perf_counter()
     try:
-        for i, msgs in enumerate(messages):
-            nxt = (times[-1] if times else warm) if i else estimate
-            spent = time.perf_counter() - start
-            if max_seconds is not None and nxt is not None and spent + nxt > max_seconds:
-                stopped = (f"stopped before frame {i} of {len(messages)}: {spent:.0f} s spent, "
-                           f"the next frame would take ~{nxt:.0f} s, --max-seconds "
-                           f"{max_seconds:g}")
-                break
-            what = "warm-up" if i == 0 else f"frame {i}/{len(messages) - 1}"
-            eta = f" (~{nxt:.0f} s)" if nxt and nxt >= 1 else ""
-            prog.update(f"{label}: {what}{eta}", force=True)
-            t = time.perf_counter()
-            for tp, payload in msgs:
-                pipe.feed(tp, payload)
-            got = pipe.process_ready()
-            sync()
-            dt = time.perf_counter() - t
-            if got != 1:
-                raise RuntimeError(f"{label}: the sink delivered {got} frames for frame {i}")
-            if i == 0:
-                warm = dt
-            else:
-                times.append(dt)
+        warm, times, stopped = _time_frames(label, pipe, messages,
+                                            torch.cuda.synchronize if cuda else lambda: None,
+                                            max_seconds, estimate, prog)
     finally:
         meter.close()
         pipe.close()
@@ -551,25 +591,7 @@ def run_config(label: str, ccfg: dict[str, Any], meta: Any,
                 "compose_s": _r(_median(meter.compose[sl])), "per_frame_s": [
                     _r(x) for x in per_frame]})
     if parts is not None:
-        c = composer.config
-        unet = meter.unet[sl]
-        denoise = _median(meter.sample[sl])
-        calls = _median(unet) or 0
-        calls = int(calls) if float(calls).is_integer() else calls
-        res.update({
-            "denoise_s": _r(denoise), "denoising_steps": calls,
-            "s_per_step": _r(denoise / calls if denoise is not None and calls else None),
-            "unet_calls_per_frame": unet, "controlnet_calls_per_frame": meter.controlnet[sl],
-            "unet_batch": 2 if composer.guided else 1,
-            "guidance_scale": c.guidance_scale, "strength": c.strength,
-            "scheduler": c.scheduler, "base": c.base,
-            "latents_finite": meter.finite,
-            "device": str(parts.device), "dtype": str(parts.dtype).replace("torch.", "")})
-        if ccfg["type"] == "diffusion":
-            res["controlnet"] = c.controlnet
-            res["blend"] = c.blend
-        if cuda:
-            res["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        res.update(_sd_figures(composer, meter, sl, ccfg))
     return res, last[1], composer
 
 
@@ -585,18 +607,9 @@ def _estimate(prev: dict[str, Any] | None, c: Any, steps: int) -> float | None:
 
 # -- run ----------------------------------------------------------------------------------------
 
-def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Path | None = None,
-                        inpaint: str | Path | None = None, random_weights: Path | None = None,
-                        source: str | None = None, frames: int = 3, size: int = 512,
-                        composers: str | Sequence[str] = DEFAULT_COMPOSERS,
-                        steps: str | Sequence[int] = DEFAULT_STEPS, device: str = "auto",
-                        dtype: str = "auto", max_seconds: float | None = None,
-                        checkpoint: Path | None = None, quality: int = QUALITY,
-                        out: Path = Path("out/bench"), quiet: bool = False) -> dict[str, Any]:
-    """Run the benchmark (module docstring); returns what ``<out>/diffusion.json`` holds."""
-    t_start = time.monotonic()
-    names = parse_composers(composers)
-    step_counts = parse_steps(steps)
+def _check_args(frames: int, size: int, max_seconds: float | None, device: str,
+                dtype: str) -> None:
+    """One error line for a bad number or choice."""
     if frames < 2:
         raise DiscoverError(f"--frames must be at least 2: the first is the warm-up (got {frames})")
     if size < 64 or size % 16:
@@ -607,162 +620,187 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
         raise DiscoverError(f"--device takes auto, cpu or cuda (got {device})")
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise DiscoverError(f"--dtype takes auto, float32, float16 or bfloat16 (got {dtype})")
-    sd_names = [c for c in names if is_sd(c)]
-    random = random_weights is not None
-    if random and (base or controlnet or inpaint):
+
+
+def _check_weights(sd_names: Sequence[str], random: bool, folders: dict[str, Any]) -> None:
+    """One error line unless the SD composers have their weights: --random-weights or
+    existing --base (--controlnet, --inpaint) folders, not both."""
+    if random and any(folders.values()):
         raise DiscoverError("bench diffusion takes --random-weights or --base/--controlnet/"
                             "--inpaint, not both")
-    if sd_names and not random and not base:
+    if sd_names and not random and not folders["base"]:
         raise DiscoverError(f"bench diffusion: composers {', '.join(sd_names)} need Stable "
                             "Diffusion weights: --base DIR (SD 2.1-base in diffusers layout; "
                             "with --controlnet DIR for 'diffusion', --inpaint DIR for "
                             "'sd-inpaint'), or --random-weights [DIR] to time SD 2.1-base's "
                             "architecture with random weights")
-    for flag, path in (("--base", base), ("--controlnet", controlnet), ("--inpaint", inpaint)):
+    for name, path in folders.items():
         if path is not None and not Path(path).expanduser().is_dir():
-            raise DiscoverError(f"bench diffusion: {flag} {path} is not a folder; it must be "
+            raise DiscoverError(f"bench diffusion: --{name} {path} is not a folder; it must be "
                                 "a model folder in diffusers' save_pretrained layout")
-    torch_dev = None
-    info_dev: dict[str, Any] = {}
-    if sd_names:
-        from discover.sink.composers.diffusion import (
-            import_diffusers,
-            resolve_device,
-            resolve_dtype,
-        )
 
-        import_diffusers("bench diffusion")
-        torch_dev = resolve_device(device, "--")
-        info_dev = device_info(torch_dev)
-        dtype = str(resolve_dtype(dtype, torch_dev)).replace("torch.", "")
-        device = torch_dev.type
 
-    prog = Progress("bench diffusion", enabled=not quiet)
-    notes: dict[str, str] = {}
-    params: dict[str, dict[str, Any]] = {}
+def _sd_device(device: str, dtype: str) -> tuple[Any, dict[str, Any], str, str]:
+    """Where Stable Diffusion runs: (torch device, its description, dtype name, device type)."""
+    from discover.sink.composers.sd_loading import import_diffusers, resolve_device, resolve_dtype
+
+    import_diffusers("bench diffusion")
+    torch_dev = resolve_device(device, "--")
+    dtype = str(resolve_dtype(dtype, torch_dev)).replace("torch.", "")
+    return torch_dev, device_info(torch_dev), dtype, torch_dev.type
+
+
+def _weights(sd_names: Sequence[str], random_weights: Path | None, folders: dict[str, Any],
+             prog: Progress) -> tuple[dict[str, Any], dict[str, str]]:
+    """The weight folders each SD composer loads (random ones written first where asked), and
+    notes on the composers that are skipped or run on a stand-in."""
+    random = random_weights is not None
     weights: dict[str, Any] = {"random": random}
-    try:
-        if random and sd_names:
-            assert random_weights is not None
-            prog.update(RANDOM_NOTE, force=True)
-            rinfo = write_random_sd21(Path(random_weights),
-                                      lambda s: prog.update(s, force=True))
-            weights.update({"folder": str(random_weights), "note": RANDOM_NOTE,
-                            "base": rinfo["base"], "controlnet": rinfo["controlnet"],
-                            "inpaint": rinfo["inpaint"], "disk_gb": folder_gb(
-                                Path(random_weights))})
-        elif sd_names:
-            weights.update({"base": str(base), "controlnet": controlnet and str(controlnet),
-                            "inpaint": inpaint and str(inpaint)})
-        if "diffusion" in sd_names and not weights.get("controlnet"):
-            notes["diffusion"] = ("skipped: no --controlnet (the control module, "
-                                  "discover/train/control.py); --random-weights builds one")
-        if "sd-inpaint" in sd_names and not weights.get("inpaint"):
-            notes["sd-inpaint"] = (f"on --base {base}: a text-to-image UNet, the known area "
-                                   "blended in each step (no --inpaint folder)")
+    notes: dict[str, str] = {}
+    if random and sd_names:
+        prog.update(RANDOM_NOTE, force=True)
+        rinfo = write_random_sd21(Path(random_weights), lambda s: prog.update(s, force=True))
+        weights.update({"folder": str(random_weights), "note": RANDOM_NOTE,
+                        "base": rinfo["base"], "controlnet": rinfo["controlnet"],
+                        "inpaint": rinfo["inpaint"],
+                        "disk_gb": folder_gb(Path(random_weights))})
+    elif sd_names:
+        weights.update({k: v and str(v) for k, v in folders.items()})
+        weights["base"] = str(folders["base"])
+    if "diffusion" in sd_names and not weights.get("controlnet"):
+        notes["diffusion"] = ("skipped: no --controlnet (the control module, "
+                              "discover/train/control.py); --random-weights builds one")
+    if "sd-inpaint" in sd_names and not weights.get("inpaint"):
+        notes["sd-inpaint"] = (f"on --base {folders['base']}: a text-to-image UNet, the known "
+                               "area blended in each step (no --inpaint folder)")
+    return weights, notes
 
-        # -- frames through the edge ------------------------------------------------------
-        from discover.bench.ground import load_frames
-        from discover.bench.tasks import OursPipeline
 
-        src = source or str(SAMPLE_CLIP)
-        raw, _ = load_frames(src, 0, frames)
-        if len(raw) < 2:
-            raise DiscoverError(f"{src} has {len(raw)} frame; bench diffusion needs 2 or more")
-        imgs = square_frames(raw, size)
-        prog.update(f"{len(imgs)} frames of {src}, {size}x{size}; edge: nanodet + learned "
-                    f"codec q{quality}", force=True)
-        codec_cfg = {"type": "learned", "checkpoint": str(checkpoint) if checkpoint else None}
-        with tempfile.TemporaryDirectory() as tmp:  # the edge reads a size x size camera
-            for i, img in enumerate(imgs):
-                cv2.imwrite(str(Path(tmp) / f"{i:06d}.png"), img)
-            ours = OursPipeline(tmp, imgs, REST_INTERVAL, codec_cfg)
-            streams: dict[str, tuple[Any, list[list[tuple[str, bytes]]], int]] = {}
-            for stream, mode in (("side+task", "task"), ("side+task+rest", "background")):
-                nbytes, _ = ours.run(quality, mode, keep=True)
-                assert ours.kept is not None
-                streams[stream] = (*ours.kept, nbytes)
-        ckpt_hash = ours.agent.codec.checkpoint_hash()
+Stream = tuple[Any, list[list[tuple[str, bytes]]], int]
 
-        # -- configurations ---------------------------------------------------------------
+
+def _edge_streams(src: str, frames: int, size: int, quality: int, checkpoint: Path | None,
+                  prog: Progress) -> tuple[list[np.ndarray], Any, dict[str, Stream]]:
+    """The clip's square frames through the edge (nanodet, learned codec at ``quality``):
+    (frames, the edge pipeline, {stream: (meta, packets per frame, bytes)}) for the
+    side+task and side+task+rest streams."""
+    from discover.bench.ground import load_frames
+    from discover.bench.tasks import OursPipeline
+
+    raw, _ = load_frames(src, 0, frames)
+    if len(raw) < 2:
+        raise DiscoverError(f"{src} has {len(raw)} frame; bench diffusion needs 2 or more")
+    imgs = square_frames(raw, size)
+    prog.update(f"{len(imgs)} frames of {src}, {size}x{size}; edge: nanodet + learned "
+                f"codec q{quality}", force=True)
+    codec_cfg = {"type": "learned", "checkpoint": str(checkpoint) if checkpoint else None}
+    with tempfile.TemporaryDirectory() as tmp:  # the edge reads a size x size camera
+        for i, img in enumerate(imgs):
+            cv2.imwrite(str(Path(tmp) / f"{i:06d}.png"), img)
+        ours = OursPipeline(tmp, imgs, REST_INTERVAL, codec_cfg)
+        streams: dict[str, Stream] = {}
+        for stream, mode in (("side+task", "task"), ("side+task+rest", "background")):
+            nbytes, _ = ours.run(quality, mode, keep=True)
+            assert ours.kept is not None
+            streams[stream] = (*ours.kept, nbytes)
+    return imgs, ours, streams
+
+
+def _note_params(name: str, comp: Any, params: dict[str, dict[str, Any]],
+                 prog: Progress) -> None:
+    """Add the composer's network sizes to ``params``, checked against SD 2.1-base's."""
+    p = comp.parts
+    ucfg = p.unet.config
+    counts = {"unet" if ucfg.in_channels == ucfg.out_channels
+              else "inpaint_unet": count_params(p.unet),
+              "text_encoder": count_params(p.text_encoder),
+              "vae": count_params(p.vae)}
+    if getattr(comp, "controlnet", None) is not None:
+        counts["controlnet"] = count_params(comp.controlnet)
+    checked = check_params(counts)
+    checked["inpaint_unet" if "inpaint_unet" in counts else "unet"]["folder"] = p.source
+    for k, v in checked.items():
+        params.setdefault(k, v)
+    prog.update(f"{name} params: " + ", ".join(
+        f"{k} {v['params_m']}M" + (f" (published {v['published'] / 1e6:.1f}M)"
+                                   if "published" in v else "")
+        for k, v in checked.items()), force=True)
+
+
+class _Runner:
+    """Runs every configuration of one composer and collects results, panels and params."""
+
+    def __init__(self, weights: dict[str, Any], device: str, dtype: str,
+                 max_seconds: float | None, sd_names: Sequence[str], prog: Progress) -> None:
+        self.weights, self.device, self.dtype = weights, device, dtype
+        self.max_seconds, self.sd_names, self.prog = max_seconds, sd_names, prog
+        self.results: list[dict[str, Any]] = []
+        self.panels: list[tuple[str, np.ndarray]] = []
+        self.params: dict[str, dict[str, Any]] = {}
+
+    def composer(self, name: str, stream: str, step_counts: Sequence[int],
+                 data: Stream) -> None:
+        """``name`` on ``stream``, once per step count for a Stable Diffusion composer; each
+        count after the first is budgeted from the previous one's seconds per step."""
         from discover.sink.composers import COMPOSERS
-        from discover.sink.composers.diffusion import clear_model_cache
 
-        results: list[dict[str, Any]] = []
-        panels: list[tuple[str, np.ndarray]] = [(f"original #{len(imgs) - 1}", imgs[-1])]
-        for name in names:
-            if name in notes and notes[name].startswith("skipped"):
-                prog.update(f"{name}: {notes[name]}", force=True)
-                continue
-            stream = "side+task+rest" if COMPOSERS.get(name).needs_rest else "side+task"
-            meta, msgs, nbytes = streams[stream]
-            prev: dict[str, Any] | None = None
-            for s in (step_counts if name in sd_names else (None,)):
-                label = name if s is None else f"{name}@{s}"
-                ccfg = composer_config(name, s, weights, device, dtype)
-                est = None
-                if prev is not None:
-                    est = _estimate(prev, COMPOSERS.parse_config(ccfg), s or 1)
-                res, image, comp = run_config(label, ccfg, meta, msgs, max_seconds=max_seconds,
-                                              estimate=est, prog=prog)
-                res.update({"stream": stream, "stream_kbit_per_frame": round(
-                    nbytes * 8 / 1000 / len(msgs), 2)})
-                if prev is None and getattr(comp, "parts", None) is not None:
-                    p = comp.parts
-                    ucfg = p.unet.config
-                    counts = {"unet" if ucfg.in_channels == ucfg.out_channels
-                              else "inpaint_unet": count_params(p.unet),
-                              "text_encoder": count_params(p.text_encoder),
-                              "vae": count_params(p.vae)}
-                    if getattr(comp, "controlnet", None) is not None:
-                        counts["controlnet"] = count_params(comp.controlnet)
-                    checked = check_params(counts)
-                    checked["inpaint_unet" if "inpaint_unet" in counts else "unet"]["folder"] = \
-                        p.source
-                    for k, v in checked.items():
-                        params.setdefault(k, v)
-                    prog.update(f"{name} params: " + ", ".join(
-                        f"{k} {v['params_m']}M" + (f" (published {v['published'] / 1e6:.1f}M)"
-                                                   if "published" in v else "")
-                        for k, v in checked.items()), force=True)
-                del comp
-                results.append(res)
-                if image is not None and (name == "direct" or name in sd_names):
-                    tag = " RANDOM" if random and name in sd_names else ""
-                    panels.append((f"{label}{tag}", image))
-                if res.get("s_per_frame") is not None:
-                    step = (f", {res['s_per_step']:.3f} s/step" if res.get("s_per_step")
-                            else "")
-                    prog.update(f"{label}: {res['s_per_frame']:.3f} s/frame ({res['fps']:.4g} "
-                                f"frames/s){step}, load {res['load_s']:.1f} s", force=True)
-                prev = res
-            if name in sd_names:
-                clear_model_cache()
-                gc.collect()
-                if torch_dev is not None and torch_dev.type == "cuda":
-                    import torch
+        meta, msgs, nbytes = data
+        sd = name in self.sd_names
+        prev: dict[str, Any] | None = None
+        for s in (step_counts if sd else (None,)):
+            label = name if s is None else f"{name}@{s}"
+            ccfg = composer_config(name, s, self.weights, self.device, self.dtype)
+            est = None
+            if prev is not None:
+                est = _estimate(prev, COMPOSERS.parse_config(ccfg), s or 1)
+            res, image, comp = run_config(label, ccfg, meta, msgs, max_seconds=self.max_seconds,
+                                          estimate=est, prog=self.prog)
+            res.update({"stream": stream, "stream_kbit_per_frame": round(
+                nbytes * 8 / 1000 / len(msgs), 2)})
+            if prev is None and getattr(comp, "parts", None) is not None:
+                _note_params(name, comp, self.params, self.prog)
+            del comp
+            self.results.append(res)
+            if image is not None and (name == "direct" or sd):
+                tag = " RANDOM" if self.weights["random"] and sd else ""
+                self.panels.append((f"{label}{tag}", image))
+            if res.get("s_per_frame") is not None:
+                step = f", {res['s_per_step']:.3f} s/step" if res.get("s_per_step") else ""
+                self.prog.update(f"{label}: {res['s_per_frame']:.3f} s/frame ({res['fps']:.4g} "
+                                 f"frames/s){step}, load {res['load_s']:.1f} s", force=True)
+            prev = res
 
-                    torch.cuda.empty_cache()
-        if random and sd_names:
-            prog.update(RANDOM_NOTE, force=True)
-    finally:
-        prog.done()
+    def free(self, torch_dev: Any) -> None:
+        """Drop the cached SD models before the next composer loads its own."""
+        from discover.sink.composers.sd_loading import clear_model_cache
 
-    from discover.bench.tasks import side_by_side
+        clear_model_cache()
+        gc.collect()
+        if torch_dev is not None and torch_dev.type == "cuda":
+            import torch
 
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / "diffusion_side_by_side.png"
-    side_by_side(panels, png)
-    bad = [k for k, v in params.items() if v.get("matches_published") is False]
-    if random and bad:
-        notes["params"] = f"parameter counts off the published SD 2.1-base ones: {bad}"
-    result: dict[str, Any] = {
-        "benchmark": "bench diffusion",
-        "random_weights": random,
-        **({"note": RANDOM_NOTE} if random and sd_names else {}),
-        "weights": weights, "params": params,
-        "device": info_dev or {"type": "cpu", "name": cpu_model(), "cpu_count": os.cpu_count()},
-        "dtype": dtype if sd_names else None, "versions": _versions(),
+            torch.cuda.empty_cache()
+
+
+def _run_all(names: Sequence[str], step_counts: Sequence[int], streams: dict[str, Stream],
+             runner: _Runner, notes: dict[str, str], torch_dev: Any) -> None:
+    """Every composer of ``names`` not skipped by a note, on the stream it takes."""
+    from discover.sink.composers import COMPOSERS
+
+    for name in names:
+        if name in notes and notes[name].startswith("skipped"):
+            runner.prog.update(f"{name}: {notes[name]}", force=True)
+            continue
+        stream = "side+task+rest" if COMPOSERS.get(name).needs_rest else "side+task"
+        runner.composer(name, stream, step_counts, streams[stream])
+        if name in runner.sd_names:
+            runner.free(torch_dev)
+
+
+def _describe(src: str, imgs: list[np.ndarray], size: int, quality: int, ckpt_hash: str,
+              ours: Any) -> dict[str, Any]:
+    """The frames, edge and sink of the run, for the result."""
+    return {
         "frames": {"source": src, "count": len(imgs), "timed": len(imgs) - 1, "size": size,
                    "crop": "center square, resized"},
         "edge": {"grounder": "nanodet", "codec": "learned", "quality": quality,
@@ -773,7 +811,57 @@ def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Pat
         "sink": {"pipeline": "discover.sink.pipeline.SinkPipeline: reassembly, codec decompress, "
                              "composer, task model 'regions' (no model), nothing written",
                  "timing": "frame 0 warm-up; s_per_frame: median over frames 1..; models "
-                           "loaded before frame 0 (load_s)"},
+                           "loaded before frame 0 (load_s)"}}
+
+
+def run_bench_diffusion(*, base: str | Path | None = None, controlnet: str | Path | None = None,
+                        inpaint: str | Path | None = None, random_weights: Path | None = None,
+                        source: str | None = None, frames: int = 3, size: int = 512,
+                        composers: str | Sequence[str] = DEFAULT_COMPOSERS,
+                        steps: str | Sequence[int] = DEFAULT_STEPS, device: str = "auto",
+                        dtype: str = "auto", max_seconds: float | None = None,
+                        checkpoint: Path | None = None, quality: int = QUALITY,
+                        out: Path = Path("out/bench"), quiet: bool = False) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns what ``<out>/diffusion.json`` holds."""
+    from discover.bench.tasks import side_by_side
+
+    t_start = time.monotonic()
+    names, step_counts = parse_composers(composers), parse_steps(steps)
+    _check_args(frames, size, max_seconds, device, dtype)
+    sd_names = [c for c in names if is_sd(c)]
+    random = random_weights is not None
+    folders = {"base": base, "controlnet": controlnet, "inpaint": inpaint}
+    _check_weights(sd_names, random, folders)
+    torch_dev, info_dev = None, {}
+    if sd_names:
+        torch_dev, info_dev, dtype, device = _sd_device(device, dtype)
+    prog = Progress("bench diffusion", enabled=not quiet)
+    try:
+        weights, notes = _weights(sd_names, random_weights, folders, prog)
+        src = source or str(SAMPLE_CLIP)
+        imgs, ours, streams = _edge_streams(src, frames, size, quality, checkpoint, prog)
+        runner = _Runner(weights, device, dtype, max_seconds, sd_names, prog)
+        runner.panels.append((f"original #{len(imgs) - 1}", imgs[-1]))
+        _run_all(names, step_counts, streams, runner, notes, torch_dev)
+        if random and sd_names:
+            prog.update(RANDOM_NOTE, force=True)
+    finally:
+        prog.done()
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "diffusion_side_by_side.png"
+    side_by_side(runner.panels, png)
+    bad = [k for k, v in runner.params.items() if v.get("matches_published") is False]
+    if random and bad:
+        notes["params"] = f"parameter counts off the published SD 2.1-base ones: {bad}"
+    results = runner.results
+    result: dict[str, Any] = {
+        "benchmark": "bench diffusion",
+        "random_weights": random,
+        **({"note": RANDOM_NOTE} if random and sd_names else {}),
+        "weights": weights, "params": runner.params,
+        "device": info_dev or {"type": "cpu", "name": cpu_model(), "cpu_count": os.cpu_count()},
+        "dtype": dtype if sd_names else None, "versions": _versions(),
+        **_describe(src, imgs, size, quality, ours.agent.codec.checkpoint_hash(), ours),
         "max_seconds": max_seconds,
         "results": results,
         "sink_fps": {r["config"]: r["fps"] for r in results if r.get("fps") is not None},

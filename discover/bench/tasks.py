@@ -84,6 +84,7 @@ from discover.sdk.assets import SAMPLE_CLIP
 from discover.sdk.errors import DiscoverError
 from discover.sdk.metrics import coco_map
 from discover.sdk.rd import bd_rate_points, overlap_points, rate_ratios
+from discover.sdk.regions import region_mask
 
 OURS = ("ours_task", "ours_full", "ours_bg")
 OURS_MODE = {"ours_task": "task", "ours_full": "full", "ours_bg": "background"}
@@ -117,7 +118,7 @@ def bd_rate(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
 
 # -- settings ---------------------------------------------------------------------------------
 
-def _video(frames: list[np.ndarray], fps: float, encoder: str, crf: int,
+def code_video(frames: list[np.ndarray], fps: float, encoder: str, crf: int,
            decoders: Sequence[str]) -> tuple[int, list[np.ndarray]]:
     """Encode ``frames`` as one yuv420p video with PyAV; (packet bytes, decoded BGR frames)."""
     import av
@@ -170,7 +171,7 @@ VIDEO = {"x264": ("libx264", ("h264",)), "x265": ("libx265", ("hevc",)),
          "av1": ("libsvtav1", ("libdav1d", "av1"))}
 
 
-def _image(frames: list[np.ndarray], q: int, ext: str = ".jpg") -> tuple[int, list[np.ndarray]]:
+def code_images(frames: list[np.ndarray], q: int, ext: str = ".jpg") -> tuple[int, list[np.ndarray]]:
     """Every frame as its own JPEG or WebP (OpenCV) at quality ``q``."""
     flag = cv2.IMWRITE_WEBP_QUALITY if ext == ".webp" else cv2.IMWRITE_JPEG_QUALITY
     size, out = 0, []
@@ -348,7 +349,7 @@ def plot(settings: dict[str, dict[str, Any]], path: Path, title: str,
         raise RuntimeError(f"could not write {path}")
 
 
-# -- run --------------------------------------------------------------------------------------
+# -- scoring ----------------------------------------------------------------------------------
 
 TASKS = ("det", "cls", "seg")
 #: score key per short name, as the BD-rate keys name them (bd_rate_<short>_vs_<anchor>)
@@ -356,6 +357,404 @@ SCORES = {"det": "det_map50", "cls": "cls_top1", "seg": "seg_miou", "psnr": "psn
           "psnr_task": "psnr_task", "msssim": "ms_ssim"}
 #: distances to the originals (lower is closer), where their weights are present
 PERCEPTUAL = ("fid", "kid", "lpips", "dists")
+
+
+def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """``tasks`` without blanks and repeats; one error line unless a non-empty subset of TASKS."""
+    tasks = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    if not tasks or set(tasks) - set(TASKS):
+        raise DiscoverError(f"bench tasks: --tasks takes a comma-separated subset of "
+                            f"{','.join(TASKS)} (got {','.join(tasks) or 'nothing'})")
+    return tasks
+
+
+def _annotation_refs(annotations: Path, src: str, frames: list[np.ndarray], fps: float,
+                     max_frames: int | None) -> tuple[list[int], Preds, dict[str, Any]]:
+    """(frames scored, reference boxes per frame, info) from a COCO-format file; an image
+    folder's frames are matched to it by file name."""
+    from discover.bench.coco_annotations import load_coco_references
+    from discover.sdk.models.nanodet import COCO80_LABELS
+
+    n, names = len(frames), None
+    if Path(src).is_dir():
+        from discover.edge.sources import ImageFolderSource
+
+        names = [p.name for p in ImageFolderSource(Path(src), fps).paths]
+        if len(names) != len(frames) and (max_frames is None or len(names) < max_frames):
+            raise DiscoverError(f"{src}: {len(names) - len(frames)} of its images could "
+                                "not be read, so frames cannot be matched to --annotations "
+                                "by file name; remove them")
+        names = names[:n]
+    ann_refs, ann_info = load_coco_references(annotations, n, COCO80_LABELS, names)
+    return ann_info["frames"], [[(b, lb, 1.0) for b, lb in f] for f in ann_refs], ann_info
+
+
+class TaskScorer:
+    """Every score of one rate point (module docstring): the task models on the decoded frames
+    against their answers on the originals (or the annotations), pixel fidelity, perceptual
+    distances. Set up once per run; :meth:`score` per rate point."""
+
+    def __init__(self, frames: list[np.ndarray], fps: float, tasks: tuple[str, ...],
+                 pred_score: float, ms_ssim_every: int, prog: Progress) -> None:
+        from discover.sdk.models.nanodet import NanoDet
+
+        self.frames, self.fps, self.tasks, self.prog = frames, fps, tasks, prog
+        self.n, (self.h, self.w) = len(frames), frames[0].shape[:2]
+        self.pred_score, self.ms_ssim_every = pred_score, ms_ssim_every
+        self.model = NanoDet()
+        self.scored: list[int] = list(range(self.n))  #: the frames detection is scored on
+        self.ref_full: Preds = []
+        self.refs: list[list[tuple[Any, str]]] = []
+        self.counts: Counter[str] = Counter()
+        self.headline: list[str] = []
+        self.cls_model: Any = None
+        self.seg_model: Any = None
+        self.tables: dict[str, list[list[Any]]] = {}
+        self.ref_cls: list[dict[int, int]] = []
+        self.ref_seg: list[dict[int, np.ndarray]] = []
+        self.perceptual: tuple[str, ...] = ()
+        self.perceptual_notes: dict[str, str] = {}
+        self.scorer: Any = None
+        #: ours' task pixels: the union of its region boxes per frame (psnr_task everywhere)
+        self.ours_masks: list[np.ndarray] = []
+
+    def detect(self, imgs: list[np.ndarray], thr: float) -> Preds:
+        """NanoDet's boxes with score >= ``thr`` on each image."""
+        res = []
+        for img in imgs:
+            d = self.model.detect(img, score_threshold=thr)
+            res.append([(tuple(float(v) for v in b), lb, float(s))
+                        for b, lb, s in zip(d.boxes, d.labels, d.scores, strict=True)])
+        return res
+
+    def set_references(self, ref_full: Preds, scored: list[int], min_refs: int) -> None:
+        """The reference boxes; the headline classes are those with >= ``min_refs`` of them."""
+        self.ref_full, self.scored = ref_full, scored
+        self.counts = Counter(lb for f in scored for _, lb, _ in ref_full[f])
+        self.headline = sorted(c for c, k in self.counts.items() if k >= min_refs)
+        self.refs = [[(b, lb) for b, lb, _ in ref_full[f] if lb in self.headline]
+                     for f in scored]
+        self.prog.update(f"reference: {sum(self.counts.values())} boxes on {len(scored)} "
+                         f"frames; headline classes {self.headline}", force=True)
+
+    def _table(self, f: int, task: str, person: bool) -> list[Any]:
+        """Frame ``f``'s reference boxes as a region table for ``task`` (persons only)."""
+        from discover.sdk.regions import Region
+
+        out = []
+        for i, (b, lb, sc) in enumerate(self.ref_full[f]):
+            if person and lb != "person":
+                continue
+            box = _int_box(b, self.w, self.h)
+            if box[2] > box[0] and box[3] > box[1]:
+                out.append(Region(i, box, lb, sc, (task,)))
+        return out
+
+    def load_task_models(self, cls_max_regions: int) -> None:
+        """The classifier and person-mask models, with their answers on the originals."""
+        from discover.sink.tasks import TASK_MODELS
+
+        if "cls" in self.tasks:
+            self.cls_model = TASK_MODELS.create({"type": "efficientnet-lite0", "top_k": 1,
+                                                 "max_regions": cls_max_regions,
+                                                 "device": "cpu"})
+            self.tables["cls"] = [self._table(f, "classification", False) for f in range(self.n)]
+        if "seg" in self.tasks:
+            self.seg_model = TASK_MODELS.create({"type": "person-mask"})
+            self.tables["seg"] = [self._table(f, "segmentation", True) for f in range(self.n)]
+        if self.cls_model:
+            self.ref_cls = [self.classify(self.frames[f], f) for f in range(self.n)]
+        if self.seg_model:
+            self.ref_seg = [self.segment(self.frames[f], f) for f in range(self.n)]
+
+    def load_perceptual(self, perceptual: Sequence[str]) -> None:
+        """The perceptual metrics whose weights are here; the others noted as skipped."""
+        self.perceptual = tuple(perceptual)
+        if not perceptual:
+            return
+        from discover.bench.perceptual import PerceptualScorer
+
+        self.scorer = PerceptualScorer(self.perceptual)
+        self.perceptual_notes = self.scorer.load()
+        for m, why in self.perceptual_notes.items():
+            self.prog.update(f"{m}: skipped ({why})", force=True)
+
+    def classify(self, img: np.ndarray, f: int) -> dict[int, int]:
+        """Top-1 class index per reference crop of frame ``f``."""
+        r = self.cls_model.run(img, {"task": "classification", "regions": self.tables["cls"][f]})
+        return {e["id"]: e["top"][0]["index"] for e in r["regions"]}
+
+    def segment(self, img: np.ndarray, f: int) -> dict[int, np.ndarray]:
+        """The person mask per reference person box of frame ``f``."""
+        from discover.sdk import masks
+
+        r = self.seg_model.run(img, {"task": "segmentation", "regions": self.tables["seg"][f]})
+        return {e["id"]: masks.decode(e["segmentation"]) for e in r["masks"]}
+
+    def score(self, size: int, decoded: list[np.ndarray], point: str) -> dict[str, Any]:
+        """Every score of one rate point: ``size`` bytes, the decoded frames."""
+        n, w, h = self.n, self.w, self.h
+        p: dict[str, Any] = {"point": point, "bytes": size,
+                             "kbps": round(size * 8 / 1000 / (n / self.fps), 2),
+                             "bpp": round(size * 8 / (n * w * h), 5)}
+        if "det" in self.tasks:
+            p.update(self._det(decoded))
+        if self.cls_model is not None:
+            p.update(self._cls(decoded))
+        if self.seg_model is not None:
+            p.update(self._seg(decoded))
+        p.update(self._pixels(decoded))
+        if self.scorer is not None and len(self.perceptual_notes) < len(self.perceptual):
+            got = self.scorer.score(self.frames, decoded)
+            p.update({m: round(float(got[m]), 6) for m in PERCEPTUAL if got.get(m) is not None})
+        return p
+
+    def _det(self, decoded: list[np.ndarray]) -> dict[str, Any]:
+        m = coco_map(self.detect([decoded[f] for f in self.scored], self.pred_score), self.refs)
+        return {"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
+                "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
+                "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
+                                  "ap": round(m["per_class_50_95"][k], 4),
+                                  "refs": m["references"][k]}
+                              for k in m["per_class_50"]}}
+
+    def _cls(self, decoded: list[np.ndarray]) -> dict[str, Any]:
+        same = total = 0
+        for f, img in enumerate(decoded):
+            got = self.classify(img, f)
+            for rid, idx in self.ref_cls[f].items():
+                total += 1
+                same += int(got.get(rid) == idx)
+        return {"cls_top1": round(same / total, 4) if total else None, "cls_crops": total}
+
+    def _seg(self, decoded: list[np.ndarray]) -> dict[str, Any]:
+        ious = []
+        for f, img in enumerate(decoded):
+            got, ref = self.segment(img, f), self.ref_seg[f]
+            for rid in set(got) | set(ref):
+                a, b = ref.get(rid), got.get(rid)
+                if a is None or b is None:
+                    ious.append(0.0)
+                    continue
+                union = int((a | b).sum())
+                ious.append(float((a & b).sum()) / union if union else 1.0)
+        return {"seg_miou": round(float(np.mean(ious)), 4) if ious else None,
+                "seg_instances": len(ious)}
+
+    def _pixels(self, decoded: list[np.ndarray]) -> dict[str, Any]:
+        from discover.sdk.rd import masked_psnr, ms_ssim, psnr
+
+        frames = self.frames
+        ps = [psnr(o, d) for o, d in zip(frames, decoded, strict=True)]
+        pt = [v for v in (masked_psnr(o, d, mk) for o, d, mk
+                          in zip(frames, decoded, self.ours_masks, strict=True)) if v is not None]
+        ss = [ms_ssim(frames[f], decoded[f])
+              for f in range(0, self.n, max(1, self.ms_ssim_every))]
+        return {"psnr": round(float(np.mean(ps)), 3),
+                "psnr_task": round(float(np.mean(pt)), 3) if pt else None,
+                "ms_ssim": round(float(np.mean(ss)), 5)}
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+Job = tuple[str, str, Callable[[], tuple[int, list[np.ndarray]]]]
+
+
+def _default_qualities(ours: OursPipeline, codec: str) -> tuple[int, ...]:
+    """Ours' rate points: every point of the learned checkpoint, the video codec's steps, or
+    WebP qualities for the classical codec."""
+    points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
+    return (tuple(range(1, points + 1)) if points else
+            VIDEO_QUALITIES if codec == "video" else (30, 50, 75, 90))
+
+
+def _jobs(ours: OursPipeline, chosen: list[str], qualities: Sequence[int], kept_by: str,
+          sink_q: int, frames: list[np.ndarray], fps: float,
+          crfs: dict[str, Sequence[int]], images: dict[str, Sequence[int]]) -> list[Job]:
+    """(setting, point, run) for every rate point of every setting, in the order they run."""
+    jobs: list[Job] = []
+    for name in chosen:
+        for q in qualities:
+            jobs.append((name, f"q{q}", lambda q=q, name=name:
+                         ours.run(q, OURS_MODE[name], keep=name == kept_by and q == sink_q)))
+    for name, (enc, decs) in VIDEO.items():
+        for c in crfs[name]:
+            jobs.append((name, f"crf{c}", lambda enc=enc, decs=decs, c=c:
+                         code_video(frames, fps, enc, c, decs)))
+    for name, ext in (("jpeg", ".jpg"), ("webp", ".webp")):
+        for q in images[name]:
+            jobs.append((name, f"q{q}", lambda q=q, ext=ext: code_images(frames, q, ext)))
+    return jobs
+
+
+def _run_jobs(jobs: list[Job], scorer: TaskScorer, ours: OursPipeline, mid: int,
+              prog: Progress) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Any]]:
+    """Run and score every job: (settings with their points, the middle frame per point). A
+    missing AV1 encoder skips that setting with a note."""
+    settings: dict[str, dict[str, Any]] = {}
+    middles: dict[tuple[str, str], np.ndarray] = {}
+    for k, (name, point, job) in enumerate(jobs, 1):
+        s = settings.setdefault(name, {"points": []})
+        if "skipped" in s:
+            continue
+        prog.update(f"[{k}/{len(jobs)}] {name} {point}", force=True)
+        try:
+            size, decoded = job()
+        except Exception as e:  # noqa: BLE001 - a missing encoder skips the setting
+            if name != "av1":
+                raise
+            s["skipped"] = f"{type(e).__name__}: {str(e)[:200]}"
+            prog.update(f"{name}: skipped ({s['skipped'][:80]})", force=True)
+            continue
+        p = scorer.score(size, decoded, point)
+        if name in OURS:
+            e = ours.edge_summary
+            p["edge"] = {k: e[k] for k in ("bytes_by_substream", "encode_ms", "intra_frames",
+                                           "region_modes", "regions_per_frame")}
+        s["points"].append(p)
+        middles[(name, point)] = decoded[mid].copy()
+        shown = " ".join(f"{key} {p[key]}" for key in SCORES.values() if key in p)
+        prog.update(f"{name} {point}: {p['kbps']} kbps, {shown}", force=True)
+    return settings, middles
+
+
+def _sink_throughput(ours: OursPipeline, label: str, sink_composers: Sequence[str],
+                     diffusion_weights: Path | None,
+                     prog: Progress) -> tuple[dict[str, float], dict[str, str]]:
+    """Sink frames/s per composer on the packets ours kept (``label``: which, for progress);
+    diffusion only with weights, skipped with a note where it cannot run."""
+    assert ours.kept is not None, f"the {label} run kept no packets"
+    meta, kept = ours.kept
+    fps_sink: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    composers: list[tuple[str, dict[str, Any]]] = [(c, {"type": c}) for c in sink_composers]
+    if diffusion_weights is not None:
+        composers.append(("diffusion", {"type": "diffusion", "base": str(diffusion_weights)}))
+    else:
+        notes["diffusion"] = ("skipped: no diffusion weights folder given "
+                              "(run_bench_tasks(diffusion_weights=...))")
+    for cname, ccfg in composers:
+        prog.update(f"sink throughput: {cname} on {label}", force=True)
+        try:
+            fps_sink[cname] = sink_fps(meta, kept, ccfg)
+        except Exception as e:  # noqa: BLE001 - diffusion may lack its packages / weights
+            if cname != "diffusion":
+                raise
+            notes[cname] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
+    return fps_sink, notes
+
+
+def _add_series(settings: dict[str, dict[str, Any]], tasks: Sequence[str]) -> None:
+    """Each setting's per-point values also as lists per key (kbps, bpp, every score)."""
+    keys = ["kbps", "bpp", *(v for v in SCORES.values()), *PERCEPTUAL]
+    if "det" in tasks:
+        keys.append("det_map")
+    for s in settings.values():
+        for key in keys:
+            if any(key in p for p in s["points"]):
+                s[key] = [p.get(key) for p in s["points"]]
+
+
+def _compare(po: list[dict[str, Any]], pa: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Overlap, matched-rate ratios and BD-rate of ``po`` against anchor ``pa`` on ``key``."""
+    bd, why = bd_rate(po, pa, key)
+    rng = overlap(po, pa, key)
+    return {"overlap": list(rng) if rng else None,
+            "rate_ratio_at_matched": rate_ratios(po, pa, key),
+            "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
+
+
+def _comparisons(settings: dict[str, dict[str, Any]], chosen: Sequence[str],
+                 tasks: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each of ours against each anchor on every score: (comparisons, the summary's BD-rates)."""
+    comparisons: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    scores = {short: key for short, key in SCORES.items()
+              if short not in TASKS or short in tasks}
+    for o in chosen:
+        for a in ANCHORS:
+            po, pa = settings[o]["points"], settings[a]["points"]
+            comp: dict[str, Any] = {}
+            if "det" in tasks:
+                det = _compare(po, pa, "det_map50")
+                comp.update({"det_map50_overlap": det["overlap"],
+                             "rate_ratio_at_matched_det_map50": det["rate_ratio_at_matched"],
+                             "bd_rate_det": det["bd_rate"], "bd_rate_note": det["bd_rate_note"]})
+            comp["scores"] = {}
+            for short, key in scores.items():
+                comp["scores"][key] = c = _compare(po, pa, key)
+                name = f"bd_rate_{short}_{OURS_INFIX[o]}vs_{a}"
+                summary[name] = c["bd_rate"]
+                summary[name + "_note"] = c["bd_rate_note"]
+            comparisons[f"{o}_vs_{a}"] = comp
+    return comparisons, summary
+
+
+def _panels(settings: dict[str, dict[str, Any]], middles: dict[tuple[str, str], np.ndarray],
+            original: np.ndarray, mid: int) -> list[tuple[str, np.ndarray]]:
+    """The middle frame: original, then each coded setting at its lowest-rate point."""
+    panels: list[tuple[str, np.ndarray]] = [(f"original (frame {mid})", original)]
+    for name in ("ours_task", "ours_full", "ours_bg", "x265"):
+        pts = settings.get(name, {}).get("points", [])
+        if pts:
+            lo = min(pts, key=lambda p: p["bytes"])
+            panels.append((f"{name} {lo['point']} {lo['kbps']:g} kbps",
+                           middles[(name, lo["point"])]))
+    return panels
+
+
+def _reference_info(sc: TaskScorer, ann_info: dict[str, Any] | None, ref_score: float,
+                    pred_score: float) -> dict[str, Any]:
+    """What the scores are measured against, for the result."""
+    boxes = sum(sc.counts.values())
+    if ann_info is not None:
+        return {"annotations": ann_info, "boxes": boxes, "prediction_score_threshold": pred_score}
+    return {"model": "nanodet (original frames)", "score_threshold": ref_score,
+            "prediction_score_threshold": pred_score, "boxes": boxes}
+
+
+def _scoring_info(cls_max_regions: int, ms_ssim_every: int) -> dict[str, str]:
+    """How each score is measured, for the result."""
+    return {
+        "cls_top1": "efficientnet-lite0 top-1 on decoded == on original, per crop of the "
+                    f"NanoDet reference boxes (largest {cls_max_regions} per frame)",
+        "seg_miou": "person-mask (crops mode) on the reference person boxes: mean IoU per "
+                    "person instance, decoded vs original (found on one side only: 0)",
+        "psnr": "RGB, whole frame, mean over frames",
+        "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
+        "ms_ssim": f"discover.sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"}
+
+
+def _write(result: dict[str, Any], settings: dict[str, dict[str, Any]], out: Path,
+           tasks: Sequence[str]) -> None:
+    """``tasks.json`` and the rate plot of the headline score (det, else cls or seg)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tasks.json").write_text(json.dumps(result, indent=2))
+    title = f"{Path(result['source']).name}, {result['frames']} frames"
+    if "det" in tasks:
+        plot(settings, out / "tasks_rate.png", title)
+    else:
+        key = "cls_top1" if "cls" in tasks else "seg_miou"
+        plot(settings, out / "tasks_rate.png", title, key, f"{key} vs the same model on originals")
+    result["plot"] = str(out / "tasks_rate.png")
+
+
+def _scorer(src: str, frames: list[np.ndarray], fps: float, tasks: tuple[str, ...],
+            max_frames: int | None, annotations: Path | None, ref_score: float,
+            pred_score: float, min_refs: int, cls_max_regions: int, ms_ssim_every: int,
+            perceptual: Sequence[str], prog: Progress) -> tuple[TaskScorer, dict[str, Any] | None]:
+    """The scorer with its references (NanoDet on the originals, or ``annotations``), task
+    models and perceptual metrics loaded; and the annotations' info (None without)."""
+    sc = TaskScorer(frames, fps, tasks, pred_score, ms_ssim_every, prog)
+    ann_info = None
+    if annotations is not None:
+        scored, ref_full, ann_info = _annotation_refs(annotations, src, frames, fps, max_frames)
+    else:
+        scored, ref_full = list(range(len(frames))), sc.detect(frames, ref_score)
+    sc.set_references(ref_full, scored, min_refs)
+    sc.load_task_models(cls_max_regions)
+    sc.load_perceptual(perceptual)
+    return sc, ann_info
 
 
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
@@ -383,303 +782,49 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     ``ours_settings``: which of ``ours_task``, ``ours_full``, ``ours_bg`` to run (a shorter run
     for the task-stream figure alone)."""
     from discover.bench.ground import load_frames
-    from discover.sdk import masks
-    from discover.sdk.models.nanodet import NanoDet
-    from discover.sdk.rd import masked_psnr, ms_ssim, psnr
-    from discover.sdk.regions import Region
 
-    tasks = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
-    if not tasks or set(tasks) - set(TASKS):
-        raise DiscoverError(f"bench tasks: --tasks takes a comma-separated subset of "
-                            f"{','.join(TASKS)} (got {','.join(tasks) or 'nothing'})")
+    tasks = _check_tasks(tasks)
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench tasks", enabled=not quiet)
     t_start = time.monotonic()
     frames, fps = load_frames(src, start, max_frames)
-    n, (h, w) = len(frames), frames[0].shape[:2]
-    fps = fps or 10.0
-    mid = n // 2
+    n, (h, w), fps, mid = len(frames), frames[0].shape[:2], fps or 10.0, len(frames) // 2
     prog.update(f"{n} frames {w}x{h} of {src}; tasks {','.join(tasks)}", force=True)
-    model = NanoDet()
-
-    def detect(imgs: list[np.ndarray], thr: float) -> Preds:
-        res = []
-        for img in imgs:
-            d = model.detect(img, score_threshold=thr)
-            res.append([(tuple(float(v) for v in b), lb, float(s))
-                        for b, lb, s in zip(d.boxes, d.labels, d.scores, strict=True)])
-        return res
-
-    scored = list(range(n))  # the frames detection is scored on
-    ann_info: dict[str, Any] | None = None
-    if annotations is not None:
-        from discover.bench.coco_annotations import load_coco_references
-        from discover.sdk.models.nanodet import COCO80_LABELS
-
-        names = None
-        if Path(src).is_dir():
-            from discover.edge.sources import ImageFolderSource
-
-            names = [p.name for p in ImageFolderSource(Path(src), fps).paths]
-            if len(names) != len(frames) and (max_frames is None or len(names) < max_frames):
-                raise DiscoverError(f"{src}: {len(names) - len(frames)} of its images could "
-                                    "not be read, so frames cannot be matched to --annotations "
-                                    "by file name; remove them")
-            names = names[:n]
-        ann_refs, ann_info = load_coco_references(annotations, n, COCO80_LABELS, names)
-        scored = ann_info["frames"]
-        ref_full = [[(b, lb, 1.0) for b, lb in f] for f in ann_refs]
-    else:
-        ref_full = detect(frames, ref_score)
-    counts = Counter(lb for f in scored for _, lb, _ in ref_full[f])
-    headline = sorted(c for c, k in counts.items() if k >= min_refs)
-    refs = [[(b, lb) for b, lb, _ in ref_full[f] if lb in headline] for f in scored]
-    prog.update(f"reference: {sum(counts.values())} boxes on {len(scored)} frames; headline "
-                f"classes {headline}", force=True)
-
-    # -- classification and segmentation references: the task models on the originals -------
-    def table(f: int, task: str, person: bool) -> list[Region]:
-        out_ = []
-        for i, (b, lb, sc) in enumerate(ref_full[f]):
-            if person and lb != "person":
-                continue
-            box = _int_box(b, w, h)
-            if box[2] > box[0] and box[3] > box[1]:
-                out_.append(Region(i, box, lb, sc, (task,)))
-        return out_
-
-    cls_model = seg_model = None
-    cls_tables: list[list[Region]] = []
-    seg_tables: list[list[Region]] = []
-    if "cls" in tasks:
-        from discover.sink.tasks import TASK_MODELS
-
-        cls_model = TASK_MODELS.create({"type": "efficientnet-lite0", "top_k": 1,
-                                        "max_regions": cls_max_regions, "device": "cpu"})
-        cls_tables = [table(f, "classification", False) for f in range(n)]
-    if "seg" in tasks:
-        from discover.sink.tasks import TASK_MODELS
-
-        seg_model = TASK_MODELS.create({"type": "person-mask"})
-        seg_tables = [table(f, "segmentation", True) for f in range(n)]
-
-    def classify(img: np.ndarray, f: int) -> dict[int, int]:
-        assert cls_model is not None
-        r = cls_model.run(img, {"task": "classification", "regions": cls_tables[f]})
-        return {e["id"]: e["top"][0]["index"] for e in r["regions"]}
-
-    def segment(img: np.ndarray, f: int) -> dict[int, np.ndarray]:
-        assert seg_model is not None
-        r = seg_model.run(img, {"task": "segmentation", "regions": seg_tables[f]})
-        return {e["id"]: masks.decode(e["segmentation"]) for e in r["masks"]}
-
-    ref_cls = [classify(frames[f], f) for f in range(n)] if cls_model else []
-    ref_seg = [segment(frames[f], f) for f in range(n)] if seg_model else []
-    scorer = None
-    perceptual_notes: dict[str, str] = {}
-    if perceptual:
-        from discover.bench.perceptual import PerceptualScorer
-
-        scorer = PerceptualScorer(tuple(perceptual))
-        perceptual_notes = scorer.load()
-        for m, why in perceptual_notes.items():
-            prog.update(f"{m}: skipped ({why})", force=True)
-    # ours' task pixels: the union of its region boxes per frame (psnr_task for every setting)
-    ours_masks: list[np.ndarray] = []
-
-    def score(size: int, decoded: list[np.ndarray], point: str) -> dict[str, Any]:
-        p: dict[str, Any] = {"point": point, "bytes": size,
-                             "kbps": round(size * 8 / 1000 / (n / fps), 2),
-                             "bpp": round(size * 8 / (n * w * h), 5)}
-        if "det" in tasks:
-            m = coco_map(detect([decoded[f] for f in scored], pred_score), refs)
-            p.update({"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
-                      "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
-                      "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
-                                        "ap": round(m["per_class_50_95"][k], 4),
-                                        "refs": m["references"][k]}
-                                    for k in m["per_class_50"]}})
-        if cls_model is not None:
-            same = total = 0
-            for f, img in enumerate(decoded):
-                got = classify(img, f)
-                for rid, idx in ref_cls[f].items():
-                    total += 1
-                    same += int(got.get(rid) == idx)
-            p["cls_top1"] = round(same / total, 4) if total else None
-            p["cls_crops"] = total
-        if seg_model is not None:
-            ious = []
-            for f, img in enumerate(decoded):
-                got = segment(img, f)
-                for rid in set(got) | set(ref_seg[f]):
-                    a, b = ref_seg[f].get(rid), got.get(rid)
-                    if a is None or b is None:
-                        ious.append(0.0)
-                        continue
-                    union = int((a | b).sum())
-                    ious.append(float((a & b).sum()) / union if union else 1.0)
-            p["seg_miou"] = round(float(np.mean(ious)), 4) if ious else None
-            p["seg_instances"] = len(ious)
-        ps = [psnr(o, d) for o, d in zip(frames, decoded, strict=True)]
-        pt = [v for v in (masked_psnr(o, d, mk) for o, d, mk
-                          in zip(frames, decoded, ours_masks, strict=True)) if v is not None]
-        ss = [ms_ssim(frames[f], decoded[f]) for f in range(0, n, max(1, ms_ssim_every))]
-        p.update({"psnr": round(float(np.mean(ps)), 3),
-                  "psnr_task": round(float(np.mean(pt)), 3) if pt else None,
-                  "ms_ssim": round(float(np.mean(ss)), 5)})
-        if scorer is not None and len(perceptual_notes) < len(perceptual):
-            got = scorer.score(frames, decoded)
-            p.update({m: round(float(got[m]), 6) for m in PERCEPTUAL if got.get(m) is not None})
-        return p
-
-    jobs: list[tuple[str, str, Callable[[], tuple[int, list[np.ndarray]]]]] = []
+    sc, ann_info = _scorer(src, frames, fps, tasks, max_frames, annotations, ref_score,
+                           pred_score, min_refs, cls_max_regions, ms_ssim_every, perceptual, prog)
     codec_cfg: dict[str, Any] = {"type": codec}
     if codec == "learned":
         codec_cfg["checkpoint"] = str(checkpoint) if checkpoint else None
     ours = OursPipeline(src, frames, rest_interval, codec_cfg)
-    for rs in ours.regions:
-        mk = np.zeros((h, w), bool)
-        for r in rs:
-            mk[r.box[1]:r.box[3], r.box[0]:r.box[2]] = True
-        ours_masks.append(mk)
-    if qualities is None:
-        points = ours.agent.codec.model.config.rate_points if codec == "learned" else 0
-        qualities = (tuple(range(1, points + 1)) if points else
-                     VIDEO_QUALITIES if codec == "video" else (30, 50, 75, 90))
+    sc.ours_masks = [region_mask(rs, w, h) for rs in ours.regions]
+    qualities = _default_qualities(ours, codec) if qualities is None else qualities
     sink_q = qualities[len(qualities) // 2]
     chosen = [o for o in OURS if o in ours_settings]
     if not chosen:
         raise DiscoverError(f"bench tasks: ours_settings takes some of {', '.join(OURS)}")
     kept_by = "ours_bg" if "ours_bg" in chosen else chosen[0]  # its packets feed the sink run
-    for name in chosen:
-        for q in qualities:
-            jobs.append((name, f"q{q}", lambda q=q, name=name:
-                         ours.run(q, OURS_MODE[name], keep=name == kept_by and q == sink_q)))
-    for name, crfs in (("x264", x264_crfs), ("x265", x265_crfs), ("av1", av1_crfs)):
-        enc, decs = VIDEO[name]
-        for c in crfs:
-            jobs.append((name, f"crf{c}", lambda enc=enc, decs=decs, c=c:
-                         _video(frames, fps, enc, c, decs)))
-    for q in jpeg_qualities:
-        jobs.append(("jpeg", f"q{q}", lambda q=q: _image(frames, q, ".jpg")))
-    for q in webp_qualities:
-        jobs.append(("webp", f"q{q}", lambda q=q: _image(frames, q, ".webp")))
-
-    settings: dict[str, dict[str, Any]] = {}
-    middles: dict[tuple[str, str], np.ndarray] = {}
+    jobs = _jobs(ours, chosen, qualities, kept_by, sink_q, frames, fps,
+                 {"x264": x264_crfs, "x265": x265_crfs, "av1": av1_crfs},
+                 {"jpeg": jpeg_qualities, "webp": webp_qualities})
     try:
-        for k, (name, point, job) in enumerate(jobs, 1):
-            s = settings.setdefault(name, {"points": []})
-            if "skipped" in s:
-                continue
-            prog.update(f"[{k}/{len(jobs)}] {name} {point}", force=True)
-            try:
-                size, decoded = job()
-            except Exception as e:  # noqa: BLE001 - a missing encoder skips the setting
-                if name != "av1":
-                    raise
-                s["skipped"] = f"{type(e).__name__}: {str(e)[:200]}"
-                prog.update(f"{name}: skipped ({s['skipped'][:80]})", force=True)
-                continue
-            p = score(size, decoded, point)
-            if name in OURS:
-                e = ours.edge_summary
-                p["edge"] = {k: e[k] for k in ("bytes_by_substream", "encode_ms", "intra_frames",
-                                               "region_modes", "regions_per_frame")}
-            s["points"].append(p)
-            middles[(name, point)] = decoded[mid].copy()
-            shown = " ".join(f"{key} {p[key]}" for key in SCORES.values() if key in p)
-            prog.update(f"{name} {point}: {p['kbps']} kbps, {shown}", force=True)
-
-        # -- sink throughput on ours_full's packets at one rate point -------------------------
-        assert ours.kept is not None, f"the {kept_by} run at the sink rate point kept no packets"
-        meta, kept = ours.kept
-        fps_sink: dict[str, float] = {}
-        notes: dict[str, str] = {}
-        composers: list[tuple[str, dict[str, Any]]] = [(c, {"type": c}) for c in sink_composers]
-        if diffusion_weights is not None:
-            composers.append(("diffusion", {"type": "diffusion", "base": str(diffusion_weights)}))
-        else:
-            notes["diffusion"] = ("skipped: no diffusion weights folder given "
-                                  "(run_bench_tasks(diffusion_weights=...))")
-        for cname, ccfg in composers:
-            prog.update(f"sink throughput: {cname} on {kept_by} q{sink_q}", force=True)
-            try:
-                fps_sink[cname] = sink_fps(meta, kept, ccfg)
-            except Exception as e:  # noqa: BLE001 - diffusion may lack its packages / weights
-                if cname != "diffusion":
-                    raise
-                notes[cname] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
+        settings, middles = _run_jobs(jobs, sc, ours, mid, prog)
+        fps_sink, notes = _sink_throughput(ours, f"{kept_by} q{sink_q}", sink_composers,
+                                           diffusion_weights, prog)
     finally:
         prog.done()
-    keys = ["kbps", "bpp", *(v for v in SCORES.values()), *PERCEPTUAL]
-    if "det" in tasks:
-        keys.append("det_map")
-    for s in settings.values():
-        for key in keys:
-            if any(key in p for p in s["points"]):
-                s[key] = [p.get(key) for p in s["points"]]
-
-    comparisons: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
-    scores = {short: key for short, key in SCORES.items()
-              if short not in TASKS or short in tasks}
-    for o in chosen:
-        for a in ANCHORS:
-            po, pa = settings[o]["points"], settings[a]["points"]
-            comp: dict[str, Any] = {}
-            if "det" in tasks:
-                bd, why = bd_rate(po, pa)
-                rng = overlap(po, pa)
-                comp.update({
-                    "det_map50_overlap": list(rng) if rng else None,
-                    "rate_ratio_at_matched_det_map50": rate_ratios(po, pa),
-                    "bd_rate_det": None if bd is None else round(bd, 2), "bd_rate_note": why})
-            comp["scores"] = {}
-            for short, key in scores.items():
-                bd, why = bd_rate(po, pa, key)
-                rng = overlap(po, pa, key)
-                comp["scores"][key] = {
-                    "overlap": list(rng) if rng else None,
-                    "rate_ratio_at_matched": rate_ratios(po, pa, key),
-                    "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
-                name = f"bd_rate_{short}_{OURS_INFIX[o]}vs_{a}"
-                summary[name] = None if bd is None else round(bd, 2)
-                summary[name + "_note"] = why
-            comparisons[f"{o}_vs_{a}"] = comp
-
-    # -- side by side: the middle frame, each coded setting at its lowest-rate point ---------
-    panels: list[tuple[str, np.ndarray]] = [(f"original (frame {mid})", frames[mid])]
-    for name in ("ours_task", "ours_full", "ours_bg", "x265"):
-        pts = settings.get(name, {}).get("points", [])
-        if pts:
-            lo = min(pts, key=lambda p: p["bytes"])
-            panels.append((f"{name} {lo['point']} {lo['kbps']:g} kbps",
-                           middles[(name, lo["point"])]))
-    side_by_side(panels, out / "side_by_side.png")
-
+    _add_series(settings, tasks)
+    comparisons, summary = _comparisons(settings, chosen, tasks)
+    side_by_side(_panels(settings, middles, frames[mid], mid), out / "side_by_side.png")
     result = {
         "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,
-        "tasks": list(tasks),
-        "reference": ({"annotations": ann_info, "boxes": sum(counts.values()),
-                       "prediction_score_threshold": pred_score} if ann_info is not None else
-                      {"model": "nanodet (original frames)", "score_threshold": ref_score,
-                       "prediction_score_threshold": pred_score,
-                       "boxes": sum(counts.values())}),
+        "tasks": list(tasks), "reference": _reference_info(sc, ann_info, ref_score, pred_score),
         "bd_rate_method": "pchip on each curve's rate-score front (sdk.rd)",
-        "min_refs": min_refs, "headline_classes": {c: counts[c] for c in headline},
-        "excluded_classes": {c: k for c, k in sorted(counts.items()) if c not in headline},
-        "reference_boxes_per_class": dict(sorted(counts.items())),
-        "scoring": {
-            "cls_top1": "efficientnet-lite0 top-1 on decoded == on original, per crop of the "
-                        f"NanoDet reference boxes (largest {cls_max_regions} per frame)",
-            "seg_miou": "person-mask (crops mode) on the reference person boxes: mean IoU per "
-                        "person instance, decoded vs original (found on one side only: 0)",
-            "psnr": "RGB, whole frame, mean over frames",
-            "psnr_task": "RGB inside the union of ours' task regions, mean over frames",
-            "ms_ssim": f"discover.sdk.rd.ms_ssim, RGB, whole frame, every {max(1, ms_ssim_every)}. frame"},
-        "perceptual": {"metrics": list(perceptual), "skipped": perceptual_notes,
+        "min_refs": min_refs, "headline_classes": {c: sc.counts[c] for c in sc.headline},
+        "excluded_classes": {c: k for c, k in sorted(sc.counts.items())
+                             if c not in sc.headline},
+        "reference_boxes_per_class": dict(sorted(sc.counts.items())),
+        "scoring": _scoring_info(cls_max_regions, ms_ssim_every),
+        "perceptual": {"metrics": list(perceptual), "skipped": sc.perceptual_notes,
                        "note": "FID/KID over the benchmarked frames (tens): comparisons between "
                                "settings on the same frames, not absolute figures; LPIPS (alex) "
                                "and DISTS on frames scaled to 256 px on the long side"},
@@ -696,13 +841,5 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "side_by_side": str(out / "side_by_side.png"),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tasks.json").write_text(json.dumps(result, indent=2))
-    if "det" in tasks:
-        plot(settings, out / "tasks_rate.png", f"{Path(src).name}, {n} frames")
-    else:
-        key = "cls_top1" if "cls" in tasks else "seg_miou"
-        plot(settings, out / "tasks_rate.png", f"{Path(src).name}, {n} frames", key,
-             f"{key} vs the same model on originals")
-    result["plot"] = str(out / "tasks_rate.png")
+    _write(result, settings, out, tasks)
     return result

@@ -6,7 +6,7 @@ Everything else is frozen: UNet, VAE, text encoder and the codec::
 
     frames 0-499 of vtest.avi (+ scikit-image photos, + --images folders)
         --random scale, crop, flip (the codec trainer's loader)--> x  (B x 3 x crop x crop)
-    target     z_c = SD VAE latent of x (posterior mean x scaling_factor, sink.composers.diffusion)
+    target     z_c = SD VAE latent of x (posterior mean x scaling_factor, sink.composers.sd_tensors)
     condition  c   = codec g_s(y_hat * keep, keep, M(z)) with 0..mask_max of the y cells zeroed
                      (random rectangles, as stage II of the codec: regions that did not arrive)
     t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z_c + sqrt(1 - abar_t) eps
@@ -141,7 +141,7 @@ class ControlTrainer:
         """z_c: the SD latent of RGB batch ``x`` in [0, 1]."""
         import torch
 
-        from discover.sink.composers.diffusion import vae_latent
+        from discover.sink.composers.sd_tensors import vae_latent
 
         with torch.no_grad(), self._ctx():
             return vae_latent(self.parts.vae, x).float()
@@ -225,7 +225,7 @@ def train_control(cfg: ControlTrainConfig, log: Log = print,
         load_training_images,
     )
     from discover.sdk.errors import DiscoverError
-    from discover.sink.composers.diffusion import load_controlnet, load_stable_diffusion
+    from discover.sink.composers.sd_loading import load_controlnet, load_stable_diffusion
 
     if cfg.crop % 64 or cfg.crop <= 0:
         raise DiscoverError(f"--crop must be a positive multiple of 64 (got {cfg.crop})")
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from discover.sdk.codecs.learned.training import VTEST, VideoSource
-        from discover.sink.composers.diffusion import import_diffusers
+        from discover.sink.composers.sd_loading import import_diffusers
 
         import_diffusers("discover/train/control.py")
     except ImportError as e:

@@ -25,17 +25,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from discover.sdk.regions import paste_regions
 from discover.sink.composers.base import COMPOSERS
-from discover.sink.composers.diffusion import (
+from discover.sink.composers.sd_sampler import (
     SIDE_ERROR,
-    VAE_STRIDE,
     StableDiffusionComposer,
     StableDiffusionConfig,
-    bgr_to_tensor,
-    codec_latents,
     frame_size,
-    vae_latent,
 )
+from discover.sink.composers.sd_tensors import VAE_STRIDE, bgr_to_tensor, codec_latents, vae_latent
 from pydantic import Field
 
 DEFAULT_INPAINT_BASE = "stabilityai/stable-diffusion-2-inpainting"
@@ -79,13 +77,8 @@ class InpaintComposer(StableDiffusionComposer):
                                                  self.parts.dtype)
             return self.decode(anchor, height, width), [boxes[rid] for rid in placed]
         frame = np.array(decoded["x_hat"], dtype=np.uint8, copy=True)
-        kept = []
-        for rid, crop in (decoded.get("region_pixels") or {}).items():
-            if rid in boxes:
-                x0, y0, x1, y1 = boxes[rid]
-                frame[y0:y1, x0:x1] = crop
-                kept.append(boxes[rid])
-        return frame, kept
+        pasted = paste_regions(frame, info.get("regions") or [], decoded.get("region_pixels") or {})
+        return frame, [boxes[rid] for rid in pasted]
 
     def compose(self, decoded: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
         import torch

@@ -22,7 +22,7 @@ pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE voca
 
 import fake_sd  # noqa: E402
 from discover.sdk.errors import DiscoverError  # noqa: E402
-from discover.sink.composers.diffusion import clear_model_cache  # noqa: E402
+from discover.sink.composers.sd_loading import clear_model_cache  # noqa: E402
 
 from discover.bench import diffusion as bd  # noqa: E402
 from discover.cli import main as cli_main  # noqa: E402

@@ -1,4 +1,4 @@
-"""The Stable Diffusion composers (sink/composers/diffusion.py, inpaint.py) on tiny models.
+"""The Stable Diffusion composers (sink/composers/diffusion.py, inpaint.py, sd_*.py) on tiny models.
 
 No hub here (DESIGN §5), so tiny randomly initialised SD parts (UNet, ControlNet, VAE with 4
 latent channels and 1/8 scale, CLIP text encoder) are saved to folders in diffusers' layout with
@@ -23,12 +23,12 @@ open_clip = pytest.importorskip("open_clip", reason="open_clip_torch ships the C
 from discover.sdk.errors import DiscoverError  # noqa: E402
 from discover.sdk.regions import Region  # noqa: E402
 from discover.sink.composers import COMPOSERS  # noqa: E402
-from discover.sink.composers.diffusion import (  # noqa: E402
-    DiffusionComposer,
+from discover.sink.composers.diffusion import DiffusionComposer  # noqa: E402
+from discover.sink.composers.sd_loading import (  # noqa: E402
     clear_model_cache,
     load_stable_diffusion,
-    prompt_for,
 )
+from discover.sink.composers.sd_sampler import prompt_for  # noqa: E402
 from fake_sd import tiny_controlnet, tiny_stable_diffusion, write_clip_tokenizer  # noqa: E402
 
 H, W = 100, 150  # neither a multiple of 64 nor of 8

@@ -3,7 +3,15 @@ regions only where it codes fewer cells and sends no sink more than before."""
 
 from __future__ import annotations
 
-from discover.sdk.regions import Detection, Region, merge_overlaps, select_regions
+import numpy as np
+from discover.sdk.regions import (
+    Detection,
+    Region,
+    merge_overlaps,
+    paste_regions,
+    region_mask,
+    select_regions,
+)
 
 
 def cells(regions: list[Region]) -> int:
@@ -62,3 +70,23 @@ def test_select_regions_routes_dedupes_and_merges():
     assert all(v % 16 == 0 for v in out[0].box)
     unmerged = select_regions(dets, labels, 768, 576, align=16, margin=0.0, merge=False)
     assert len(unmerged) == 2
+
+
+def test_paste_regions_puts_each_crop_at_its_box_in_crop_order():
+    canvas = np.zeros((8, 10, 3), np.uint8)
+    regions = [Region(0, (0, 0, 4, 4), "a", 0.9), Region(1, (2, 2, 6, 5), "b", 0.9)]
+    crops = {1: np.full((3, 4, 3), 20, np.uint8), 0: np.full((4, 4, 3), 10, np.uint8),
+             7: np.full((2, 2, 3), 99, np.uint8)}  # 7: not in the table, left out
+    assert paste_regions(canvas, regions, crops) == [1, 0]
+    assert (canvas[0:4, 0:4] == 10).all()  # pasted last: wins the overlap
+    assert (canvas[4, 2:6] == 20).all() and (canvas[2:5, 4:6] == 20).all()
+    assert int(canvas.sum()) == 10 * 16 * 3 + 20 * (12 - 4) * 3  # nothing outside the boxes
+
+
+def test_region_mask_is_the_union_of_the_boxes_grown_and_clipped():
+    regions = [Region(0, (1, 1, 3, 2), "a", 0.9), Region(1, (8, 5, 10, 6), "b", 0.9)]
+    mask = region_mask(regions, 10, 6)
+    assert mask.shape == (6, 10) and int(mask.sum()) == 2 + 2
+    assert mask[1, 1:3].all() and mask[5, 8:10].all()
+    grown = region_mask(regions, 10, 6, grow=1)
+    assert int(grown.sum()) == 4 * 3 + 3 * 2  # (0..4 x 0..3) and (7..10 x 4..6), clipped

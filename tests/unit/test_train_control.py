@@ -22,7 +22,7 @@ pytest.importorskip("open_clip", reason="open_clip_torch ships the CLIP BPE voca
 
 from discover.sdk.errors import DiscoverError  # noqa: E402
 from discover.sink.composers import COMPOSERS  # noqa: E402
-from discover.sink.composers.diffusion import clear_model_cache, load_stable_diffusion  # noqa: E402
+from discover.sink.composers.sd_loading import clear_model_cache, load_stable_diffusion  # noqa: E402
 from test_composer_diffusion import (  # noqa: E402 - same folder, on sys.path under pytest
     INFO,
     scene,
