@@ -45,6 +45,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 from discover.sdk.codecs.base import SubstreamError
+from discover.sdk.regions import paste_regions, region_mask
 from discover.sink.composers.base import COMPOSERS, Composer, ComposerConfig
 from pydantic import Field
 
@@ -66,16 +67,6 @@ class BackgroundConfig(ComposerConfig):
                               "block changed too (hysteresis: the faint edges of an object)")
     change_grow: int = Field(1, ge=0, le=8, description="grow the changed blocks by this many "
                              "blocks")
-
-
-def region_mask(shape: tuple[int, ...], regions: list[Any], grow: int) -> np.ndarray:
-    """True inside any region's box grown by ``grow`` pixels."""
-    h, w = shape[:2]
-    mask = np.zeros((h, w), bool)
-    for r in regions:
-        x0, y0, x1, y1 = (int(v) for v in r.box)
-        mask[max(0, y0 - grow):min(h, y1 + grow), max(0, x0 - grow):min(w, x1 + grow)] = True
-    return mask
 
 
 def fill_holes(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
@@ -150,7 +141,7 @@ class BackgroundComposer(Composer):
         self._background_frame = -1
 
     def _take_rest(self, x_hat: np.ndarray, regions: list[Any]) -> None:
-        outside = ~region_mask(x_hat.shape, regions, self.config.guard_px)
+        outside = ~region_mask(regions, x_hat.shape[1], x_hat.shape[0], self.config.guard_px)
         if self._background is None or self._background.shape != x_hat.shape:
             self._background, self._clean, self._filled = x_hat.copy(), outside, -1
         else:
@@ -175,10 +166,7 @@ class BackgroundComposer(Composer):
         if self._machine_view(decoded) and SubstreamError.TASK not in (decoded.get("errors") or {}):
             return self._with_changes(decoded["x_hat"], bg, list(info["regions"]))
         canvas = bg.copy()
-        boxes = {r.rid: r.box for r in info["regions"]}
-        for rid, crop in decoded.get("region_pixels", {}).items():
-            x0, y0, x1, y1 = boxes[rid]
-            canvas[y0:y1, x0:x1] = crop
+        paste_regions(canvas, info["regions"], decoded.get("region_pixels", {}))
         return canvas
 
     def _machine_view(self, decoded: dict[str, Any]) -> bool:
@@ -191,7 +179,7 @@ class BackgroundComposer(Composer):
         """The background, with the machine view where the scene changed and in the regions."""
         c = self.config
         show = changed_mask(view, bg, c.change_block, c.change_high, c.change_low,
-                            c.change_grow) | region_mask(view.shape, regions, 0)
+                            c.change_grow) | region_mask(regions, view.shape[1], view.shape[0])
         canvas = bg.copy()
         cv2.copyTo(view, show.view(np.uint8), canvas)
         return canvas
