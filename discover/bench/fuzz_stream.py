@@ -2,7 +2,8 @@
 
 Targets (each takes bytes a hostile publisher controls):
 
-* ``packet``: :func:`decode_packet` (half the inputs get a valid CRC-32 after mutation);
+* ``packet``: :func:`decode_packet` with the camera and substream of its topic (one input in
+  ten on another substream's topic; half get a valid CRC-32 after mutation);
 * ``reassembly``: one :class:`Reassembler` fed mutated packets of real frames, flushed every
   64 inputs, its pending bytes checked against its bound;
 * ``meta``: :meth:`StreamMeta.from_json` and the sink's meta limits, on byte mutations and on
@@ -175,7 +176,9 @@ class Targets:
 
         self.expected = (PacketError, PayloadError, RansError, DiscoverError)
         self.corpus = build_corpus()
-        self.packets = [p for s in self.corpus.values() for f in s["messages"] for _, p in f]
+        self.routed = [(t.split("/", 2)[2], p) for s in self.corpus.values()
+                       for f in s["messages"] for t, p in f]  # (substream, packet)
+        self.packets = [p for _, p in self.routed]
         self.metas = [s["meta"] for s in self.corpus.values()]
         self.meta_json = [m.to_json() for m in self.metas]
         self._reasm = None
@@ -189,8 +192,11 @@ class Targets:
     def packet(self, rng: random.Random) -> None:
         from discover.sdk.packet import decode_packet
 
-        p = mutate(rng, rng.choice(self.packets), self.packets)
-        decode_packet(fix_crc(p) if rng.random() < 0.5 else p)
+        substream, p = rng.choice(self.routed)
+        if rng.random() < 0.1:  # a packet on another substream's topic
+            substream = rng.choice(("side", "rest", "task/detection", "task/x", "task/", "meta"))
+        p = mutate(rng, p, self.packets)
+        decode_packet(fix_crc(p) if rng.random() < 0.5 else p, CAM, substream)
 
     # reassembly
     def reassembly(self, rng: random.Random) -> None:
