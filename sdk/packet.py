@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from discover.sdk import varint
 from discover.sdk.errors import PacketError
 from discover.sdk.security import MAC_SIZE
 
@@ -100,27 +101,20 @@ def _check_name(value: str, what: str, allow_empty: bool) -> bytes:
 
 def _varint(n: int) -> bytes:
     out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+    varint.put(out, n)
     return bytes(out)
 
 
 def _read_varint(data: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
     """(value, next position); a varint longer than ``max_bytes``, cut off by the end of the
     data or not minimal (a trailing zero byte) is a ``bad_field``."""
-    value = 0
-    for i in range(max_bytes):
-        if pos + i >= len(data):
-            break
-        b = data[pos + i]
-        value |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            if b == 0 and i > 0:
-                break
-            return value, pos + i + 1
-    raise PacketError("bad_field", "varint")
+    try:
+        value, nxt = varint.get(data, pos)
+    except ValueError:
+        raise PacketError("bad_field", "varint") from None
+    if nxt - pos > max_bytes or (nxt - pos > 1 and data[nxt - 1] == 0):
+        raise PacketError("bad_field", "varint")
+    return value, nxt
 
 
 def header_size(camera: str = "", name: str = "", signed: bool = False, *,
@@ -194,6 +188,8 @@ def decode_packet(data: bytes | bytearray | memoryview, camera: str, substream: 
         raise PacketError("bad_checksum")
     if kind not in Kind.__members__.values():
         raise PacketError("bad_field", f"kind {kind}")
+    if not 0 < len(camera.encode()) <= MAX_NAME:
+        raise PacketError("bad_topic", f"camera id of {len(camera.encode())} bytes")
     topic_kind, name = _topic_kind(substream)
     if kind != topic_kind:
         raise PacketError("topic_mismatch", f"kind {kind} on {substream!r}")

@@ -285,6 +285,13 @@ def test_forged_packets_are_rejected_with_a_reason(fields, reason):
     assert reason_of(raw_packet(**fields)) == reason
 
 
+@pytest.mark.parametrize("camera", ["", "c" * 65, "é" * 33, "c" * 300])
+def test_a_topic_camera_id_the_mac_cannot_bind_is_refused(camera):
+    """The camera id comes from the topic (a publisher's choice): one outside 1..64 bytes is
+    a counted drop, not an error while building the MAC input."""
+    assert reason_of(raw_packet(), camera) == "bad_topic"
+
+
 def test_valid_hand_built_packet_is_accepted():
     """The baseline the forged variants above differ from is itself fine."""
     assert decode_packet(raw_packet(), "cam", "side").payload == b"xyz"
