@@ -14,8 +14,8 @@ Targets (each takes bytes a hostile publisher controls):
 * ``codec``: a whole learned-codec ``decompress`` of a small frame with one mutated, re-sealed
   payload (temporal and per-frame streams);
 * ``pipeline``: :class:`SinkPipeline` (classical codec) fed mutated packets and metas;
-* ``signed``: a keyed reassembler fed signed packets with edits (CRC recomputed): none may be
-  taken.
+* ``signed``: a keyed reassembler fed signed packets with edits (CRC recomputed), some on
+  another task's or camera's topic (a camera of the same session): none may be taken.
 
 A target passes an input when it returns or raises the error it documents for bad input
 (``PacketError``, ``PayloadError``, ...). Counted: inputs tried, ``crashes`` (any other exception,
@@ -315,9 +315,14 @@ class Targets:
         topic, orig = rng.choice(packets)
         forged = mutate(rng, orig, [p for _, p in packets])
         forged = fix_crc(forged) if rng.random() < 0.9 else forged
-        r = Reassembler(lambda c: meta if c == CAM else None, tasks=TASKS, key=key)
-        taken = r.push(forged, CAM, topic.split("/", 2)[2])
-        assert not taken or forged == orig, "a forged packet passed the key check"
+        substream = topic.split("/", 2)[2]
+        if rng.random() < 0.2:  # republished on another task's topic (the MAC binds it)
+            substream = rng.choice([f"task/{t}" for t in TASKS] + ["side", "rest"])
+        r = Reassembler(lambda c: meta, tasks=TASKS, key=key)
+        camera = CAM if rng.random() < 0.9 else "cam2"  # or another camera's, same session
+        taken = r.push(forged, camera, substream)
+        moved = camera != CAM or substream != topic.split("/", 2)[2]
+        assert not taken or (forged == orig and not moved), "a forged packet passed the key check"
 
     # whole sink
     def pipeline(self, rng: random.Random) -> None:
