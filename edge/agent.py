@@ -28,7 +28,7 @@ from discover.sdk.errors import DiscoverError
 from discover.sdk.framing import frame_messages
 from discover.sdk.grounders import ANY_OBJECT, GROUNDERS
 from discover.sdk.limits import loads_bounded
-from discover.sdk.packet import header_size
+from discover.sdk.packet import overhead
 from discover.sdk.profiles import load_profile
 from discover.sdk.regions import Region, area_share, select_regions
 from discover.sdk.rest import RestScheduler
@@ -262,7 +262,7 @@ class CameraAgent:
         for tp, payload in msgs:
             task = tp.rsplit("/task/", 1)[1] if "/task/" in tp else ""
             s.bytes["task" if task else tp.rsplit("/", 1)[-1]] += len(payload)
-            s.header_bytes += header_size(self.cam.id, task)
+            s.header_bytes += overhead(payload)
         s.packets += len(msgs)
         s.frames += 1
         s.regions += len(regions)

@@ -13,7 +13,7 @@ Memory is bounded: at most ``max_frames`` pending frames per camera and ``max_by
 all (every fragment counted with ``FRAGMENT_COST`` bytes of bookkeeping on top of its payload);
 past either the oldest pending frame is evicted and counted. With a ``key`` only packets signed
 for the camera's current session are taken (``unsigned``, ``bad_signature``, ``unverifiable``). Malformed packets are dropped
-and counted under a reason (``truncated``, ``bad_checksum``, ``camera_mismatch``, ...), never
+and counted under a reason (``truncated``, ``bad_checksum``, ``topic_mismatch``, ...), never
 raised.
 """
 
@@ -128,19 +128,16 @@ class Reassembler:
 
     # -- intake -------------------------------------------------------------------------------
 
-    def push(self, data: bytes, camera: str | None = None, substream: str | None = None) -> bool:
-        """Take one packet; ``camera``/``substream`` from the topic, checked against the header.
-        Returns True if it was stored, False if it was dropped (and counted)."""
+    def push(self, data: bytes, camera: str, substream: str) -> bool:
+        """Take one packet that arrived on ``camera``'s ``substream`` topic (the packet does not
+        repeat them; a signed one's MAC binds them). Returns True if it was stored, False if it
+        was dropped (and counted)."""
         with self._lock:
             self.counters["packets"] += 1
             try:
-                p = decode_packet(data)
+                p = decode_packet(data, camera, substream)
             except PacketError as e:
                 return self._drop(e.reason)
-            if camera is not None and p.camera != camera:
-                return self._drop("camera_mismatch")
-            if substream is not None and p.substream != substream:
-                return self._drop("topic_mismatch")
             if self.key is not None:
                 reason = self._auth(p, data)
                 if reason:
@@ -165,7 +162,7 @@ class Reassembler:
         meta = self.meta_for(p.camera)
         if meta is None:
             return "unverifiable"
-        if not self.key.packet_ok(meta.session, signed_part(data), p.mac):
+        if not self.key.packet_ok(meta.session, signed_part(data, p.camera, p.substream), p.mac):
             return "bad_signature"
         return None
 

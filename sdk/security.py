@@ -9,10 +9,10 @@ machines you trust as much as the cameras (see docs/security.md).
 
 What is signed, each with its own subkey derived from the secret:
 
-* every packet: a 16-byte MAC (truncated HMAC-SHA256) over the stream session and all packet
-  bytes before the MAC (camera, substream, frame index, capture time, fragment, payload), so a
-  packet cannot be moved to another camera, substream, frame or session, nor replayed into a
-  later session;
+* every packet: a 16-byte MAC (truncated HMAC-SHA256) over the stream session, the camera and
+  substream of its topic (not on the wire) and all packet bytes before the MAC (frame index,
+  capture time, fragment, payload), so a packet cannot be moved to another camera, substream,
+  frame or session, nor replayed into a later session;
 * the retained ``meta``: ``auth`` = ``{"alg", "kid", "mac"}`` over the canonical JSON of the
   rest (sorted keys), so labels, tasks, codec and session are the edge's;
 * control requests (sink -> edge): the same ``auth`` over the request, which names the edge's
@@ -82,7 +82,8 @@ class StreamKey:
     # -- packets ------------------------------------------------------------------------------
 
     def packet_mac(self, session: str, body: bytes) -> bytes:
-        """MAC of one packet's bytes (everything before the MAC) in a session."""
+        """MAC of one packet in a session; ``body`` is ``packet.mac_input(...)``: its topic's
+        camera and substream and its bytes before the MAC."""
         m = hmac.new(self._packet, session.encode() + b"\0", hashlib.sha256)
         m.update(body)
         return m.digest()[:MAC_SIZE]
@@ -181,10 +182,11 @@ class StreamVerifier:
                                     or parts.channel.startswith("task/")):
             session = self.sessions.get(parts.camera)
             try:
-                p = decode_packet(payload)
+                p = decode_packet(payload, parts.camera, parts.channel)
                 if session is None:
                     verdict = "unverifiable"
-                elif not self.key.packet_ok(session, signed_part(payload), p.mac):
+                elif not self.key.packet_ok(session, signed_part(payload, p.camera, p.substream),
+                                            p.mac):
                     verdict = "unsigned" if not p.mac else BAD_SIGNATURE
             except PacketError as e:
                 verdict = e.reason

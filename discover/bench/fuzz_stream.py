@@ -2,7 +2,8 @@
 
 Targets (each takes bytes a hostile publisher controls):
 
-* ``packet``: :func:`decode_packet` (half the inputs get a valid CRC-32 after mutation);
+* ``packet``: :func:`decode_packet` with the camera and substream of its topic (one input in
+  ten on another substream's topic; half get a valid CRC-32 after mutation);
 * ``reassembly``: one :class:`Reassembler` fed mutated packets of real frames, flushed every
   64 inputs, its pending bytes checked against its bound;
 * ``meta``: :meth:`StreamMeta.from_json` and the sink's meta limits, on byte mutations and on
@@ -13,8 +14,8 @@ Targets (each takes bytes a hostile publisher controls):
 * ``codec``: a whole learned-codec ``decompress`` of a small frame with one mutated, re-sealed
   payload (temporal and per-frame streams);
 * ``pipeline``: :class:`SinkPipeline` (classical codec) fed mutated packets and metas;
-* ``signed``: a keyed reassembler fed signed packets with edits (CRC recomputed): none may be
-  taken.
+* ``signed``: a keyed reassembler fed signed packets with edits (CRC recomputed), some on
+  another task's or camera's topic (a camera of the same session): none may be taken.
 
 A target passes an input when it returns or raises the error it documents for bad input
 (``PacketError``, ``PayloadError``, ...). Counted: inputs tried, ``crashes`` (any other exception,
@@ -175,7 +176,9 @@ class Targets:
 
         self.expected = (PacketError, PayloadError, RansError, DiscoverError)
         self.corpus = build_corpus()
-        self.packets = [p for s in self.corpus.values() for f in s["messages"] for _, p in f]
+        self.routed = [(t.split("/", 2)[2], p) for s in self.corpus.values()
+                       for f in s["messages"] for t, p in f]  # (substream, packet)
+        self.packets = [p for _, p in self.routed]
         self.metas = [s["meta"] for s in self.corpus.values()]
         self.meta_json = [m.to_json() for m in self.metas]
         self._reasm = None
@@ -189,8 +192,11 @@ class Targets:
     def packet(self, rng: random.Random) -> None:
         from discover.sdk.packet import decode_packet
 
-        p = mutate(rng, rng.choice(self.packets), self.packets)
-        decode_packet(fix_crc(p) if rng.random() < 0.5 else p)
+        substream, p = rng.choice(self.routed)
+        if rng.random() < 0.1:  # a packet on another substream's topic
+            substream = rng.choice(("side", "rest", "task/detection", "task/x", "task/", "meta"))
+        p = mutate(rng, p, self.packets)
+        decode_packet(fix_crc(p) if rng.random() < 0.5 else p, CAM, substream)
 
     # reassembly
     def reassembly(self, rng: random.Random) -> None:
@@ -309,9 +315,14 @@ class Targets:
         topic, orig = rng.choice(packets)
         forged = mutate(rng, orig, [p for _, p in packets])
         forged = fix_crc(forged) if rng.random() < 0.9 else forged
-        r = Reassembler(lambda c: meta if c == CAM else None, tasks=TASKS, key=key)
-        taken = r.push(forged, CAM, topic.split("/", 2)[2])
-        assert not taken or forged == orig, "a forged packet passed the key check"
+        substream = topic.split("/", 2)[2]
+        if rng.random() < 0.2:  # republished on another task's topic (the MAC binds it)
+            substream = rng.choice([f"task/{t}" for t in TASKS] + ["side", "rest"])
+        r = Reassembler(lambda c: meta, tasks=TASKS, key=key)
+        camera = CAM if rng.random() < 0.9 else "cam2"  # or another camera's, same session
+        taken = r.push(forged, camera, substream)
+        moved = camera != CAM or substream != topic.split("/", 2)[2]
+        assert not taken or (forged == orig and not moved), "a forged packet passed the key check"
 
     # whole sink
     def pipeline(self, rng: random.Random) -> None:

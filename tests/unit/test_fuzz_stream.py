@@ -59,7 +59,9 @@ def test_a_short_fuzz_run_finds_nothing(targets, name, inputs):
 def test_raw_bytes_are_parsed_or_refused(data):
     meta = StreamMeta(camera="cam1", width=192, height=128, fps=10.0, tasks=["detection"],
                       labels=["object", "person"], codec={"type": "classical"})
-    for parse in (decode_packet, StreamMeta.from_json, lambda b: SideInfo.decode(b, meta),
+    for parse in (lambda b: decode_packet(b, "cam1", "side"),
+                  lambda b: decode_packet(b, "cam1", "task/detection"), StreamMeta.from_json,
+                  lambda b: SideInfo.decode(b, meta),
                   unpack_items):
         with contextlib.suppress(PacketError):  # anything else fails the test
             parse(data)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from discover.sdk.codecs import CODECS
 from discover.sdk.framing import codec_input, frame_messages
-from discover.sdk.packet import Kind, decode_packet, fragment
+from discover.sdk.packet import Kind, Packet, decode_packet, fragment, header_size
 from discover.sdk.reassembly import FRAGMENT_COST, AssembledFrame, Reassembler
 from discover.sdk.regions import Region
 from discover.sdk.stream import SideInfo, StreamMeta, pack_items
@@ -133,11 +133,18 @@ def check_frame(f: AssembledFrame, s: Sent, *, tasks=TASKS, rest=True) -> None:
     assert side.codec_data == s.coded["side"]
     assert [(r.rid, r.box, r.label, r.tasks) for r in side.regions] == [
         (r.rid, r.box, r.label, r.tasks) for r in REGIONS]
-    assert f.wire_bytes == sum(len(p) for _, p in s.messages if _wanted(_sub(p), tasks, rest))
+    assert f.wire_bytes == sum(len(p) for t, p in s.messages if _wanted(_sub(t), tasks, rest))
 
 
-def _sub(packet: bytes) -> str:
-    return decode_packet(packet).substream
+def _sub(topic: str) -> str:
+    parts = parse_topic(PREFIX, topic)
+    assert parts is not None
+    return parts.channel
+
+
+def dec(topic: str, packet: bytes) -> Packet:
+    """A packet as the sink reads it: with the camera and substream of its topic."""
+    return decode_packet(packet, CAM, _sub(topic))
 
 
 def _wanted(sub: str, tasks, rest: bool) -> bool:
@@ -208,7 +215,7 @@ def test_popping_while_packets_arrive_keeps_order_and_never_repeats(stream, rnd,
     delivered_max = -1
     late_frames = set()
     for n, (t, p) in enumerate(msgs, 1):
-        idx = decode_packet(p).frame_index
+        idx = dec(t, p).frame_index
         if idx <= delivered_max:
             late_frames.add(idx)
         push(r, t, p)
@@ -315,29 +322,41 @@ def test_frames_wait_for_the_stream_descriptor(stream):
 # -- forged, misrouted, unwanted --------------------------------------------------------------
 
 
-def test_camera_and_topic_mismatch_are_dropped(stream):
+def test_a_packet_on_another_kinds_topic_is_dropped(stream):
     r, _ = reassembler()
     (t, side), *_ = stream[0].of("side")
-    assert r.push(side, "cam2", "side") is False
     assert r.push(side, CAM, "rest") is False
+    assert r.push(side, CAM, "task/detection") is False
     t_det, det = stream[0].of("task/detection")[0]
-    assert r.push(det, CAM, "task/vehicles") is False
-    assert r.counters["drop_camera_mismatch"] == 1
-    assert r.counters["drop_topic_mismatch"] == 2
-    assert r.counters["dropped_packets"] == 3
+    assert r.push(det, CAM, "side") is False
+    assert r.push(det, CAM, "meta") is False
+    assert r.counters["drop_topic_mismatch"] == 4
+    assert r.counters["dropped_packets"] == 4
     assert r.pending_frames == 0 and r.stored_bytes == 0
     assert r.push(side, CAM, "side") is True  # the same packet on the right topic is fine
-    assert r.push(det) is True  # no topic: header alone decides
+    assert r.push(det, CAM, "task/detection") is True
+
+
+def test_the_topic_names_camera_and_task_of_an_unsigned_packet(stream):
+    """Format 2 does not repeat the topic: an unsigned packet moved to another camera's or
+    task's topic is that camera's or task's (only a key tells, test_security.py)."""
+    r, _ = reassembler()
+    (_, side), *_ = stream[0].of("side")
+    _, det = stream[0].of("task/detection")[0]
+    assert r.push(side, "cam2", "side") is True
+    assert r.push(det, "cam2", "task/vehicles") is True
+    (f,) = r.pop_ready(flush=True)
+    assert f.camera == "cam2" and set(f.tasks) == {"vehicles"}
 
 
 def test_unwanted_substreams_are_not_stored(stream):
     r, _ = reassembler(tasks=["detection"], rest=False)
     stored = 0
     for t, p in stream[0].messages:
-        sub = _sub(p)
+        sub = _sub(t)
         expect = sub in ("side", "task/detection")
         assert push(r, t, p) is expect
-        stored += len(decode_packet(p).payload) + FRAGMENT_COST if expect else 0
+        stored += len(dec(t, p).payload) + FRAGMENT_COST if expect else 0
     assert r.stored_bytes == stored
     assert r.counters["unwanted"] == len(stream[0].of("task/vehicles")) + len(stream[0].of("rest"))
     (f,) = r.pop_ready()
@@ -352,8 +371,8 @@ def test_garbage_is_counted_never_raised(blob):
     assert r.push(blob, CAM, "side") is False
     assert r.counters["dropped_packets"] == 1
     (reason,) = [k for k in r.counters if k.startswith("drop_")]
-    assert reason in {"drop_truncated", "drop_bad_magic", "drop_bad_version", "drop_bad_length",
-                      "drop_bad_checksum", "drop_bad_field"}
+    assert reason in {"drop_truncated", "drop_bad_magic", "drop_bad_version",
+                      "drop_bad_checksum", "drop_bad_field", "drop_topic_mismatch"}
 
 
 def test_corrupted_packets_of_a_real_stream_are_dropped(stream):
@@ -452,7 +471,7 @@ def test_max_frames_evicts_the_oldest(stream):
 
 
 def test_max_bytes_bounds_memory(stream):
-    sizes = [sum(len(decode_packet(p).payload) for t, p in s.messages if not t.endswith("/side"))
+    sizes = [sum(len(dec(t, p).payload) for t, p in s.messages if not t.endswith("/side"))
              for s in stream[1:4]]
     small = sorted(sizes)
     limit = small[0] + small[1] - 1  # any two frames overflow, any one fits
@@ -478,7 +497,7 @@ def synthetic_frame(index: int, size: int, room: int = 200) -> list[tuple[str, b
     side = SideInfo(768, 576, ("detection",), False, [], b"").encode(meta)
     cap = 1_000 + index
     task = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    max_packet = room + len(fragment(CAM, index, cap, Kind.TASK, "detection", b"")[0])
+    max_packet = room + header_size(frame_index=index)
     return ([(f"{PREFIX}/{CAM}/side", p) for p in fragment(CAM, index, cap, Kind.SIDE, "", side)]
             + [(f"{PREFIX}/{CAM}/task/detection", p)
                for p in fragment(CAM, index, cap, Kind.TASK, "detection", task,

@@ -45,8 +45,8 @@ def frames() -> list[np.ndarray]:
     return out
 
 
-def make_meta(session: str = "s1") -> StreamMeta:
-    return StreamMeta(camera=CAM, width=768, height=576, fps=10.0, tasks=["detection"],
+def make_meta(session: str = "s1", camera: str = CAM) -> StreamMeta:
+    return StreamMeta(camera=camera, width=768, height=576, fps=10.0, tasks=["detection"],
                       labels=["object", "person", "car"],
                       codec=CODECS.create("classical").descriptor(), session=session)
 
@@ -90,7 +90,8 @@ def test_signing_costs_16_bytes_a_packet(frames):
     _, plain = stream(frames[:1], None)
     _, signed = stream(frames[:1], KEY)
     assert [len(p) + 16 for _, p in plain[0]] == [len(p) for _, p in signed[0]]
-    assert all(decode_packet(p).flags & FLAG_SIGNED for _, p in signed[0])
+    assert all(decode_packet(p, CAM, t.split(f"/{CAM}/", 1)[1]).flags & FLAG_SIGNED
+               for t, p in signed[0])
 
 
 @pytest.mark.parametrize("edge_key, reason", [(None, "unsigned"), (OTHER, "wrong_key")])
@@ -130,8 +131,10 @@ def test_a_replayed_frame_under_a_new_index_is_rejected(frames):
     meta, msgs = stream(frames[:2], KEY)
     pipe = keyed_sink_recording()
     run(pipe, meta, msgs)
-    # frame 0's packets again, renumbered 7 (frame_index at offset 7): the MAC binds the index
-    replay = [(t, _forge(p, 7, struct.pack(">I", 7))) for t, p in msgs[0]]
+    # frame 0's packets again, renumbered 7 (frame_index, a varint, at offset 5): the MAC
+    # binds the index
+    assert {p[5] for _, p in msgs[0]} == {0}
+    replay = [(t, _forge(p, 5, b"\x07")) for t, p in msgs[0]]
     run(pipe, meta, [replay])
     assert pipe._delivered == [0, 1]
     assert pipe.reasm.counters["drop_bad_signature"] == len(replay)
@@ -141,7 +144,7 @@ def test_relabelled_and_moved_regions_are_rejected(frames):
     meta, msgs = stream(frames[:1], KEY)
     side_topic, side = msgs[0][0]
     assert side_topic.endswith("/side")
-    head = decode_packet(side)
+    head = decode_packet(side, CAM, "side")
     start = len(side) - 4 - 16 - len(head.payload)  # payload offset
     table = start + 11  # side header: 11 bytes, then the region table
     relabel = _forge(side, table + 5, b"\x02")  # label index -> "car"
@@ -153,18 +156,22 @@ def test_relabelled_and_moved_regions_are_rejected(frames):
 
 
 def test_a_packet_moved_to_another_camera_or_substream_is_rejected(frames):
+    """Neither camera nor task is in the packet bytes; the MAC binds the topic's. A second
+    camera of the deployment (validly signed meta, even the same session id) does not take
+    cam1's packets, nor does another task's topic take a detection packet."""
     meta, msgs = stream(frames[:1], KEY)
-    meta2 = json.loads(make_meta().to_json(KEY))
-    # the same stream under camera "cam2" (a forger renames both topic and header)
-    t, side = msgs[0][0]
-    b = bytearray(side)
-    b[27:27 + 4] = b"cam2"
-    pipe = SinkPipeline(SinkSection(tasks=["detection"], output="none"), PREFIX, key=KEY)
-    meta2["camera"] = "cam2"
-    pipe.feed(f"{PREFIX}/cam2/meta", json.dumps(meta2).encode())  # its signature breaks too
-    pipe.feed(f"{PREFIX}/cam2/side", fix_crc(bytes(b)))
-    assert pipe.counters["meta_bad_signature"] == 1
-    assert pipe.reasm.counters["drop_unverifiable"] == 1
+    pipe = SinkPipeline(SinkSection(tasks=["detection", "vehicles"], output="none"), PREFIX,
+                        key=KEY)
+    pipe.feed(f"{PREFIX}/cam2/meta", make_meta(camera="cam2").to_json(KEY))
+    pipe.feed(f"{PREFIX}/{CAM}/meta", meta)
+    moved = [(t.replace(f"/{CAM}/", "/cam2/"), p) for t, p in msgs[0]]
+    moved += [(t.replace("/task/detection", "/task/vehicles"), p) for t, p in msgs[0]
+              if t.endswith("/task/detection")]
+    for t, p in moved:
+        assert not pipe.reasm.push(p, *t.split("/", 2)[1:])
+    assert pipe.reasm.counters["drop_bad_signature"] == len(moved)
+    # the unmoved packets on their own topics are taken
+    assert all(pipe.reasm.push(p, *t.split("/", 2)[1:]) for t, p in msgs[0])
 
 
 def test_an_old_sessions_packets_are_rejected_in_a_new_session(frames):

@@ -9,7 +9,6 @@ import json
 import random
 import struct
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from discover.sdk.codecs.learned.intra import INTRA, IntraCoder, select
 from discover.sdk.errors import PacketError
 from discover.sdk.framing import frame_messages
 from discover.sdk.limits import MAX_JSON_DEPTH, json_depth
-from discover.sdk.packet import Kind, fragment
+from discover.sdk.packet import Kind, Packet, encode_packet
 from discover.sdk.reassembly import Reassembler
 from discover.sdk.regions import Region
 from discover.sdk.stream import SideInfo, StreamMeta
@@ -197,11 +196,8 @@ def test_zero_byte_fragments_count_against_the_byte_bound():
     r = Reassembler(lambda c: meta, tasks=["detection"], max_bytes=limit, max_frames=1_000_000)
     for frame in range(200):
         for i in range(50):  # 10,000 empty fragments of substreams claiming 65535 pieces
-            pkt = fragment(CAM, frame, 1, Kind.SIDE, "", b"")[0]
-            forged = bytearray(pkt)
-            forged[19:23] = i.to_bytes(2, "big") + (65535).to_bytes(2, "big")
-            forged[-4:] = struct.pack(">I", zlib.crc32(bytes(forged[:-4])))
-            r.push(bytes(forged), CAM, "side")
+            forged = encode_packet(Packet(CAM, frame, 1, Kind.SIDE, "", i, 65535, b""))
+            assert r.push(forged, CAM, "side")
     assert r.stored_bytes <= limit
     assert r.counters["frames_evicted"] > 0
 
