@@ -20,7 +20,7 @@ from discover.sdk.regions import Region
 from discover.sdk.security import StreamKey
 
 STREAM_FORMAT = "discover-stream"
-STREAM_VERSION = 3  # 3: side without the frame size, region table predicted from the last frame's
+STREAM_VERSION = 4  # 3: side without the frame size, predicted region table; 4: packet version 2
 SIDE_VERSION = 3
 MAX_TASKS = 16
 

@@ -304,7 +304,7 @@ def test_meta_json_round_trip():
     assert back == meta
     assert back.session == meta.session and len(meta.session) == 16
     obj = json.loads(meta.to_json())
-    assert obj["format"] == "discover-stream" and obj["version"] == 3
+    assert obj["format"] == "discover-stream" and obj["version"] == 4
 
 
 def test_meta_of_another_format_version_says_what_to_do():
