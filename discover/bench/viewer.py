@@ -124,11 +124,11 @@ def _mean(values: list[int]) -> float:
 def anchor_curve(frames: list[np.ndarray], fps: float,
                  crfs: tuple[int, ...] = ANCHOR_CRFS) -> list[dict[str, Any]]:
     """Full-frame x265 (medium, yuv420p) at each CRF: rate, mean PSNR, the decoded frames."""
-    from discover.bench.tasks import _video
+    from discover.bench.tasks import code_video
 
     curve = []
     for crf in crfs:
-        size, dec = _video(frames, fps, "libx265", crf, ("hevc",))
+        size, dec = code_video(frames, fps, "libx265", crf, ("hevc",))
         curve.append({"crf": crf, "kbps": size * 8 / 1000 / (len(frames) / fps),
                       "psnr": float(np.mean([psnr(o, d) for o, d in zip(frames, dec,
                                                                          strict=True)])),
