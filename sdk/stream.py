@@ -223,6 +223,11 @@ class _TableWriter:
         self.ref = None if ref is None else list(ref)
         self.labels = {label: i for i, label in enumerate(meta.labels)}
         self.used: set[int] = set()
+        #: previous regions by (label, tasks), in table order: a region only continues one of
+        #: the same label and tasks, so matching looks at those alone (not every pair)
+        self.by_kind: dict[tuple[str, frozenset[str]], list[int]] = {}
+        for k, p in enumerate(self.ref or ()):
+            self.by_kind.setdefault((p.label, frozenset(p.tasks)), []).append(k)
 
     def put(self, out: bytearray, r: Region) -> None:
         u = self.unit
@@ -255,9 +260,11 @@ class _TableWriter:
     def _match(self, r: Region) -> int | None:
         """The unused previous region of the same label and tasks nearest ``r`` (sum of corner
         distances), if it overlaps ``r``."""
+        assert self.ref is not None
         best, best_d = None, None
-        for k, p in enumerate(self.ref):
-            if k in self.used or p.label != r.label or set(p.tasks) != set(r.tasks):
+        for k in self.by_kind.get((r.label, frozenset(r.tasks)), ()):
+            p = self.ref[k]
+            if k in self.used:
                 continue
             if min(p.box[2], r.box[2]) <= max(p.box[0], r.box[0]) or \
                     min(p.box[3], r.box[3]) <= max(p.box[1], r.box[1]):
