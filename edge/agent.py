@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -299,7 +299,7 @@ class CameraAgent:
         s.publisher, s.link, self.publisher = pub.counters, link.counters, pub  # live, for metrics
         t_start = time.monotonic()
         warned = False
-        coding = _CodingThread(self, pub, on_frame)
+        coding = _CodingThread(self, pub, on_frame, self.edge.code_queue)
         try:
             # give the first connection a moment, so a healthy broker is not reported unreachable
             link.wait_connected(min(1.0, self.edge.connect_timeout_s))
@@ -342,21 +342,25 @@ class CameraAgent:
 
 
 class _CodingThread:
-    """Codes and publishes frame N on its own thread while ``run`` grounds frame N+1: the
-    grounder (ONNX Runtime) and the encoder (x265, or torch) run outside the GIL, so a 2-core
-    gateway keeps both cores busy and the edge runs at the pace of its slower stage instead of
-    their sum. At most one frame is being coded; frames keep their order, and an error in
-    coding is raised in ``run``'s thread on the next frame."""
+    """Codes and publishes frames on its own thread while ``run`` grounds the next ones: the
+    grounder (ONNX Runtime, OpenCV) and the encoder (x265, or torch) run outside the GIL, so a
+    2-core gateway keeps both cores busy and the edge runs at the pace of its slower stage
+    instead of their sum. Up to ``depth`` frames wait or are being coded: the grounder's cost
+    comes in bursts (a detector pass every few frames, the tracker in between), and a short
+    queue lets the coder work through a burst instead of idling behind it. Frames keep their
+    order, and an error in coding is raised in ``run``'s thread on a later frame."""
 
     def __init__(self, agent: CameraAgent, pub: FramePublisher,
-                 on_frame: Callable[[int], None] | None) -> None:
+                 on_frame: Callable[[int], None] | None, depth: int = 1) -> None:
         self.agent, self.pub, self.on_frame = agent, pub, on_frame
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"edge-{agent.cam.id}-code")
-        self.pending: Future[None] | None = None
+        self.pending: deque[Future[None]] = deque()
+        self.depth = max(1, depth)
 
     def submit(self, fr: Any, regions: list[Region], ground_s: float, grounded: bool) -> None:
-        self.finish()
-        self.pending = self.pool.submit(self._code, fr, regions, ground_s, grounded)
+        while self.pending and (len(self.pending) >= self.depth or self.pending[0].done()):
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._code, fr, regions, ground_s, grounded))
 
     def _code(self, fr: Any, regions: list[Region], ground_s: float, grounded: bool) -> None:
         a = self.agent
@@ -369,10 +373,9 @@ class _CodingThread:
             self.on_frame(fr.index)
 
     def finish(self) -> None:
-        """Wait for the frame being coded (raising what coding it raised)."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
+        """Wait for every frame queued or being coded (raising what coding raised)."""
+        while self.pending:
+            self.pending.popleft().result()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

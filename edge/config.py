@@ -79,6 +79,10 @@ class EdgeSection(BaseModel):
         default_factory=lambda: TrackingConfig(every=DEFAULT_TRACKING_EVERY),
         description="ground every N-th frame and track boxes in between (default: every 3rd; "
                     "every: 1 grounds every frame, the paper's setting)")
+    code_queue: int = Field(3, ge=1, le=64, description="frames that may wait for or be in the "
+                            "encoder while the next ones are grounded (1: strict alternation); "
+                            "a few let the coder work through a grounding burst (a detector "
+                            "pass every few frames) instead of idling behind it")
     max_packet: int = Field(DEFAULT_MAX_PACKET, ge=1024, le=256 * 1024 * 1024,
                             description="largest MQTT message; payloads fragment under it")
     queue_seconds: float = Field(30.0, gt=0, description="seconds of video kept while the "
