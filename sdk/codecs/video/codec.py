@@ -127,7 +127,8 @@ class VideoCodec(Codec):
         if enc is None or enc.size != (w, h):
             c = self.config
             enc = self._enc[name] = StreamEncoder(c.encoder, w, h, crf, c.preset, c.gop, roi,
-                                                  c.threads or 1, self.fps, c.params)
+                                                  c.threads or 1, self.fps, c.params,
+                                                  machine=name != "rest")
         return enc
 
     def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
