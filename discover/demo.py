@@ -50,17 +50,19 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 def preview(original: dict[int, np.ndarray], task_only: dict[int, np.ndarray],
             full: dict[int, np.ndarray], boxes: dict[int, list], path: Path,
             rest_interval: int) -> None:
-    """Rows of [original with the sent boxes | side+task only | with rest] at half size."""
+    """Rows of [original with the sent boxes | side+task only | with rest] at half size
+    (``rest_interval`` 0: the edge sent no rest)."""
     rows = []
     for i in sorted(set(original) & set(task_only) & set(full)):
         o = original[i].copy()
         for b in boxes.get(i, []):
             cv2.rectangle(o, tuple(b[:2]), tuple(b[2:]), (0, 255, 0), 2)
+        view = ("viewer sink: the machine view (no rest needed)" if rest_interval == 0
+                else "+ rest (viewer sink)" if i % rest_interval == 0
+                else f"viewer sink: regions on the rest of frame {i - i % rest_interval}")
         cells = [_label(o, f"frame {i}: original, boxes sent"),
                  _label(task_only[i], "side + task/detection (detection sink)"),
-                 _label(full[i], "+ rest (viewer sink)" if i % rest_interval == 0
-                        else f"viewer sink: regions on the rest of frame "
-                             f"{i - i % rest_interval}")]
+                 _label(full[i], view)]
         rows.append(np.hstack([cv2.resize(c, (c.shape[1] // 2, c.shape[0] // 2),
                                           interpolation=cv2.INTER_AREA) for c in cells]))
     if rows:
@@ -161,7 +163,9 @@ def run_demo(out: Path = Path("out/demo"), max_frames: int | None = None,
         f = out / "detection" / CAMERA / "results" / f"{i:06d}.json"
         if f.is_file():
             boxes[i] = [r["box"] for r in json.loads(f.read_text())["regions"]]
-    preview(originals, grabbed["detection"], grabbed["viewer"], boxes, out / "preview.png", rest_interval)
+    sent_rest = edge_summary["bytes_by_substream"].get("rest", 0) > 0
+    preview(originals, grabbed["detection"], grabbed["viewer"], boxes, out / "preview.png",
+            rest_interval if sent_rest else 0)
     det, view = results["detection"], results["viewer"]
     summary = {
         "frames": edge_summary["frames"],

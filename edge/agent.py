@@ -134,14 +134,19 @@ class CameraAgent:
         self.tracker = TrackingGrounder(self.grounder, edge.tracking_for(cam))
         self.codec = CODECS.create(edge.codec_for(cam))
         self.codec.start(cam.tasks, self.source.fps)
-        self.rest = RestScheduler(cam.rest_interval, cam.rest_on_change, cam.rest_min_gap)
+        rest_interval = 0 if self.codec.rest_redundant else cam.rest_interval
+        if rest_interval != cam.rest_interval:
+            log.info("camera %s: the task stream is the whole view at the human view's quality, "
+                     "so no rest is sent (set edge.codec.rest_crf for a better human view)",
+                     cam.id)
+        self.rest = RestScheduler(rest_interval, cam.rest_on_change, cam.rest_min_gap)
         # the last region table sent: the next is coded against it when frames depend anyway
         self.side = SideContext(FULL_TABLE_EVERY if self.codec.predictive else 1)
         self.meta = StreamMeta(
             camera=cam.id, width=self.source.width, height=self.source.height,
             fps=self.source.fps, tasks=list(cam.tasks), labels=[ANY_OBJECT, *self.labels],
             codec=self.codec.descriptor(), grounder=self.tracker.describe(),
-            rest_interval=cam.rest_interval)
+            rest_interval=rest_interval)
         self.stats = EdgeStats(cam.id, width=self.source.width, height=self.source.height,
                                fps_nominal=self.source.fps)
         self.timings = timings

@@ -182,6 +182,13 @@ class Codec(Backend):
         decode alone keeps full tables, so a sink restarted mid-stream loses nothing."""
         return False
 
+    @property
+    def rest_redundant(self) -> bool:
+        """Whether a task stream already carries the whole frame at the human view's quality,
+        so a ``rest`` substream would only repeat it: the edge then sends none and a viewer
+        composes from the task stream (``Decoded.whole_frame``). Region codecs: never."""
+        return False
+
     def start(self, tasks: Sequence[str], fps: float) -> None:
         """The camera's tasks and frame rate, before its first frame (a stream codec opens one
         encoder per task)."""

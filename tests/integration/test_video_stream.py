@@ -12,7 +12,7 @@ from discover.edge.agent import CameraAgent
 from discover.edge.config import CameraConfig, EdgeSection
 from discover.sink.config import SinkSection
 
-VIDEO = {"type": "video", "preset": "ultrafast"}
+VIDEO = {"type": "video", "preset": "ultrafast", "rest_crf": 30}  # rest_crf: rest is sent
 
 
 def test_late_video_sink_asks_for_a_keyframe_and_recovers(broker, clip):

@@ -188,3 +188,29 @@ def test_machine_view_streams_code_without_psycho_visual_bits(frames):
             quality[machine].append(psnr(f, img))
     assert sizes[True] < 0.985 * sizes[False], (sizes, quality)  # 0.96 with PyAV 18.1
     assert np.mean(quality[True]) > np.mean(quality[False]) - 0.3, quality
+
+
+def test_rest_is_sent_only_where_it_adds_to_the_machine_view(clip):
+    """With rest_crf unset a full-scale task stream is the whole view at the rest's quality:
+    the edge sends no rest and a viewer composes from the machine view; a rest_crf (or a
+    reduced task scale) brings the human view back."""
+    from discover.edge.agent import CameraAgent
+    from discover.edge.config import CameraConfig, EdgeSection
+    from discover.edge.sources import paced
+    from discover.sdk.transport.broker import BrokerConfig
+
+    def rest_bytes(**cfg) -> tuple[int, int]:
+        edge = EdgeSection(codec={"type": "video", "preset": "ultrafast", **cfg},
+                           grounder={"type": "motion"},
+                           cameras=[CameraConfig(id="c", source=str(clip), rest_interval=2)])
+        agent = CameraAgent(edge.cameras[0], edge, BrokerConfig(), "t")
+        for fr in paced(agent.source, realtime=False, max_frames=4):
+            agent.step(fr.image, fr.index, fr.capture_us)
+        agent.source.close()
+        return agent.stats.bytes["rest"], agent.meta.rest_interval
+
+    assert rest_bytes() == (0, 0)
+    sent, interval = rest_bytes(rest_crf=30)
+    assert sent > 0 and interval == 2
+    assert rest_bytes(scale=0.5)[0] > 0
+    assert CODECS.create({"type": "video"}).rest_redundant is False  # no task stream yet
