@@ -88,11 +88,15 @@ REF_TILES = ((384, 0.67), (208, 0.67))  # tile side (frame pixels), max stride /
 #: Don't-care regions found by a check by eye, each with the frames it was checked on
 #: (start, stop exclusive, (x0, y0, x1, y1) frame pixels); a region applies only to those
 #: frames. A reference box mostly inside one is left out of recall (a grounder box matching it
-#: is not counted as extra). The blue sign post left of the car park, which NanoDet's tiles
-#: call a person (0.51-0.58, 3-6 views) in nearly every frame and no person ever stands on:
-#: found on the evaluation frames (``--render 500,560,620,680,740,794``) and checked again
-#: separately on development frames (``DEV_CHECKED_FRAMES``).
+#: is not counted as extra). Evaluation frames (``--start 500 --render 500,560,620,680,740,794``):
+#: the blue sign post left of the car park, which NanoDet's tiles call a person (0.51-0.58, 3-6
+#: views) in nearly every frame and no person ever stands on. Development frames, checked
+#: separately on their own renders (``--render 0,100,200,300,400,496`` and 4,204,412,432): the
+#: same sign post (122 of the 125 frames of ``--step 4``), and the camera head on the tripod in
+#: the foreground (kept as a person, 0.50-0.58, in 22 of them; nobody stands there).
 IGNORE_REGIONS: tuple[tuple[int, int, tuple[float, float, float, float]], ...] = (
+    (DEV_START, DEV_STOP, (24, 105, 56, 148)),
+    (DEV_START, DEV_STOP, (492, 330, 520, 388)),
     (EVAL_START, EVAL_STOP, (24, 105, 56, 148)),
 )
 _P, _V = PERSON, VEHICLE
