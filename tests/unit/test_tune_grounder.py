@@ -49,8 +49,10 @@ def test_choose_fewest_bits_reaching_target(tool):
     rows = [{"threshold": 0.1, "recall": 0.97, "task_bpp": 0.8},
             {"threshold": 0.2, "recall": 0.95, "task_bpp": 0.4},
             {"threshold": 0.3, "recall": 0.93, "task_bpp": 0.2}]
-    assert tool.choose(rows, 0.95)["threshold"] == 0.2
-    assert tool.choose(rows, 0.99) is None
+    assert tool.choose(rows, 0.95) == (rows[1], True)
+    # none reaches 0.99: the fewest bits within 0.01 of the best recall (0.97)
+    rows.insert(1, {"threshold": 0.15, "recall": 0.961, "task_bpp": 0.6})
+    assert tool.choose(rows, 0.99) == (rows[1], False)
 
 
 def test_defaults_are_the_development_split(tool):
