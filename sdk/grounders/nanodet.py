@@ -29,13 +29,13 @@ class NanoDetConfig(GrounderConfig):
     type: Literal["nanodet"] = "nanodet"
     weights: Path | None = Field(None, description="ONNX file (default: the bundled one)")
     label_map: Path = Field(LABEL_MAP, description="COCO class -> profile label synonyms")
-    score_threshold: float = Field(0.38, ge=0, le=1, description="low on purpose: a missed "
-                                   "object is never sent, a false box only costs bits. 0.38 is "
+    score_threshold: float = Field(0.33, ge=0, le=1, description="low on purpose: a missed "
+                                   "object is never sent, a false box only costs bits. 0.33 is "
                                    "the threshold with the fewest task bits among those reaching "
                                    "recall >= 0.95 on the development split (vtest.avi frames "
-                                   "0-499, every 4th; recall 0.950, 0.127 bpp with the classical "
-                                   "codec, vs 0.974 and 0.330 bpp at 0.19), measured by `python "
-                                   "tools/tune_grounder.py --step 4`; held-out figures in "
+                                   "0-499, every 2nd; recall 0.950, 0.156 bpp with the classical "
+                                   "codec, vs 0.967 and 0.327 bpp at 0.19), measured by `python "
+                                   "tools/tune_grounder.py`; held-out figures in "
                                    "docs/grounder-thresholds.md")
     iou_threshold: float = Field(0.6, gt=0, le=1)
     max_detections: int = Field(100, ge=1)
