@@ -126,6 +126,38 @@ def test_escapes_decode_exactly_as_compressai_does(learned):
     assert en.rans_decode(data, indexes, table).tolist() == ref == symbols.tolist()
 
 
+def test_a_lone_symbol_codes_without_corrupting_the_heap():
+    """compressai's encoder writes its 8-byte final state before a one-word buffer when it is
+    given one symbol (heap corruption: the full suite aborted in the learned codec's one-cell
+    changed mask). rans_encode codes a lone symbol safely, the decoder reads it back, escapes
+    included; run in a child process so that a regression fails this test, not the session."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from discover.sdk.codecs import CODECS
+from discover.sdk.codecs.learned import entropy as en
+t = CODECS.create({"type": "learned"}).model.coder().tables.y_cdf
+ok = total = 0
+for row in range(len(t.length)):
+    lo, hi = int(t.offset[row]), int(t.offset[row]) + int(t.length[row]) - 3
+    for n in (1, 2):  # the table's edges (the rarest symbols), its middle, an escape
+        for v in (lo, hi, lo + (hi - lo) // 2, hi + 900):
+            sym = np.array([v, lo][:n], np.int32)
+            idx = np.full(n, row, np.int32)
+            data = en.rans_encode(sym, idx, t)
+            ok += en.rans_decode(data, idx, t).tolist() == sym.tolist()
+            total += 1
+print(ok, total)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ok, total = p.stdout.split()
+    assert ok == total and int(total) >= 8
+
+
 def test_an_over_long_escape_is_refused():
     rows, lengths, offsets = [[0, 1 << 15, 1 << 16]], [3], [0]  # one symbol + the escape
     with pytest.raises(rans_check.RansError, match="int32|past the end"):

@@ -270,6 +270,10 @@ class CdfTable:
                 [self._length[i] for i in used.tolist()], [self._offset[i] for i in used.tolist()])
 
 
+#: the fewest symbols compressai's encoder is given (:func:`rans_encode`)
+MIN_CODED = 3
+
+
 def rans_encode(symbols: np.ndarray, indexes: np.ndarray, table: CdfTable) -> bytes:
     """rANS-code integer symbols, each with the CDF row its index names."""
     from compressai.ans import RansEncoder
@@ -277,8 +281,19 @@ def rans_encode(symbols: np.ndarray, indexes: np.ndarray, table: CdfTable) -> by
     if symbols.size == 0:
         return b""
     idx, rows, lengths, offsets = table.subset(indexes)
-    return RansEncoder().encode_with_indexes(
-        symbols.astype(np.int32).ravel().tolist(), idx, rows, lengths, offsets)
+    values = symbols.astype(np.int32).ravel().tolist()
+    if len(values) < MIN_CODED:
+        # compressai 1.2.8's encoder sizes its output at one 32-bit word per coded symbol, then
+        # writes the words it renormalises plus the 8-byte final state backwards from the end:
+        # with one or two symbols that can run before the buffer and corrupt the heap (an
+        # abort, "double free or corruption", when the allocator notices; a simulation of its
+        # coder on random symbol mixes, frequencies down to 1 and escapes, finds no overrun
+        # from 3 symbols on). The last symbol is
+        # repeated up to 3: rANS decodes in coding order, so a decoder that reads n symbols
+        # gets the same n values and never reaches the padding.
+        pad = MIN_CODED - len(values)
+        values, idx = values + values[-1:] * pad, idx + idx[-1:] * pad
+    return RansEncoder().encode_with_indexes(values, idx, rows, lengths, offsets)
 
 
 def rans_decode(data: bytes, indexes: np.ndarray, table: CdfTable) -> np.ndarray:
