@@ -320,7 +320,8 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                                quiet=a.quiet, codec=a.codec or "learned",
                                checkpoint=a.checkpoint, start=a.start,
                                tasks=a.tasks.split(","), annotations=a.annotations,
-                               perceptual=_perceptual(a.perceptual))
+                               perceptual=_perceptual(a.perceptual),
+                               ours_settings=a.ours.split(","), bootstrap=a.bootstrap)
     if a.what == "diffusion":
         from discover.bench.diffusion import run_bench_diffusion
 
@@ -485,6 +486,11 @@ def _add_bench_command(sub: Sub, common: argparse.ArgumentParser) -> None:
     b.add_argument("--annotations", type=Path, metavar="COCO.json", help="tasks: score "
                    "detection against these COCO-format boxes instead of NanoDet on the "
                    "originals (images matched to frames by frame_id or file name)")
+    b.add_argument("--ours", default="ours_task,ours_full,ours_bg", help="tasks: which of "
+                   "ours to run, comma-separated (ours_task alone: the task-stream figure, "
+                   "about a third of the time)")
+    b.add_argument("--bootstrap", type=int, default=200, metavar="N", help="tasks: bootstrap "
+                   "draws over frames for the detection BD-rates' 95 %% intervals (0: none)")
     b.add_argument("--perceptual", default="fid,kid,lpips,dists", help="tasks: perceptual "
                    "distances to the originals, comma-separated, or 'none'; each needs its "
                    "pretrained backbone in the torch hub cache (python -m discover.bench.perceptual "

@@ -95,44 +95,98 @@ def _ap(scores: np.ndarray, tp: np.ndarray, n_refs: int) -> float:
     return float(sampled.mean())
 
 
+#: one frame's matching per class: (scores best first, hits thresholds x predictions, refs)
+FrameMatch = dict[str, tuple[np.ndarray, np.ndarray, int]]
+
+
+def _match_frame(frame_preds: Iterable[Prediction], frame_refs: Iterable[Reference],
+                 th: np.ndarray, max_detections: int | None) -> FrameMatch:
+    """One frame's predictions matched to its references, per class (classes on either side)."""
+    by_class_p: dict[str, list[tuple[BoxLike, float]]] = {}
+    by_class_r: dict[str, list[BoxLike]] = {}
+    for box, label, score in frame_preds:
+        by_class_p.setdefault(label, []).append((box, float(score)))
+    for box, label in frame_refs:
+        by_class_r.setdefault(label, []).append(box)
+    out: FrameMatch = {}
+    for label in by_class_p.keys() | by_class_r.keys():
+        ps = by_class_p.get(label, [])
+        s = np.array([p[1] for p in ps], dtype=np.float64)
+        order = np.argsort(-s, kind="mergesort")
+        if max_detections is not None:
+            order = order[:max_detections]
+        boxes = np.array([ps[i][0] for i in order], dtype=np.float64).reshape(-1, 4)
+        r = np.array(by_class_r.get(label, []), dtype=np.float64).reshape(-1, 4)
+        out[label] = (s[order], _match(boxes, r, th), len(r))
+    return out
+
+
+def _accumulate(frames: Iterable[FrameMatch], n_thresholds: int,
+                ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """class -> AP per threshold (classes with references only), and reference counts."""
+    scores: dict[str, list[np.ndarray]] = {}
+    hits: dict[str, list[np.ndarray]] = {}
+    n_refs: dict[str, int] = {}
+    for fm in frames:
+        for label, (s, h, n) in fm.items():
+            if n:
+                n_refs[label] = n_refs.get(label, 0) + n
+            if len(s):
+                scores.setdefault(label, []).append(s)
+                hits.setdefault(label, []).append(h)
+    out: dict[str, np.ndarray] = {}
+    for label, n in n_refs.items():
+        if label not in scores:
+            out[label] = np.zeros(n_thresholds)
+            continue
+        s = np.concatenate(scores[label])
+        h = np.concatenate(hits[label], axis=1)
+        out[label] = np.array([_ap(s, h[ti], n) for ti in range(n_thresholds)])
+    return out, n_refs
+
+
+def _check_lengths(preds: Sequence[object], refs: Sequence[object]) -> None:
+    if len(preds) != len(refs):
+        raise ValueError(f"preds has {len(preds)} frames but refs has {len(refs)}; "
+                         "pass one list per frame for both")
+
+
 def _evaluate(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]],
               thresholds: Sequence[float], max_detections: int | None,
               ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """class -> AP per threshold (classes with references only), and reference counts."""
-    if len(preds) != len(refs):
-        raise ValueError(f"preds has {len(preds)} frames but refs has {len(refs)}; "
-                         "pass one list per frame for both")
+    _check_lengths(preds, refs)
     th = np.asarray(thresholds, dtype=np.float64)
-    scores: dict[str, list[np.ndarray]] = {}
-    hits: dict[str, list[np.ndarray]] = {}
-    n_refs: dict[str, int] = {}
-    for frame_preds, frame_refs in zip(preds, refs, strict=True):
-        by_class_p: dict[str, list[tuple[BoxLike, float]]] = {}
-        by_class_r: dict[str, list[BoxLike]] = {}
-        for box, label, score in frame_preds:
-            by_class_p.setdefault(label, []).append((box, float(score)))
-        for box, label in frame_refs:
-            by_class_r.setdefault(label, []).append(box)
-        for label, rs in by_class_r.items():
-            n_refs[label] = n_refs.get(label, 0) + len(rs)
-        for label, ps in by_class_p.items():
-            s = np.array([p[1] for p in ps], dtype=np.float64)
-            order = np.argsort(-s, kind="mergesort")
-            if max_detections is not None:
-                order = order[:max_detections]
-            boxes = np.array([ps[i][0] for i in order], dtype=np.float64).reshape(-1, 4)
-            r = np.array(by_class_r.get(label, []), dtype=np.float64).reshape(-1, 4)
-            scores.setdefault(label, []).append(s[order])
-            hits.setdefault(label, []).append(_match(boxes, r, th))
-    out: dict[str, np.ndarray] = {}
-    for label, n in n_refs.items():
-        if label not in scores:
-            out[label] = np.zeros(len(th))
-            continue
-        s = np.concatenate(scores[label])
-        h = np.concatenate(hits[label], axis=1)
-        out[label] = np.array([_ap(s, h[ti], n) for ti in range(len(th))])
-    return out, n_refs
+    return _accumulate((_match_frame(p, r, th, max_detections)
+                        for p, r in zip(preds, refs, strict=True)), len(th))
+
+
+class FrameMatches:
+    """Predictions matched to references once, frame by frame, at one IoU threshold, so that
+    mAP over any multiset of those frames (a bootstrap resample) costs no matching::
+
+        m = FrameMatches(preds, refs)
+        m.map()                      # == average_precision(preds, refs).map
+        m.map([3, 3, 0, 7, ...])     # the same frames drawn with replacement
+    """
+
+    def __init__(self, preds: Sequence[Iterable[Prediction]],
+                 refs: Sequence[Iterable[Reference]], iou_threshold: float = 0.5, *,
+                 max_detections: int | None = 100) -> None:
+        _check_lengths(preds, refs)
+        th = np.array([iou_threshold], dtype=np.float64)
+        self.frames = [_match_frame(p, r, th, max_detections)
+                       for p, r in zip(preds, refs, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def map(self, indices: Iterable[int] | None = None) -> float:
+        """mAP over the frames at ``indices`` (repeats count again; default: every frame once);
+        the mean over the classes with references among them (0.0 if none)."""
+        chosen = self.frames if indices is None else [self.frames[i] for i in indices]
+        per, _ = _accumulate(chosen, 1)
+        return float(np.mean([v[0] for v in per.values()])) if per else 0.0
 
 
 def average_precision(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]],

@@ -54,6 +54,8 @@ More scores per rate point (``tasks`` picks the task models: ``det``, ``cls``, `
   where there is internet); skipped with a note in ``perceptual.skipped`` otherwise.
 * BD-rates and matched-rate ratios on every score (``bd_rate_<score>_vs_<anchor>``, ``_full_``
   for ours_full, ``_bg_`` for ours_bg), null with a note where the curves do not overlap; MS-SSIM on its raw scale.
+  The detection BD-rates carry a 95 % interval (``bd_rate_det_vs_x265_ci95`` ...): a paired
+  bootstrap over the scored frames (discover/bench/bootstrap.py; ``bootstrap`` draws, 0: none).
 * ``sink_fps`` {composer: frames/s}: one sink worker (sink.pipeline.SinkPipeline, reassembly
   -> decompress -> compose -> the ``nanodet`` detection task model) fed the MQTT packets of
   ours_bg at one rate point (the middle quality), for ``direct`` and ``background`` (and
@@ -82,7 +84,7 @@ import numpy as np
 from discover.progress import Progress
 from discover.sdk.assets import SAMPLE_CLIP
 from discover.sdk.errors import DiscoverError
-from discover.sdk.metrics import coco_map
+from discover.sdk.metrics import FrameMatches, coco_map
 from discover.sdk.rd import bd_rate_points, overlap_points, rate_ratios
 from discover.sdk.regions import region_mask
 
@@ -368,6 +370,18 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     return tasks
 
 
+def _check_ours(ours_settings: Sequence[str], bootstrap: int) -> list[str]:
+    """Which of ours to run, in their order; an unknown name or negative draws is an error."""
+    unknown = [o for o in ours_settings if o not in OURS]
+    if unknown or not ours_settings:
+        raise DiscoverError(f"bench tasks: unknown setting(s) {', '.join(unknown) or '(none)'} "
+                            f"for ours; choose some of {', '.join(OURS)} (--ours)")
+    if bootstrap < 0:
+        raise DiscoverError(f"bench tasks: --bootstrap takes a number of draws >= 0 "
+                            f"(got {bootstrap})")
+    return [o for o in OURS if o in ours_settings]
+
+
 def _annotation_refs(annotations: Path, src: str, frames: list[np.ndarray], fps: float,
                      max_frames: int | None) -> tuple[list[int], Preds, dict[str, Any]]:
     """(frames scored, reference boxes per frame, info) from a COCO-format file; an image
@@ -417,6 +431,8 @@ class TaskScorer:
         self.scorer: Any = None
         #: ours' task pixels: the union of its region boxes per frame (psnr_task everywhere)
         self.ours_masks: list[np.ndarray] = []
+        #: the last scored point's detections matched at IoU 0.5 (for the bootstrap)
+        self.last_matches: FrameMatches | None = None
 
     def detect(self, imgs: list[np.ndarray], thr: float) -> Preds:
         """NanoDet's boxes with score >= ``thr`` on each image."""
@@ -510,7 +526,9 @@ class TaskScorer:
         return p
 
     def _det(self, decoded: list[np.ndarray]) -> dict[str, Any]:
-        m = coco_map(self.detect([decoded[f] for f in self.scored], self.pred_score), self.refs)
+        preds = self.detect([decoded[f] for f in self.scored], self.pred_score)
+        m = coco_map(preds, self.refs)
+        self.last_matches = FrameMatches(preds, self.refs)
         return {"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
                 "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
                 "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
@@ -588,9 +606,11 @@ def _jobs(ours: OursPipeline, chosen: list[str], qualities: Sequence[int], kept_
 
 
 def _run_jobs(jobs: list[Job], scorer: TaskScorer, ours: OursPipeline, mid: int,
-              prog: Progress) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Any]]:
-    """Run and score every job: (settings with their points, the middle frame per point). A
-    missing AV1 encoder skips that setting with a note."""
+              prog: Progress, matches: dict[str, dict[str, FrameMatches]],
+              ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Any]]:
+    """Run and score every job: (settings with their points, the middle frame per point);
+    each point's detection matches go into ``matches[setting][point]``. A missing AV1 encoder
+    skips that setting with a note."""
     settings: dict[str, dict[str, Any]] = {}
     middles: dict[tuple[str, str], np.ndarray] = {}
     for k, (name, point, job) in enumerate(jobs, 1):
@@ -607,6 +627,8 @@ def _run_jobs(jobs: list[Job], scorer: TaskScorer, ours: OursPipeline, mid: int,
             prog.update(f"{name}: skipped ({s['skipped'][:80]})", force=True)
             continue
         p = scorer.score(size, decoded, point)
+        if scorer.last_matches is not None:
+            matches.setdefault(name, {})[point] = scorer.last_matches
         if name in OURS:
             e = ours.edge_summary
             p["edge"] = {k: e[k] for k in ("bytes_by_substream", "encode_ms", "intra_frames",
@@ -664,9 +686,20 @@ def _compare(po: list[dict[str, Any]], pa: list[dict[str, Any]], key: str) -> di
             "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
 
 
+def _det_interval(settings: dict[str, dict[str, Any]], o: str, a: str,
+                  matches: dict[str, dict[str, FrameMatches]], draws: int) -> dict[str, Any]:
+    """The bootstrap interval of ``o``'s detection BD-rate against anchor ``a``."""
+    from discover.bench.bootstrap import bd_rate_interval
+
+    return bd_rate_interval(settings[o]["points"], settings[a]["points"], matches.get(o, {}),
+                            matches.get(a, {}), bd_rate, draws=draws)
+
+
 def _comparisons(settings: dict[str, dict[str, Any]], chosen: Sequence[str],
-                 tasks: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each of ours against each anchor on every score: (comparisons, the summary's BD-rates)."""
+                 tasks: Sequence[str], matches: dict[str, dict[str, FrameMatches]],
+                 draws: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each of ours against each anchor on every score: (comparisons, the summary's BD-rates;
+    the detection ones with their bootstrap interval when ``draws`` > 0)."""
     comparisons: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     scores = {short: key for short, key in SCORES.items()
@@ -680,6 +713,10 @@ def _comparisons(settings: dict[str, dict[str, Any]], chosen: Sequence[str],
                 comp.update({"det_map50_overlap": det["overlap"],
                              "rate_ratio_at_matched_det_map50": det["rate_ratio_at_matched"],
                              "bd_rate_det": det["bd_rate"], "bd_rate_note": det["bd_rate_note"]})
+                if draws > 0 and det["bd_rate"] is not None:
+                    comp["bd_rate_det_bootstrap"] = boot = _det_interval(settings, o, a,
+                                                                         matches, draws)
+                    summary[f"bd_rate_det_{OURS_INFIX[o]}vs_{a}_ci95"] = boot.get("ci95")
             comp["scores"] = {}
             for short, key in scores.items():
                 comp["scores"][key] = c = _compare(po, pa, key)
@@ -773,17 +810,20 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     diffusion_weights: Path | None = None,
                     annotations: Path | None = None,
                     perceptual: Sequence[str] = PERCEPTUAL,
-                    ours_settings: Sequence[str] = OURS) -> dict[str, Any]:
+                    ours_settings: Sequence[str] = OURS,
+                    bootstrap: int = 200) -> dict[str, Any]:
     """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
     ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
     reference (discover/bench/coco_annotations.py; only its annotated frames are scored);
     ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (discover/bench/perceptual.py), each
     scored only where its weights are in the torch hub cache (skipped with a note otherwise);
     ``ours_settings``: which of ``ours_task``, ``ours_full``, ``ours_bg`` to run (a shorter run
-    for the task-stream figure alone)."""
+    for the task-stream figure alone); ``bootstrap``: draws for the detection BD-rates' 95 %
+    intervals (0: none)."""
     from discover.bench.ground import load_frames
 
     tasks = _check_tasks(tasks)
+    chosen = _check_ours(ours_settings, bootstrap)
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench tasks", enabled=not quiet)
     t_start = time.monotonic()
@@ -799,21 +839,19 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     sc.ours_masks = [region_mask(rs, w, h) for rs in ours.regions]
     qualities = _default_qualities(ours, codec) if qualities is None else qualities
     sink_q = qualities[len(qualities) // 2]
-    chosen = [o for o in OURS if o in ours_settings]
-    if not chosen:
-        raise DiscoverError(f"bench tasks: ours_settings takes some of {', '.join(OURS)}")
     kept_by = "ours_bg" if "ours_bg" in chosen else chosen[0]  # its packets feed the sink run
     jobs = _jobs(ours, chosen, qualities, kept_by, sink_q, frames, fps,
                  {"x264": x264_crfs, "x265": x265_crfs, "av1": av1_crfs},
                  {"jpeg": jpeg_qualities, "webp": webp_qualities})
+    matches: dict[str, dict[str, FrameMatches]] = {}
     try:
-        settings, middles = _run_jobs(jobs, sc, ours, mid, prog)
+        settings, middles = _run_jobs(jobs, sc, ours, mid, prog, matches)
         fps_sink, notes = _sink_throughput(ours, f"{kept_by} q{sink_q}", sink_composers,
                                            diffusion_weights, prog)
     finally:
         prog.done()
     _add_series(settings, tasks)
-    comparisons, summary = _comparisons(settings, chosen, tasks)
+    comparisons, summary = _comparisons(settings, chosen, tasks, matches, bootstrap)
     side_by_side(_panels(settings, middles, frames[mid], mid), out / "side_by_side.png")
     result = {
         "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,

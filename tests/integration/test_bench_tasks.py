@@ -54,6 +54,12 @@ def test_settings_and_files(result: tuple[dict, Path]) -> None:
     for key in ("bd_rate_det_vs_x265", "bd_rate_det_vs_x264"):
         assert key in saved and (saved[key] is not None
                                  or any(w in saved[key + "_note"] for w in ("overlap", "rise")))
+        if saved[key] is not None:  # with its bootstrap interval over the 12 frames
+            boot = saved["comparisons"]["ours_task_vs_" + key[-4:]]["bd_rate_det_bootstrap"]
+            assert boot["draws"] == 200 and 0 < boot["defined"] <= 200
+            if boot["defined"]:
+                lo, hi = saved[key + "_ci95"]
+                assert lo <= boot["median"] <= hi
     img = cv2.imread(str(out / "tasks_rate.png"))
     assert img is not None and img.shape[0] > 100
     # no pretrained backbones in the torch hub cache here: each metric skipped, saying why
@@ -127,17 +133,25 @@ def test_no_overlap_gives_none() -> None:
 def test_cli(tmp_path: Path) -> None:
     p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "2", "--out", str(tmp_path),
                         "--tasks", "det", "--codec", "classical", "--perceptual", "none",
-                        "--json", "-q"], env=cli_env(), capture_output=True, text=True,
+                        "--ours", "ours_task", "--bootstrap", "0", "--json", "-q"],
+                       env=cli_env(), capture_output=True, text=True,
                        timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout.splitlines()[-1])
     assert r["frames"] == 2 and "x265" in r["settings"] and r["tasks"] == ["det"]
     assert "cls_top1" not in r["settings"]["x265"] and "psnr" in r["settings"]["x265"]
     assert r["perceptual"] == {**r["perceptual"], "metrics": [], "skipped": {}}
+    assert "ours_full" not in r["settings"] and "ours_task" in r["settings"]
+    assert not any(k.endswith("_ci95") for k in r)  # --bootstrap 0: no intervals
     bad = subprocess.run([*CLI, "bench", "tasks", "--perceptual", "fid,psnr"], env=cli_env(),
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "--perceptual" in bad.stderr and "psnr" in bad.stderr
+    bad = subprocess.run([*CLI, "bench", "tasks", "--ours", "ours_task,ours_bgg"],
+                         env=cli_env(), capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "ours_bgg" in bad.stderr and "--ours" in bad.stderr
     assert (tmp_path / "tasks.json").is_file() and (tmp_path / "tasks_rate.png").is_file()
 
 

@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 from discover.sdk.boxes import box_iou
-from discover.sdk.metrics import COCO_IOU_THRESHOLDS, average_precision, coco_map
+from discover.sdk.metrics import COCO_IOU_THRESHOLDS, FrameMatches, average_precision, coco_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -222,3 +222,21 @@ def test_matches_the_coco_reference_on_random_data(seed):
     assert got["per_class_50"].keys() == want["per_class_50"].keys()
     for c, v in want["per_class_50"].items():
         assert got["per_class_50"][c] == pytest.approx(v, abs=1e-3), c
+
+
+# -- matched once, scored on resamples (the bootstrap's mAP) ----------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_frame_matches_equal_average_precision_on_any_multiset(seed):
+    """mAP from the frames matched once equals matching the resampled frames from scratch."""
+    preds, refs = random_case(seed, frames=30)
+    m = FrameMatches(preds, refs)
+    assert len(m) == 30
+    assert m.map() == pytest.approx(ap(preds, refs), abs=1e-12)
+    draw = np.random.default_rng(seed).integers(0, 30, size=30)  # repeats and gaps
+    assert m.map(draw) == pytest.approx(ap([preds[i] for i in draw], [refs[i] for i in draw]),
+                                        abs=1e-12)
+    assert FrameMatches(preds, refs, 0.75).map(draw) == pytest.approx(
+        ap([preds[i] for i in draw], [refs[i] for i in draw], 0.75), abs=1e-12)
+    with pytest.raises(ValueError, match="frames"):
+        FrameMatches(preds, refs[:-1])
