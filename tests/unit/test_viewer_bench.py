@@ -55,15 +55,21 @@ def test_psnr_at_interpolates_in_log_rate_and_never_extrapolates() -> None:
 
 
 def test_bench_runs_on_a_few_frames() -> None:
+    """The default edge sends no rest (its full-scale task stream is the whole view); with
+    ``rest_crf`` set the rest comes back and costs bytes of its own."""
     res = viewer.run(str(SAMPLE_CLIP), 0, 4, [{"type": "background"}, {"type": "direct"}],
                      crfs=(30, 44))
     lo, hi = res["x265"]["curve"]
     assert lo["kbps"] > hi["kbps"] and lo["psnr"] > hi["psnr"]
-    assert res["rests"] >= 1 and res["kbps"] > sum(v for k, v in res["kbps_payloads"].items()
-                                                   if k != "rest") > 0
+    assert res["rests"] == 0 and not res["kbps_payloads"].get("rest")
+    assert res["kbps"] >= sum(res["kbps_payloads"].values()) > 0
     assert len(res["composers"]) == 2
     for s in res["composers"].values():
         assert 20 < s["psnr"] < MAX_DB and not math.isnan(s["extras_per_frame"])
+    rest = viewer.run(str(SAMPLE_CLIP), 0, 4, [{"type": "background"}], crfs=(30, 44),
+                      codec={"type": "video", "rest_crf": 30})
+    assert rest["rests"] >= 1 and rest["kbps_payloads"]["rest"] > 0
+    assert rest["kbps"] > sum(v for k, v in rest["kbps_payloads"].items() if k != "rest") > 0
 
 
 def test_ghosts_on_a_sink_folder_of_the_originals_counts_nothing(clip, tmp_path) -> None:
