@@ -239,17 +239,16 @@ def bd_rate_points(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, An
 def rate_ratios(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
                 key: str = "det_map50", rate_key: str = "kbps") -> dict[str, Any]:
     """Rate of ``test`` over rate of ``anchor`` at equal score, at each ``test`` point whose score
-    lies in the anchor's range (anchor log-rate interpolated linearly in score; equal scores keep
-    the cheapest rate). No extrapolation."""
+    lies in the anchor's range (anchor log-rate interpolated linearly in score). The anchor is
+    taken on its rate-score :func:`front`, as the BD-rate takes it: a point that costs more for
+    no higher score (task scores are noisy) would make a lower score look dearer than it is.
+    No extrapolation."""
     ra, sa = _points(anchor, key, rate_key)
     la, sa_ = _clean(ra, sa)
-    if len(sa_) < 2:
-        return {"overlap": False, "note": "anchor has fewer than 2 points"}
-    cheapest: dict[float, float] = {}
-    for s, lr in zip(sa_.tolist(), la.tolist(), strict=True):
-        cheapest[s] = min(lr, cheapest.get(s, lr))
-    xs = np.array(sorted(cheapest))
-    ys = np.array([cheapest[x] for x in xs])
+    keep = front(la, sa_)
+    if len(keep) < 2:
+        return {"overlap": False, "note": "anchor has fewer than 2 points on its front"}
+    xs, ys = sa_[keep], la[keep]  # score rises with rate along the front
     out = []
     for p in test:
         s, rate = p.get(key), p.get(rate_key)
@@ -263,7 +262,8 @@ def rate_ratios(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]]
         return {"overlap": False, "note": f"no point of ours lies in the anchor's {key} range "
                 f"{xs[0]:.3f}..{xs[-1]:.3f}; no extrapolated comparison"}
     return {"overlap": True, "points": out,
-            "median_ratio": round(float(np.median([o["ratio"] for o in out])), 4)}
+            "median_ratio": round(float(np.median([o["ratio"] for o in out])), 4),
+            "anchor_points_off_front": int(len(sa_) - len(keep))}
 
 
 # -- distortion -------------------------------------------------------------------------------

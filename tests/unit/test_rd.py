@@ -116,6 +116,20 @@ def test_points_helpers_name_the_key() -> None:
     assert r["overlap"] and r["median_ratio"] == pytest.approx(0.5)
 
 
+def test_rate_ratios_take_the_anchor_on_its_front() -> None:
+    """An anchor point that costs more for a lower score (noise: x265 CRF 23 scored below
+    CRF 30 on held-out frames) does not make a score in between look dearer: the ratio is
+    read off the points nobody would skip, as the BD-rate reads them."""
+    anchor = [{"point": p, "kbps": k, "det_map50": s} for p, k, s in
+              [("c37", 100, 0.90), ("c30", 200, 0.98), ("c23", 800, 0.96)]]
+    test = [{"point": "q", "kbps": 150, "det_map50": 0.94}]
+    r = rate_ratios(test, anchor)
+    # on the front: halfway from 0.90 to 0.98 is halfway in log-rate from 100 to 200
+    assert r["points"][0]["anchor_kbps"] == pytest.approx(100 * 2 ** 0.5, abs=0.01)
+    assert r["points"][0]["ratio"] == pytest.approx(150 / (100 * 2 ** 0.5), abs=1e-3)
+    assert r["anchor_points_off_front"] == 1
+
+
 # -- distortion -------------------------------------------------------------------------------
 
 def _image(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
