@@ -121,9 +121,10 @@ def _match_frame(frame_preds: Iterable[Prediction], frame_refs: Iterable[Referen
     return out
 
 
-def _accumulate(frames: Iterable[FrameMatch], n_thresholds: int,
+def _accumulate(frames: Iterable[FrameMatch], columns: Sequence[int],
                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """class -> AP per threshold (classes with references only), and reference counts."""
+    """class -> AP at each threshold column in ``columns`` (classes with references only), and
+    reference counts."""
     scores: dict[str, list[np.ndarray]] = {}
     hits: dict[str, list[np.ndarray]] = {}
     n_refs: dict[str, int] = {}
@@ -137,55 +138,53 @@ def _accumulate(frames: Iterable[FrameMatch], n_thresholds: int,
     out: dict[str, np.ndarray] = {}
     for label, n in n_refs.items():
         if label not in scores:
-            out[label] = np.zeros(n_thresholds)
+            out[label] = np.zeros(len(columns))
             continue
         s = np.concatenate(scores[label])
         h = np.concatenate(hits[label], axis=1)
-        out[label] = np.array([_ap(s, h[ti], n) for ti in range(n_thresholds)])
+        out[label] = np.array([_ap(s, h[c], n) for c in columns])
     return out, n_refs
 
 
-def _check_lengths(preds: Sequence[object], refs: Sequence[object]) -> None:
-    if len(preds) != len(refs):
-        raise ValueError(f"preds has {len(preds)} frames but refs has {len(refs)}; "
-                         "pass one list per frame for both")
-
-
-def _evaluate(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Reference]],
-              thresholds: Sequence[float], max_detections: int | None,
-              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """class -> AP per threshold (classes with references only), and reference counts."""
-    _check_lengths(preds, refs)
-    th = np.asarray(thresholds, dtype=np.float64)
-    return _accumulate((_match_frame(p, r, th, max_detections)
-                        for p, r in zip(preds, refs, strict=True)), len(th))
-
-
 class FrameMatches:
-    """Predictions matched to references once, frame by frame, at one IoU threshold, so that
-    mAP over any multiset of those frames (a bootstrap resample) costs no matching::
+    """Predictions matched to references once, frame by frame, at one or more IoU thresholds,
+    so that AP over any multiset of those frames (a bootstrap resample) costs no matching::
 
         m = FrameMatches(preds, refs)
         m.map()                      # == average_precision(preds, refs).map
         m.map([3, 3, 0, 7, ...])     # the same frames drawn with replacement
-    """
+
+    ``preds[i]`` and ``refs[i]`` are frame i's predictions ``(box, label, score)`` and
+    references ``(box, label)``; ``max_detections`` keeps the best-scoring predictions per frame
+    and class (COCO: 100; None keeps all)."""
 
     def __init__(self, preds: Sequence[Iterable[Prediction]],
-                 refs: Sequence[Iterable[Reference]], iou_threshold: float = 0.5, *,
+                 refs: Sequence[Iterable[Reference]],
+                 iou_thresholds: float | Sequence[float] = 0.5, *,
                  max_detections: int | None = 100) -> None:
-        _check_lengths(preds, refs)
-        th = np.array([iou_threshold], dtype=np.float64)
-        self.frames = [_match_frame(p, r, th, max_detections)
+        if len(preds) != len(refs):
+            raise ValueError(f"preds has {len(preds)} frames but refs has {len(refs)}; "
+                             "pass one list per frame for both")
+        self.thresholds = np.atleast_1d(np.asarray(iou_thresholds, dtype=np.float64))
+        self.frames = [_match_frame(p, r, self.thresholds, max_detections)
                        for p, r in zip(preds, refs, strict=True)]
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    def _chosen(self, indices: Iterable[int] | None) -> list[FrameMatch]:
+        return self.frames if indices is None else [self.frames[i] for i in indices]
+
+    def per_class(self, indices: Iterable[int] | None = None,
+                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """class -> AP per threshold over the frames at ``indices`` (repeats count again;
+        default: every frame once), classes with references only; and reference counts."""
+        return _accumulate(self._chosen(indices), range(len(self.thresholds)))
+
     def map(self, indices: Iterable[int] | None = None) -> float:
-        """mAP over the frames at ``indices`` (repeats count again; default: every frame once);
+        """mAP at the first threshold over the frames at ``indices`` (as :meth:`per_class`):
         the mean over the classes with references among them (0.0 if none)."""
-        chosen = self.frames if indices is None else [self.frames[i] for i in indices]
-        per, _ = _accumulate(chosen, 1)
+        per, _ = _accumulate(self._chosen(indices), [0])
         return float(np.mean([v[0] for v in per.values()])) if per else 0.0
 
 
@@ -199,7 +198,8 @@ def average_precision(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iter
     best-scoring predictions per frame and class (COCO: 100; None keeps all)."""
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1] (got {iou_threshold})")
-    per, n_refs = _evaluate(preds, refs, [iou_threshold], max_detections)
+    per, n_refs = FrameMatches(preds, refs, iou_threshold,
+                               max_detections=max_detections).per_class()
     return APResult(iou_threshold, {k: float(v[0]) for k, v in per.items()}, n_refs)
 
 
@@ -208,7 +208,15 @@ def coco_map(preds: Sequence[Iterable[Prediction]], refs: Sequence[Iterable[Refe
     """COCO's headline box figures: mAP@0.5, mAP@0.75, mAP@[.5:.95] (mean over the ten
     thresholds 0.5, 0.55, ..., 0.95 and the classes in ``refs``), and per-class AP@0.5 and
     AP@[.5:.95]."""
-    per, n_refs = _evaluate(preds, refs, COCO_IOU_THRESHOLDS, max_detections)
+    return coco_map_of(FrameMatches(preds, refs, COCO_IOU_THRESHOLDS,
+                                    max_detections=max_detections))
+
+
+def coco_map_of(matches: FrameMatches) -> dict:
+    """:func:`coco_map` of predictions already matched at ``COCO_IOU_THRESHOLDS``."""
+    if tuple(matches.thresholds.tolist()) != COCO_IOU_THRESHOLDS:
+        raise ValueError("coco_map_of needs matches at COCO_IOU_THRESHOLDS")
+    per, n_refs = matches.per_class()
     if not per:
         return {"map_50": 0.0, "map_75": 0.0, "map_50_95": 0.0, "per_class_50": {},
                 "per_class_50_95": {}, "references": {}}

@@ -31,38 +31,61 @@ BDRate = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]], str],
 KEY = "det_map50"
 
 
-def _resampled(points: Sequence[dict[str, Any]], matches: Mapping[str, FrameMatches],
-               draw: np.ndarray) -> list[dict[str, Any]]:
-    """The points with their score recomputed on the frames of ``draw``."""
-    return [{"kbps": p["kbps"], KEY: matches[p["point"]].map(draw)} for p in points
-            if p["point"] in matches]
+class FrameBootstrap:
+    """Frames drawn with replacement, ``draws`` times, shared by every point of every curve
+    (paired); each point's score on the draws is computed once, however many anchors it is
+    compared with."""
+
+    def __init__(self, n_frames: int, draws: int = 200, seed: int = 0) -> None:
+        self.n_frames, self.draws, self.seed = n_frames, draws, seed
+        self.idx = np.random.default_rng(seed).integers(0, n_frames, size=(draws, n_frames))
+        self._scores: dict[FrameMatches, np.ndarray] = {}
+
+    def scores(self, matches: FrameMatches) -> np.ndarray:
+        """mAP@0.5 of one point on each draw."""
+        if len(matches) != self.n_frames:
+            raise ValueError(f"every point must be scored on the same frames (got {len(matches)} "
+                             f"frames, the draws are over {self.n_frames})")
+        if matches not in self._scores:
+            self._scores[matches] = np.array([matches.map(d) for d in self.idx])
+        return self._scores[matches]
+
+    def _curve(self, points: Sequence[dict[str, Any]], matches: Mapping[str, FrameMatches],
+               k: int) -> list[dict[str, Any]]:
+        """The points with their score on draw ``k``."""
+        return [{"kbps": p["kbps"], KEY: self.scores(matches[p["point"]])[k]} for p in points
+                if p["point"] in matches]
+
+    def interval(self, test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
+                 test_matches: Mapping[str, FrameMatches],
+                 anchor_matches: Mapping[str, FrameMatches], bd_rate: BDRate) -> dict[str, Any]:
+        """Percentile interval of the detection BD-rate of ``test`` against ``anchor``.
+
+        ``test`` / ``anchor``: bench tasks' points (``point``, ``kbps``); ``*_matches``: each
+        point's :class:`FrameMatches` by its ``point`` name; ``bd_rate``: the BD-rate the
+        headline figure uses (bench tasks': pchip on the front)."""
+        values = []
+        for k in range(self.draws):
+            bd, _ = bd_rate(self._curve(test, test_matches, k),
+                            self._curve(anchor, anchor_matches, k), KEY)
+            if bd is not None:
+                values.append(bd)
+        out: dict[str, Any] = {"draws": self.draws, "defined": len(values), "seed": self.seed,
+                               "method": "paired bootstrap over frames, percentile interval"}
+        if values:
+            lo, mid, hi = np.percentile(values, [2.5, 50, 97.5])
+            out.update({"ci95": [round(float(lo), 2), round(float(hi), 2)],
+                        "median": round(float(mid), 2)})
+        return out
 
 
 def bd_rate_interval(test: Sequence[dict[str, Any]], anchor: Sequence[dict[str, Any]],
                      test_matches: Mapping[str, FrameMatches],
                      anchor_matches: Mapping[str, FrameMatches], bd_rate: BDRate, *,
                      draws: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Percentile interval of the detection BD-rate of ``test`` against ``anchor``.
-
-    ``test`` / ``anchor``: bench tasks' points (``point``, ``kbps``); ``*_matches``: each
-    point's :class:`FrameMatches` by its ``point`` name, all over the same frames;
-    ``bd_rate``: the BD-rate the headline figure uses (bench tasks': pchip on the front)."""
+    """:meth:`FrameBootstrap.interval` for one pair of curves."""
     sizes = {len(m) for m in (*test_matches.values(), *anchor_matches.values())}
     if len(sizes) != 1:
         raise ValueError(f"every point must be scored on the same frames (got sizes {sizes})")
-    n = sizes.pop()
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(draws):
-        draw = rng.integers(0, n, size=n)
-        bd, _ = bd_rate(_resampled(test, test_matches, draw),
-                        _resampled(anchor, anchor_matches, draw), KEY)
-        if bd is not None:
-            values.append(bd)
-    out: dict[str, Any] = {"draws": draws, "defined": len(values), "seed": seed,
-                           "method": "paired bootstrap over frames, percentile interval"}
-    if values:
-        lo, mid, hi = np.percentile(values, [2.5, 50, 97.5])
-        out.update({"ci95": [round(float(lo), 2), round(float(hi), 2)],
-                    "median": round(float(mid), 2)})
-    return out
+    boot = FrameBootstrap(sizes.pop(), draws, seed)
+    return boot.interval(test, anchor, test_matches, anchor_matches, bd_rate)

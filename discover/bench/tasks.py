@@ -81,10 +81,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from discover.bench.bootstrap import FrameBootstrap
 from discover.progress import Progress
 from discover.sdk.assets import SAMPLE_CLIP
 from discover.sdk.errors import DiscoverError
-from discover.sdk.metrics import FrameMatches, coco_map
+from discover.sdk.metrics import COCO_IOU_THRESHOLDS, FrameMatches, coco_map_of
 from discover.sdk.rd import bd_rate_points, overlap_points, rate_ratios
 from discover.sdk.regions import region_mask
 
@@ -431,7 +432,7 @@ class TaskScorer:
         self.scorer: Any = None
         #: ours' task pixels: the union of its region boxes per frame (psnr_task everywhere)
         self.ours_masks: list[np.ndarray] = []
-        #: the last scored point's detections matched at IoU 0.5 (for the bootstrap)
+        #: the last scored point's detections matched to the references (for the bootstrap)
         self.last_matches: FrameMatches | None = None
 
     def detect(self, imgs: list[np.ndarray], thr: float) -> Preds:
@@ -527,8 +528,8 @@ class TaskScorer:
 
     def _det(self, decoded: list[np.ndarray]) -> dict[str, Any]:
         preds = self.detect([decoded[f] for f in self.scored], self.pred_score)
-        m = coco_map(preds, self.refs)
-        self.last_matches = FrameMatches(preds, self.refs)
+        self.last_matches = FrameMatches(preds, self.refs, COCO_IOU_THRESHOLDS)
+        m = coco_map_of(self.last_matches)
         return {"det_map50": round(m["map_50"], 4), "det_map": round(m["map_50_95"], 4),
                 "per_class_50": {k: round(v, 4) for k, v in m["per_class_50"].items()},
                 "per_class": {k: {"ap50": round(m["per_class_50"][k], 4),
@@ -686,20 +687,11 @@ def _compare(po: list[dict[str, Any]], pa: list[dict[str, Any]], key: str) -> di
             "bd_rate": None if bd is None else round(bd, 2), "bd_rate_note": why}
 
 
-def _det_interval(settings: dict[str, dict[str, Any]], o: str, a: str,
-                  matches: dict[str, dict[str, FrameMatches]], draws: int) -> dict[str, Any]:
-    """The bootstrap interval of ``o``'s detection BD-rate against anchor ``a``."""
-    from discover.bench.bootstrap import bd_rate_interval
-
-    return bd_rate_interval(settings[o]["points"], settings[a]["points"], matches.get(o, {}),
-                            matches.get(a, {}), bd_rate, draws=draws)
-
-
 def _comparisons(settings: dict[str, dict[str, Any]], chosen: Sequence[str],
                  tasks: Sequence[str], matches: dict[str, dict[str, FrameMatches]],
-                 draws: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                 boot: FrameBootstrap | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each of ours against each anchor on every score: (comparisons, the summary's BD-rates;
-    the detection ones with their bootstrap interval when ``draws`` > 0)."""
+    the detection ones with their interval from ``boot``'s draws, when given)."""
     comparisons: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     scores = {short: key for short, key in SCORES.items()
@@ -713,10 +705,10 @@ def _comparisons(settings: dict[str, dict[str, Any]], chosen: Sequence[str],
                 comp.update({"det_map50_overlap": det["overlap"],
                              "rate_ratio_at_matched_det_map50": det["rate_ratio_at_matched"],
                              "bd_rate_det": det["bd_rate"], "bd_rate_note": det["bd_rate_note"]})
-                if draws > 0 and det["bd_rate"] is not None:
-                    comp["bd_rate_det_bootstrap"] = boot = _det_interval(settings, o, a,
-                                                                         matches, draws)
-                    summary[f"bd_rate_det_{OURS_INFIX[o]}vs_{a}_ci95"] = boot.get("ci95")
+                if boot is not None and det["bd_rate"] is not None:
+                    comp["bd_rate_det_bootstrap"] = ci = boot.interval(
+                        po, pa, matches.get(o, {}), matches.get(a, {}), bd_rate)
+                    summary[f"bd_rate_det_{OURS_INFIX[o]}vs_{a}_ci95"] = ci.get("ci95")
             comp["scores"] = {}
             for short, key in scores.items():
                 comp["scores"][key] = c = _compare(po, pa, key)
@@ -851,7 +843,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     finally:
         prog.done()
     _add_series(settings, tasks)
-    comparisons, summary = _comparisons(settings, chosen, tasks, matches, bootstrap)
+    boot = FrameBootstrap(len(sc.scored), bootstrap) if bootstrap else None
+    comparisons, summary = _comparisons(settings, chosen, tasks, matches, boot)
     side_by_side(_panels(settings, middles, frames[mid], mid), out / "side_by_side.png")
     result = {
         "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,

@@ -288,9 +288,9 @@ def rans_encode(symbols: np.ndarray, indexes: np.ndarray, table: CdfTable) -> by
         # with one or two symbols that can run before the buffer and corrupt the heap (an
         # abort, "double free or corruption", when the allocator notices; a simulation of its
         # coder on random symbol mixes, frequencies down to 1 and escapes, finds no overrun
-        # from 3 symbols on). The last symbol is
-        # repeated up to 3: rANS decodes in coding order, so a decoder that reads n symbols
-        # gets the same n values and never reaches the padding.
+        # from 3 symbols on). The last symbol is repeated up to 3: rANS decodes in coding
+        # order, so a decoder that reads n symbols gets the same n values and never reaches
+        # the padding.
         pad = MIN_CODED - len(values)
         values, idx = values + values[-1:] * pad, idx + idx[-1:] * pad
     return RansEncoder().encode_with_indexes(values, idx, rows, lengths, offsets)
