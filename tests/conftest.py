@@ -113,6 +113,33 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
+@pytest.fixture
+def lacking_reference(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frame indices a sink found lacking a reference (each asked the edge for a refresh),
+    in the order the sink met them. How many depends on how far the sink lags the edge when
+    it joins, so a test asserts where they lie, not how many there are."""
+    from discover.sink.pipeline import SinkPipeline
+
+    frames: list[int] = []
+    ask = SinkPipeline._request_refresh
+
+    def record(self: SinkPipeline, cam: Any, index: int) -> None:
+        frames.append(index)
+        ask(self, cam, index)
+
+    monkeypatch.setattr(SinkPipeline, "_request_refresh", record)
+    return frames
+
+
+def assert_recovered(lacking: list[int], got: list[int], summary: dict[str, Any]) -> None:
+    """Only frames before the refresh lacked references, and from the first frame that decoded
+    with its references on, every frame to the end of the clip did."""
+    assert lacking and summary["missing_reference"] == len(lacking), (lacking, summary)
+    clean = [i for i in got if i not in set(lacking)]
+    assert clean == list(range(clean[0], CLIP_FRAMES)), clean
+    assert max(lacking) < clean[0], (lacking, clean[:5])
+
+
 # -- a sink in a thread ------------------------------------------------------------------------
 
 class SinkThread:

@@ -18,6 +18,7 @@ from conftest import (
     FAST_CODEC,
     PREFIX,
     SinkThread,
+    assert_recovered,
     broker_config,
     cli_env,
     status_state,
@@ -372,25 +373,13 @@ def test_shards_split_the_cameras(broker, clip, tmp_path, monkeypatch):
 
 
 def test_late_sink_asks_a_temporal_edge_for_a_refresh_and_recovers(broker, clip, tmp_path,
-                                                                    monkeypatch):
+                                                                    lacking_reference):
     """Learned codec with temporal prediction (tiny random checkpoint): a sink that joins
     mid-stream lacks the references, asks on <prefix>/<camera>/control, the edge codes the
     next frame intra, and from then on the sink decodes every region."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("compressai")
     from discover.sdk.codecs.learned.model import DiscoverCodecModel, ModelConfig
-    from discover.sink.pipeline import SinkPipeline
-
-    # which frames the sink found lacking a reference (how many depends on how far the sink
-    # lags the edge when it joins: a loaded machine queues more frames before the refresh)
-    lacking: list[int] = []
-    ask = SinkPipeline._request_refresh
-
-    def record(self: SinkPipeline, cam: Any, index: int) -> None:
-        lacking.append(index)
-        ask(self, cam, index)
-
-    monkeypatch.setattr(SinkPipeline, "_request_refresh", record)
 
     torch.manual_seed(0)
     DiscoverCodecModel(ModelConfig.preset("tiny")).save_pretrained(tmp_path / "ck")
@@ -422,9 +411,4 @@ def test_late_sink_asks_a_temporal_edge_for_a_refresh_and_recovers(broker, clip,
     # between refreshes regions are predicted (residual or skipped), not coded afresh
     modes = out["region_modes"]
     assert modes.get("residual", 0) + modes.get("skip", 0) > modes.get("intra", 0), modes
-    # only the frames before the refresh arrived lacked references; from the first frame
-    # that decoded with its references on, every frame did
-    assert lacking and summary["missing_reference"] == len(lacking), (lacking, summary)
-    clean = [i for i in got if i not in set(lacking)]
-    assert clean == list(range(clean[0], CLIP_FRAMES)), clean
-    assert max(lacking) < clean[0], (lacking, clean[:5])
+    assert_recovered(lacking_reference, got, summary)
