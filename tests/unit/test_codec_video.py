@@ -143,6 +143,41 @@ def test_roi_starting_mid_stream_and_on_ultrafast_codes_and_decodes(frames, pres
     assert sizes[3] > 2 * plain_sizes[3]  # ... boxes at -0.3 cost far more bits: ROI applied
 
 
+def _roi_side_data(frame: av.VideoFrame) -> list[tuple[int, int, int, int, float]]:
+    """The frame's AVRegionOfInterest entries as (left, top, right, bottom, qoffset)."""
+    import struct
+
+    (sd,) = [d for d in frame.side_data if d.type.name == "REGIONS_OF_INTEREST"]
+    raw = bytes(sd)
+    out = []
+    for at in range(0, len(raw), 28):
+        size, top, bottom, left, right, num, den = struct.unpack_from("<Iiiiiii", raw, at)
+        assert size == 28
+        out.append((left, top, right, bottom, num / den))
+    return out
+
+
+@pytest.mark.parametrize(("qoffset", "background", "want"), [
+    (-0.2, 0.0, [(8, 16, 40, 48, -0.2), (0, 0, 96, 64, 0.0)]),  # boxes finer, the rest at 0
+    (0.0, 0.1, [(8, 16, 40, 48, 0.0), (0, 0, 96, 64, 0.1)]),  # boxes at 0, the rest coarser
+    (0.0, 0.0, [(0, 0, 96, 64, 0.0)]),  # nothing to say: the whole frame at 0 (the x265 trap)
+    (0.05, 0.05, [(0, 0, 96, 64, 0.05)]),  # one offset for all: one whole-frame region
+])
+def test_tag_roi_puts_boxes_first_and_the_rest_at_the_background_offset(qoffset, background,
+                                                                       want):
+    """ffmpeg applies the first region covering a block, so boxes come before the whole frame;
+    every frame carries the whole-frame region (libx265 crashes when ROI appears mid-stream)."""
+    from fractions import Fraction
+
+    from discover.sdk.codecs.video.roi import tag_roi
+
+    vf = av.VideoFrame.from_ndarray(np.zeros((64, 96, 3), np.uint8), format="bgr24")
+    vf = vf.reformat(format="yuv420p")
+    vf.pts, vf.time_base = 0, Fraction(1, 10)
+    got = _roi_side_data(tag_roi(vf, [(8, 16, 40, 48), (50, 50, 50, 60)], qoffset, background))
+    assert [(*r[:4], pytest.approx(r[4], abs=1e-4)) for r in got] == want
+
+
 def test_task_sink_gets_no_rest_and_side_stays_small(frames):
     edge = codec()
     edge.start(["detection", "vehicles"], 10.0)

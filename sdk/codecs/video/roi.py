@@ -27,9 +27,10 @@ Box = tuple[int, int, int, int]
 ROI_ENCODERS = frozenset({"libx265", "libx264"})
 
 
-def tag_roi(frame: Any, boxes: Sequence[Box], qoffset: float) -> Any:
+def tag_roi(frame: Any, boxes: Sequence[Box], qoffset: float, background: float = 0.0) -> Any:
     """``frame`` (an av.VideoFrame) with ROI side data: ``boxes`` at ``qoffset`` (-1..1, a
-    fraction of the QP range; negative = better quality) and the whole frame at 0."""
+    fraction of the QP range, which ffmpeg scales by 51 for 8-bit x265/x264; negative = better
+    quality) and the rest of the frame at ``background``."""
     from av.filter import Graph
 
     w, h = frame.width, frame.height
@@ -37,8 +38,9 @@ def tag_roi(frame: Any, boxes: Sequence[Box], qoffset: float) -> Any:
     src = g.add_buffer(width=w, height=h, format=frame.format.name,
                        time_base=frame.time_base or Fraction(1, 10))
     prev = src
-    regions = [(*b, qoffset) for b in boxes if b[2] > b[0] and b[3] > b[1]] if qoffset else []
-    for x0, y0, x1, y1, q in [*regions, (0, 0, w, h, 0.0)]:
+    regions = [(*b, qoffset) for b in boxes if b[2] > b[0] and b[3] > b[1]] \
+        if qoffset != background else []
+    for x0, y0, x1, y1, q in [*regions, (0, 0, w, h, background)]:
         f = g.add("addroi", f"x={x0}:y={y0}:w={x1 - x0}:h={y1 - y0}:qoffset={q:.4f}")
         prev.link_to(f)
         prev = f
