@@ -1,0 +1,171 @@
+"""Try a task-stream encoder option on the development split before it goes near the codec.
+
+Codes the frames with the `video` codec's own low-delay HEVC stream (``StreamEncoder``, the
+machine-view options) at several CRFs, once per setting, decodes each with ``StreamDecoder``,
+and scores NanoDet on the decoded frames against NanoDet on the originals as ``discover bench
+tasks`` does (reference score 0.3, headline classes with >= 20 reference boxes, mAP@0.5). Then
+the BD-rate of every setting against the first, on detection and on PSNR (``bench.tasks.bd_rate``:
+pchip on each curve's rate-score front), the detection one with its 95 % paired-bootstrap
+interval over frames (``bench.bootstrap``): on a few hundred frames one point's mAP moves by a
+few hundredths, and that is tens of per cent of BD-rate. docs/video-codec.md lists what this
+found.
+
+A setting is ``plain`` or comma-separated ``key=value`` of:
+
+- ``gop=N``: a keyframe every N frames (the codec's ``gop``);
+- ``cascade=0/3/2/3``: a per-frame QP offset cycle for predicted frames (QP units, through
+  whole-frame ROI side data), as HM's low-delay configuration does;
+- ``background=Q``: predicted frames coarser by Q QP outside the grounder's boxes (the default
+  edge's NanoDet every 3rd frame plus tracking, boxes grown by ``grow=PX``, default 16);
+- ``preset=NAME``: the x265 preset (default medium);
+- ``x265=K=V:K=V``: extra x265 parameters, after the codec's own (the codec's ``params``).
+
+Frames 500 on are vtest.avi's evaluation split: this tool refuses them (choose on development
+frames, report held-out figures with ``discover bench tasks``)::
+
+    python tools/try_task_stream.py --frames 300 plain "gop=100" "cascade=0/3/2/3" "background=2"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+EVALUATION_START = 500
+QP_RANGE = 51.0  # ffmpeg scales an ROI qoffset of 1 to 51 QP for 8-bit x265
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``plain`` or ``key=value,...`` -> {gop, cascade (QP list), background (QP), grow}."""
+    out: dict[str, Any] = {"gop": 0, "cascade": [0.0], "background": 0.0, "grow": 16,
+                           "preset": "medium", "x265": ""}
+    for part in filter(None, text.split(",")) if text != "plain" else []:
+        key, _, value = part.partition("=")
+        if key == "cascade":
+            out[key] = [float(v) for v in value.split("/")]
+        elif key in ("gop", "grow"):
+            out[key] = int(value)
+        elif key == "background":
+            out[key] = float(value)
+        elif key in ("preset", "x265"):
+            out[key] = value
+        else:
+            raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
+                             "cascade, background, grow, preset or x265")
+    return out
+
+
+def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, int, int]]],
+                    crf: int, s: dict[str, Any]) -> tuple[int, list[np.ndarray], float]:
+    """Bytes of the task stream at ``crf`` with setting ``s``, its decoded frames, and the
+    encoder's median ms a frame (ROI tagging included)."""
+    import time
+
+    import av
+    from discover.sdk.codecs.video.elementary import StreamDecoder, StreamEncoder
+    from discover.sdk.codecs.video.roi import tag_roi
+
+    h, w = frames[0].shape[:2]
+    roi = any(s["cascade"]) or bool(s["background"])
+    enc = StreamEncoder("hevc", w, h, crf, s["preset"], s["gop"], 0.0, params=s["x265"],
+                        machine=True)
+    dec, size, out, ms = StreamDecoder("hevc"), 0, [], []
+    for i, (img, bx) in enumerate(zip(frames, boxes, strict=True)):
+        t0 = time.perf_counter()
+        vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+        vf.pts, vf.time_base = i, Fraction(1, 10)
+        if roi:  # every frame tagged from the first on (the x265 trap), keyframes at 0
+            step = 0.0 if i == 0 else s["cascade"][i % len(s["cascade"])] / QP_RANGE
+            back = step + (0.0 if i == 0 else s["background"] / QP_RANGE)
+            vf = tag_roi(vf, bx if s["background"] else [], step, back)
+            vf.pts = i
+        if i == 0:
+            vf.pict_type = av.video.frame.PictureType.I
+        packets = enc.ctx.encode(vf)
+        ms.append((time.perf_counter() - t0) * 1000)
+        chunk = bytes([(i % 128) << 1 | any(p.is_keyframe for p in packets)])
+        chunk += b"".join(bytes(p) for p in packets)
+        size += len(chunk)
+        img_hat, why = dec.decode(chunk)
+        if img_hat is None:
+            raise SystemExit(f"try_task_stream: frame {i} did not decode ({why})")
+        out.append(img_hat)
+    return size, out, float(np.median(ms))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("settings", nargs="+", help="plain, or key=value,... (module docstring)")
+    ap.add_argument("--source", default=VTEST)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--crfs", default="35,38,41,44")
+    ap.add_argument("--json", help="write every point here")
+    a = ap.parse_args(argv)
+    if a.source == VTEST and a.start + a.frames > EVALUATION_START:
+        raise SystemExit(f"try_task_stream: vtest.avi frames {EVALUATION_START} on are the "
+                         "evaluation split; choose on frames 0-499 (--start/--frames)")
+    settings = {t: parse_setting(t) for t in a.settings}
+
+    from discover.sdk.metrics import FrameMatches
+    from discover.sdk.models.nanodet import NanoDet
+    from discover.sdk.rd import psnr
+
+    from discover.bench.bootstrap import bd_rate_interval
+    from discover.bench.ground import load_frames
+    from discover.bench.tasks import OursPipeline, bd_rate
+
+    frames, _ = load_frames(a.source, a.start, a.frames)
+    h, w = frames[0].shape[:2]
+    regions = OursPipeline(a.source, frames, 0, {"type": "video"}).regions
+    model = NanoDet()
+
+    def detect(imgs: list[np.ndarray], thr: float) -> list[list[tuple[Any, str, float]]]:
+        out = []
+        for im in imgs:
+            d = model.detect(im, score_threshold=thr)
+            out.append([(tuple(map(float, b)), lb, float(sc))
+                        for b, lb, sc in zip(d.boxes, d.labels, d.scores, strict=True)])
+        return out
+
+    ref = detect(frames, 0.3)
+    counts = Counter(lb for f in ref for _, lb, _ in f)
+    refs = [[(b, lb) for b, lb, _ in f if counts[lb] >= 20] for f in ref]
+    res: dict[str, list[dict[str, Any]]] = {}
+    matches: dict[str, dict[str, FrameMatches]] = {}
+    for name, s in settings.items():
+        g = s["grow"]
+        boxes = [[(max(0, r.box[0] - g), max(0, r.box[1] - g), min(w, r.box[2] + g),
+                   min(h, r.box[3] + g)) for r in rs] for rs in regions]
+        res[name], matches[name] = [], {}
+        for crf in (int(c) for c in a.crfs.split(",")):
+            size, dec, ms = code_and_decode(frames, boxes, crf, s)
+            m = matches[name][f"crf{crf}"] = FrameMatches(detect(dec, 0.05), refs)
+            p = {"point": f"crf{crf}", "kbps": round(size * 8 / 1000 / (len(frames) / 10), 2),
+                 "det_map50": round(m.map(), 4),
+                 "psnr": float(np.mean([psnr(x, y) for x, y in zip(frames, dec, strict=True)])),
+                 "encode_ms": round(ms, 1)}
+            res[name].append(p)
+            print(f"{name:24s} {p['point']:6s} {p['kbps']:8.1f} kbit/s  det {p['det_map50']:.4f}"
+                  f"  psnr {p['psnr']:.2f}  encode {ms:.0f} ms", flush=True)
+    base = a.settings[0]
+    for name in a.settings[1:]:
+        det, psn = bd_rate(res[name], res[base], "det_map50"), bd_rate(res[name], res[base], "psnr")
+        ci = bd_rate_interval(res[name], res[base], matches[name], matches[base], bd_rate)
+        print(f"{name} vs {base}: BD-rate det {det[0]} % (95 % {ci.get('ci95')}, median "
+              f"{ci.get('median')}; {det[1]}), psnr {psn[0]} %")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
