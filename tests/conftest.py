@@ -135,7 +135,8 @@ def assert_recovered(lacking: list[int], got: list[int], summary: dict[str, Any]
     """Only frames before the refresh lacked references, and from the first frame that decoded
     with its references on, every frame to the end of the clip did."""
     assert lacking and summary["missing_reference"] == len(lacking), (lacking, summary)
-    clean = [i for i in got if i not in set(lacking)]
+    lacked = set(lacking)
+    clean = [i for i in got if i not in lacked]
     assert clean == list(range(clean[0], CLIP_FRAMES)), clean
     assert max(lacking) < clean[0], (lacking, clean[:5])
 

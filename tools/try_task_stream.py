@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from fractions import Fraction
 from typing import Any
 
@@ -80,18 +79,13 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
     for i, (img, bx) in enumerate(zip(frames, boxes, strict=True)):
         t0 = time.perf_counter()
         vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
-        vf.pts, vf.time_base = i, Fraction(1, 10)
         if roi:  # every frame tagged from the first on (the x265 trap), keyframes at 0
+            vf.pts, vf.time_base = i, Fraction(1, 10)
             step = 0.0 if i == 0 else s["cascade"][i % len(s["cascade"])] / QP_RANGE
             back = step + (0.0 if i == 0 else s["background"] / QP_RANGE)
             vf = tag_roi(vf, bx if s["background"] else [], step, back)
-            vf.pts = i
-        if i == 0:
-            vf.pict_type = av.video.frame.PictureType.I
-        packets = enc.ctx.encode(vf)
+        chunk, _ = enc.encode_frame(vf, i == 0)
         ms.append((time.perf_counter() - t0) * 1000)
-        chunk = bytes([(i % 128) << 1 | any(p.is_keyframe for p in packets)])
-        chunk += b"".join(bytes(p) for p in packets)
         size += len(chunk)
         img_hat, why = dec.decode(chunk)
         if img_hat is None:
@@ -115,29 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = {t: parse_setting(t) for t in a.settings}
 
     from discover.sdk.metrics import FrameMatches
-    from discover.sdk.models.nanodet import NanoDet
-    from discover.sdk.rd import psnr
+    from discover.sdk.regions import region_mask
 
     from discover.bench.bootstrap import bd_rate_interval
     from discover.bench.ground import load_frames
-    from discover.bench.tasks import OursPipeline, bd_rate
+    from discover.bench.tasks import OursPipeline, TaskScorer, bd_rate
+    from discover.progress import Progress
 
-    frames, _ = load_frames(a.source, a.start, a.frames)
+    frames, fps = load_frames(a.source, a.start, a.frames)
     h, w = frames[0].shape[:2]
     regions = OursPipeline(a.source, frames, 0, {"type": "video"}).regions
-    model = NanoDet()
-
-    def detect(imgs: list[np.ndarray], thr: float) -> list[list[tuple[Any, str, float]]]:
-        out = []
-        for im in imgs:
-            d = model.detect(im, score_threshold=thr)
-            out.append([(tuple(map(float, b)), lb, float(sc))
-                        for b, lb, sc in zip(d.boxes, d.labels, d.scores, strict=True)])
-        return out
-
-    ref = detect(frames, 0.3)
-    counts = Counter(lb for f in ref for _, lb, _ in f)
-    refs = [[(b, lb) for b, lb, _ in f if counts[lb] >= 20] for f in ref]
+    # bench tasks' scorer: NanoDet on the originals at 0.3 as the reference, classes with >= 20
+    # reference boxes, predictions from 0.05; MS-SSIM on one frame only (not reported here)
+    sc = TaskScorer(frames, fps, ("det",), 0.05, len(frames), Progress("try", enabled=False))
+    sc.set_references(sc.detect(frames, 0.3), list(range(len(frames))), 20)
+    sc.ours_masks = [region_mask(rs, w, h) for rs in regions]
     res: dict[str, list[dict[str, Any]]] = {}
     matches: dict[str, dict[str, FrameMatches]] = {}
     for name, s in settings.items():
@@ -147,11 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         res[name], matches[name] = [], {}
         for crf in (int(c) for c in a.crfs.split(",")):
             size, dec, ms = code_and_decode(frames, boxes, crf, s)
-            m = matches[name][f"crf{crf}"] = FrameMatches(detect(dec, 0.05), refs)
-            p = {"point": f"crf{crf}", "kbps": round(size * 8 / 1000 / (len(frames) / 10), 2),
-                 "det_map50": round(m.map(), 4),
-                 "psnr": float(np.mean([psnr(x, y) for x, y in zip(frames, dec, strict=True)])),
-                 "encode_ms": round(ms, 1)}
+            p = {**sc.score(size, dec, f"crf{crf}"), "encode_ms": round(ms, 1)}
+            matches[name][p["point"]] = sc.last_matches
             res[name].append(p)
             print(f"{name:24s} {p['point']:6s} {p['kbps']:8.1f} kbit/s  det {p['det_map50']:.4f}"
                   f"  psnr {p['psnr']:.2f}  encode {ms:.0f} ms", flush=True)

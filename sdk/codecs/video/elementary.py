@@ -111,15 +111,19 @@ class StreamEncoder:
         import av
 
         vf = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
-        vf.pts = self.count
-        vf.time_base = self.ctx.time_base
+        if self.roi_offset:  # a stream without ROI never carries ROI side data, so no trap
+            vf.pts, vf.time_base = self.count, self.ctx.time_base
+            vf = tag_roi(vf, boxes, self.roi_offset)
+        return self.encode_frame(vf, key)
+
+    def encode_frame(self, vf: Any, key: bool) -> tuple[bytes, bool]:
+        """One yuv420p av.VideoFrame, with any ROI side data already attached (for callers
+        that choose offsets per frame themselves) -> (chunk, whether it is a keyframe)."""
+        import av
+
+        vf.pts, vf.time_base = self.count, self.ctx.time_base
         if key:
             vf.pict_type = av.video.frame.PictureType.I
-        if self.roi_offset:  # a stream without ROI never carries ROI side data, so no trap
-            vf = tag_roi(vf, boxes, self.roi_offset)
-            vf.pts = self.count
-            if key:
-                vf.pict_type = av.video.frame.PictureType.I
         packets = self.ctx.encode(vf)
         if not packets:
             raise RuntimeError(f"{self.spec.encoder} held frame {self.count} back: the "
