@@ -10,13 +10,23 @@ interval over frames (``bench.bootstrap``): on a few hundred frames one point's 
 few hundredths, and that is tens of per cent of BD-rate. docs/video-codec.md lists what this
 found.
 
-A setting is ``plain`` or comma-separated ``key=value`` of:
+A setting is ``plain`` (the codec's task stream as it is), ``anchor`` (the whole frame through
+x265 as ``bench tasks`` codes its anchor: medium preset, B-frames, lookahead), or
+comma-separated ``key=value`` of:
 
 - ``gop=N``: a keyframe every N frames (the codec's ``gop``);
 - ``cascade=0/3/2/3``: a per-frame QP offset cycle for predicted frames (QP units, through
   whole-frame ROI side data), as HM's low-delay configuration does;
 - ``background=Q``: predicted frames coarser by Q QP outside the grounder's boxes (the default
   edge's NanoDet every 3rd frame plus tracking, boxes grown by ``grow=PX``, default 16);
+- ``freeze=N``: outside the grounder's boxes (grown by ``grow``) the encoder gets a held
+  background instead of the camera's pixels, refreshed from the camera where a box left and
+  wholly every N frames (0: never): what a static background costs once it is not re-coded;
+- ``bframes=N``, ``lookahead=M``: B-frames and x265's lookahead (cu-tree) as the full-frame
+  anchor has them (``bframes=4,lookahead=20``); these frames leave the encoder late, so they are
+  coded outside the codec's one-chunk-a-frame ``StreamEncoder`` and the encoder's delay in
+  frames is printed (the issue's latency budget: p50 capture -> decoded under 500 ms, 5 frames
+  at 10 fps, everything else included);
 - ``preset=NAME``: the x265 preset (default medium);
 - ``x265=K=V:K=V``: extra x265 parameters, after the codec's own (the codec's ``params``).
 
@@ -24,6 +34,10 @@ Frames 500 on are vtest.avi's evaluation split: this tool refuses them (choose o
 frames, report held-out figures with ``discover bench tasks``)::
 
     python tools/try_task_stream.py --frames 300 plain "gop=100" "cascade=0/3/2/3" "background=2"
+    python tools/try_task_stream.py --frames 300 anchor plain
+
+Rates count the task stream's bytes only; a sink also receives the ``side`` and two packet
+headers, about 5-6 kbit/s at 10 fps, which ``bench tasks`` adds.
 """
 
 from __future__ import annotations
@@ -42,14 +56,16 @@ QP_RANGE = 51.0  # ffmpeg scales an ROI qoffset of 1 to 51 QP for 8-bit x265
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``plain`` or ``key=value,...`` -> {gop, cascade (QP list), background (QP), grow}."""
-    out: dict[str, Any] = {"gop": 0, "cascade": [0.0], "background": 0.0, "grow": 16,
-                           "preset": "medium", "x265": ""}
-    for part in filter(None, text.split(",")) if text != "plain" else []:
+    """``plain``, ``anchor`` or ``key=value,...`` -> the options, defaults filled in."""
+    out: dict[str, Any] = {"anchor": text == "anchor", "gop": 0, "cascade": [0.0],
+                           "background": 0.0, "grow": 16,
+                           "preset": "medium", "x265": "", "bframes": 0,
+                           "lookahead": 0, "freeze": -1}
+    for part in filter(None, text.split(",")) if text not in ("plain", "anchor") else []:
         key, _, value = part.partition("=")
         if key == "cascade":
             out[key] = [float(v) for v in value.split("/")]
-        elif key in ("gop", "grow"):
+        elif key in ("gop", "grow", "bframes", "lookahead", "freeze"):
             out[key] = int(value)
         elif key == "background":
             out[key] = float(value)
@@ -57,8 +73,70 @@ def parse_setting(text: str) -> dict[str, Any]:
             out[key] = value
         else:
             raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
-                             "cascade, background, grow, preset or x265")
+                             "cascade, background, grow, freeze, bframes, lookahead, preset "
+                             "or x265")
     return out
+
+
+def hold_background(img: np.ndarray, boxes: list[tuple[int, int, int, int]],
+                    held: np.ndarray | None, last: np.ndarray, i: int, every: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(held background, this frame's box mask, the frame the encoder gets): camera pixels
+    inside the boxes, the held background outside them."""
+    mask = np.zeros(img.shape[:2], dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0:y1, x0:x1] = True
+    if held is None or (every and i % every == 0):
+        held = img.copy()
+    else:
+        held = held.copy()
+        left = last & ~mask  # a box moved off these pixels: they show background now
+        held[left] = img[left]
+    return held, mask, np.where(mask[..., None], img, held)
+
+
+def code_buffered(frames: list[np.ndarray], crf: int, s: dict[str, Any]
+                  ) -> tuple[int, list[np.ndarray], float, int]:
+    """Like ``code_and_decode`` for a stream with B-frames or lookahead, which the codec's
+    encoder refuses (its frames leave late): x265 with the codec's machine-view options but
+    ``bframes``/``rc-lookahead`` from ``s`` and x265's own ``ipratio`` (cu-tree takes its
+    place), flushed at the end. Also returns the median number of frames a frame waited in the
+    encoder."""
+    import time
+
+    import av
+    from discover.sdk.codecs.video.elementary import FAMILIES, encoder_options
+
+    h, w = frames[0].shape[:2]
+    ctx = av.CodecContext.create("libx265", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
+    ctx.time_base, ctx.framerate = Fraction(1, 10), Fraction(10, 1)
+    opts = encoder_options(FAMILIES["hevc"], crf, s["preset"], s["gop"], False, 1,
+                           machine=True)
+    x = [kv for kv in opts["x265-params"].split(":")
+         if kv.split("=")[0] not in ("bframes", "rc-lookahead", "ipratio")]
+    opts["x265-params"] = ":".join(x + [f"bframes={s['bframes']}",
+                                        f"rc-lookahead={s['lookahead']}"]
+                                   + ([s["x265"]] if s["x265"] else []))
+    ctx.options = opts
+    ctx.open()
+    packets, waited, ms = [], [], []
+    for i, img in enumerate(frames + [None]):
+        t0 = time.perf_counter()
+        vf = None
+        if img is not None:
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+            vf.pts, vf.time_base = i, Fraction(1, 10)
+        out = ctx.encode(vf)
+        ms.append((time.perf_counter() - t0) * 1000)
+        waited += [min(i, len(frames) - 1) - p.pts for p in out]
+        packets += out
+    dec, decoded = av.CodecContext.create("hevc", "r"), []
+    for p in packets + [None]:
+        decoded += [f.to_ndarray(format="bgr24") for f in dec.decode(p)]
+    if len(decoded) != len(frames):
+        raise SystemExit(f"try_task_stream: {len(decoded)} of {len(frames)} frames decoded")
+    return sum(p.size for p in packets), decoded, float(np.median(ms)), int(np.median(waited))
 
 
 def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, int, int]]],
@@ -76,8 +154,11 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
     enc = StreamEncoder("hevc", w, h, crf, s["preset"], s["gop"], 0.0, params=s["x265"],
                         machine=True)
     dec, size, out, ms = StreamDecoder("hevc"), 0, [], []
+    held, last = None, np.zeros((h, w), dtype=bool)
     for i, (img, bx) in enumerate(zip(frames, boxes, strict=True)):
         t0 = time.perf_counter()
+        if s["freeze"] >= 0:
+            held, last, img = hold_background(img, bx, held, last, i, s["freeze"])
         vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         if roi:  # every frame tagged from the first on (the x265 trap), keyframes at 0
             vf.pts, vf.time_base = i, Fraction(1, 10)
@@ -113,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from discover.bench.bootstrap import bd_rate_interval
     from discover.bench.ground import load_frames
-    from discover.bench.tasks import OursPipeline, TaskScorer, bd_rate
+    from discover.bench.tasks import OursPipeline, TaskScorer, bd_rate, code_video
     from discover.progress import Progress
 
     frames, fps = load_frames(a.source, a.start, a.frames)
@@ -132,12 +213,21 @@ def main(argv: list[str] | None = None) -> int:
                    min(h, r.box[3] + g)) for r in rs] for rs in regions]
         res[name], matches[name] = [], {}
         for crf in (int(c) for c in a.crfs.split(",")):
-            size, dec, ms = code_and_decode(frames, boxes, crf, s)
-            p = {**sc.score(size, dec, f"crf{crf}"), "encode_ms": round(ms, 1)}
+            delay: int | None = 0
+            if s["anchor"]:  # not timed, and its delay is not the question
+                size, dec = code_video(frames, fps, "libx265", crf, ("hevc",))
+                ms, delay = None, None
+            elif s["bframes"] or s["lookahead"]:
+                size, dec, ms, delay = code_buffered(frames, crf, s)
+            else:
+                size, dec, ms = code_and_decode(frames, boxes, crf, s)
+            p = {**sc.score(size, dec, f"crf{crf}"),
+                 "encode_ms": None if ms is None else round(ms, 1), "encoder_delay_frames": delay}
             matches[name][p["point"]] = sc.last_matches
             res[name].append(p)
             print(f"{name:24s} {p['point']:6s} {p['kbps']:8.1f} kbit/s  det {p['det_map50']:.4f}"
-                  f"  psnr {p['psnr']:.2f}  encode {ms:.0f} ms", flush=True)
+                  f"  psnr {p['psnr']:.2f}  encode {p['encode_ms']} ms  delay {delay} frames",
+                  flush=True)
     base = a.settings[0]
     for name in a.settings[1:]:
         det, psn = bd_rate(res[name], res[base], "det_map50"), bd_rate(res[name], res[base], "psnr")

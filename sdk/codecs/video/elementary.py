@@ -50,7 +50,7 @@ FAMILIES = {
 }
 
 
-def _options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: bool,
+def encoder_options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: bool,
              threads: int, params: str = "", machine: bool = False) -> dict[str, str]:
     """Low-delay options: no B-frames, no lookahead, one frame thread (one packet out per frame
     in), keyframes every ``gop`` frames (0: only on request) plus on request. x265 gets
@@ -96,8 +96,8 @@ class StreamEncoder:
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         rate = max(1, round(fps))
         ctx.time_base, ctx.framerate = Fraction(1, rate), Fraction(rate, 1)
-        ctx.options = _options(self.spec, crf, preset, gop, bool(self.roi_offset), threads,
-                               params, machine)
+        ctx.options = encoder_options(self.spec, crf, preset, gop, bool(self.roi_offset),
+                                      threads, params, machine)
         try:
             ctx.open()
         except Exception as e:  # noqa: BLE001 - the build may lack the encoder or an option

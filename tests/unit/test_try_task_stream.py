@@ -1,0 +1,71 @@
+"""tools/try_task_stream.py: settings parse as documented, the held background keeps the camera's
+pixels only inside the boxes and where a box left, a B-frame stream comes back whole and in order
+with its encoder delay, and the evaluation split is refused. Real x265 and decoder on small
+synthetic frames."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("try_task_stream",
+                                                  REPO / "tools" / "try_task_stream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_settings_parse_as_documented(tool):
+    plain, anchor = tool.parse_setting("plain"), tool.parse_setting("anchor")
+    assert not plain["anchor"] and anchor["anchor"]
+    assert plain["bframes"] == plain["lookahead"] == plain["gop"] == 0 and plain["freeze"] == -1
+    s = tool.parse_setting("gop=50,bframes=2,lookahead=4,cascade=0/3/2/3,x265=ref=5")
+    assert (s["gop"], s["bframes"], s["lookahead"]) == (50, 2, 4)
+    assert s["cascade"] == [0.0, 3.0, 2.0, 3.0] and s["x265"] == "ref=5"
+    with pytest.raises(SystemExit, match="unknown option 'speed'"):
+        tool.parse_setting("speed=3")
+
+
+def test_held_background_takes_the_camera_only_in_boxes_and_where_a_box_left(tool):
+    h, w = 32, 48
+    first = np.full((h, w, 3), 10, np.uint8)
+    held, last, img = tool.hold_background(first, [(0, 0, 8, 8)], None, np.zeros((h, w), bool),
+                                           0, 0)
+    assert (img == first).all() and last[:8, :8].all() and not last[8:, :].any()
+    second = np.full((h, w, 3), 200, np.uint8)  # the whole scene changed; the box moved right
+    held, last, img = tool.hold_background(second, [(16, 0, 24, 8)], held, last, 1, 0)
+    assert (img[:8, 16:24] == 200).all()  # inside this frame's box: the camera
+    assert (img[:8, :8] == 200).all()  # the box left these pixels: taken from the camera
+    assert (img[16:, :] == 10).all() and (img[:8, 30:] == 10).all()  # elsewhere: held
+    third = np.full((h, w, 3), 90, np.uint8)
+    _, _, img = tool.hold_background(third, [], held, last, 2, 2)  # refresh every 2 frames
+    assert (img == 90).all()
+
+
+def test_a_b_frame_stream_comes_back_whole_with_its_delay(tool):
+    yy, xx = np.mgrid[0:64, 0:96]
+    base = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    frames = []
+    for i in range(14):  # a smooth background and a bright square walking right
+        f = base.copy()
+        f[20:36, 4 + 5 * i:20 + 5 * i] = 250
+        frames.append(f)
+    s = tool.parse_setting("bframes=2,lookahead=4")
+    size, decoded, _, delay = tool.code_buffered(frames, 30, s)
+    assert size > 0 and len(decoded) == len(frames) and delay >= s["lookahead"]
+    errors = [np.abs(d.astype(int) - f.astype(int)).mean() for d, f in zip(decoded, frames)]
+    shifted = np.abs(decoded[5].astype(int) - frames[6].astype(int)).mean()
+    assert max(errors) < 6 and shifted > 2 * errors[5]  # display order, not coding order
+
+
+def test_the_evaluation_split_is_refused(tool):
+    with pytest.raises(SystemExit, match="evaluation split"):
+        tool.main(["--start", "400", "--frames", "200", "plain"])
