@@ -67,6 +67,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _backend_choice(value: Any) -> bool:
+    """A named flag that only picks a backend (``--codec video``: ``{"type": "video"}``)."""
+    return isinstance(value, dict) and set(value) == {"type"}
+
+
+def _choose_backend(data: dict[str, Any], path: Sequence[str], kind: str) -> None:
+    """Pick backend ``kind`` for the section at ``path`` before ``--set`` applies, so that
+    ``--codec video --set edge.codec.quality=2`` keeps the quality; the section's options from
+    the file or the environment stay only if they were for the same backend (or named none)."""
+    node: Any = data
+    for key in path[:-1]:
+        nxt = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(nxt, dict):
+            set_path(data, path, {"type": kind})
+            return
+        node = nxt
+    section = node.get(path[-1])
+    if isinstance(section, dict) and section.get("type", kind) == kind:
+        section["type"] = kind
+    else:
+        node[path[-1]] = {"type": kind}
+
+
 def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
     """Set ``data[a][b][0][c] = value`` creating mappings (and extending lists) on the way."""
     node: Any = data
@@ -186,6 +209,10 @@ def load_config(
     data = read_yaml(path) if path else {}
     for p, v in env_overrides(model, os.environ if environ is None else environ):
         set_path(data, p, v)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in overrides.items():
+        if _backend_choice(value):
+            _choose_backend(data, key.split("."), value["type"])
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -193,9 +220,10 @@ def load_config(
         if not _has_path(model, key.split(".")):
             raise DiscoverError(f"unknown config key {key!r} in --set; see 'discover config --schema'")
         set_path(data, key.split("."), _parse_for(model, key.split("."), value))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            set_path(data, key.split("."), value)
+    for key, value in overrides.items():  # named flags win, a backend flag over --set too
+        path = key.split(".")
+        set_path(data, path + ["type"] if _backend_choice(value) else path,
+                 value["type"] if _backend_choice(value) else value)
     try:
         return model.model_validate(data)
     except ValidationError as e:

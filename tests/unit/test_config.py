@@ -433,3 +433,24 @@ def test_union_errors_name_the_field_not_the_tag():
         load_config(Deployment, sets=["edge.codec.type=classical", "edge.codec.quality=0"],
                     environ={})
     assert "edge.codec.quality" in str(e.value) and "classical.quality" not in str(e.value)
+
+
+def test_a_backend_flag_keeps_the_options_set_for_it(tmp_path):
+    """``--codec video --set edge.codec.quality=2`` (a named flag is {"type": ...}): the flag
+    picks the backend and the --set options for it stay; a file's options stay only for the
+    same backend."""
+    flag = {"edge.codec": {"type": "video"}}
+    d = load_config(Deployment, sets=["edge.codec.quality=2", "edge.codec.encoder=av1"],
+                    overrides=flag, environ={})
+    assert (d.edge.codec.type, d.edge.codec.quality, d.edge.codec.encoder) == ("video", 2, "av1")
+    f = write(tmp_path, "edge:\n  codec: {type: video, preset: fast}\n")
+    d = load_config(Deployment, f, overrides=flag, environ={})
+    assert d.edge.codec.preset == "fast"  # the file's options for this backend
+    d = load_config(Deployment, f, overrides={"edge.codec": {"type": "classical"}},
+                    sets=["edge.codec.quality=60"], environ={})
+    assert (d.edge.codec.type, d.edge.codec.quality) == ("classical", 60)  # not the file's preset
+    d = load_config(Deployment, sets=["edge.codec.type=classical"], overrides=flag, environ={})
+    assert d.edge.codec.type == "video"  # the named flag still wins
+    d = load_config(Deployment, sets=["sink.composer.guard_px=8"],
+                    overrides={"sink.composer": {"type": "background"}}, environ={})
+    assert (d.sink.composer.type, d.sink.composer.guard_px) == ("background", 8)
