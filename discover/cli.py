@@ -316,8 +316,11 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
     if a.what == "tasks":
         from discover.bench.tasks import run_bench_tasks
 
+        codec = a.codec or "learned"  # the codec's options: --config / --set edge.codec.*
+        options = load_deployment(a, {"edge.codec": {"type": codec}}).edge.codec
         return run_bench_tasks(source=a.source, max_frames=a.max_frames, out=out,
-                               quiet=a.quiet, codec=a.codec or "learned",
+                               quiet=a.quiet, codec=codec,
+                               codec_options=options.model_dump(exclude_defaults=True),
                                checkpoint=a.checkpoint, start=a.start,
                                tasks=a.tasks.split(","), annotations=a.annotations,
                                perceptual=_perceptual(a.perceptual),
@@ -336,7 +339,7 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                             "codec, diffusion")
     return run_bench_stream(source=a.source, max_frames=a.max_frames, out=out,
                             broker_url=a.broker, quiet=a.quiet, grounder=a.grounder,
-                            codec=a.codec)
+                            codec=a.codec, sets=a.sets)
 
 
 def _perceptual(spec: str) -> tuple[str, ...]:

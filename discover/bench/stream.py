@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _run_pair(source: str, broker: str, frames: int | None, out: Path, realtime: bool,
               prog: Progress, label: str, grounder: str | None = None,
-              codec: str | None = None) -> dict[str, Any]:
-    """Start a sink process, run an edge process to the end, collect both summaries + timings."""
+              codec: str | None = None, sets: Sequence[str] = ()) -> dict[str, Any]:
+    """Start a sink process, run an edge process to the end, collect both summaries + timings;
+    ``sets`` (``--set k=v``) go to both."""
     out.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "discover"]
-    common = ["--broker", broker, "--json", "-q", "--prefix", "bench"]
+    common = ["--broker", broker, "--json", "-q", "--prefix", "bench",
+              *(arg for kv in sets for arg in ("--set", kv))]
     sink_cmd = py + ["sink", "--camera", CAMERA, "--task", "detection", "--output", "none",
                      "--idle-timeout", "5", "--timings", str(out / "sink.jsonl"), *common]
     if frames:
@@ -120,16 +123,16 @@ def _latency(run: dict[str, Any]) -> dict[str, Any]:
 def run_bench_stream(source: str | None = None, max_frames: int | None = None,
                      out: Path = Path("out/bench"), broker_url: str | None = None,
                      quiet: bool = False, grounder: str | None = None,
-                     codec: str | None = None) -> dict[str, Any]:
+                     codec: str | None = None, sets: Sequence[str] = ()) -> dict[str, Any]:
     src = source or str(SAMPLE_CLIP)
     prog = Progress("bench stream", enabled=not quiet)
     local = None if broker_url else LocalBroker("mosquitto").start()
     url = broker_url or local.url
     try:
         paced = _run_pair(src, url, max_frames, out / "paced", True, prog, "paced run", grounder,
-                          codec)
+                          codec, sets)
         fast = _run_pair(src, url, max_frames, out / "asap", False, prog,
-                         "as-fast-as-possible run", grounder, codec)
+                         "as-fast-as-possible run", grounder, codec, sets)
     finally:
         prog.done()
         if local is not None:
@@ -140,7 +143,7 @@ def run_bench_stream(source: str | None = None, max_frames: int | None = None,
     probe.close()
     summary = {
         "source": src, "frames": fe["frames"], "grounder": grounder or "default",
-        "codec": codec or "default",
+        "codec": codec or "default", "sets": list(sets),
         "frames_received_paced": paced["sink"]["frames"], "frames_received_asap": fs["frames"],
         "dropped_paced": pe["dropped"] + paced["sink"]["dropped"],
         "dropped_asap": fe["dropped"] + fs["dropped"],

@@ -244,6 +244,7 @@ class OursPipeline:
             out.append(composer.compose(dec, {"frame": i, "regions": st.regions}))
         if keep:
             self.kept = (agent.meta, kept)
+        agent.codec.close()
         if mode == "background":
             self.rest_reasons = dict(agent.rest.reasons)
         self.edge_summary = agent.stats.summary()
@@ -789,7 +790,8 @@ def _scorer(src: str, frames: list[np.ndarray], fps: float, tasks: tuple[str, ..
 def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     out: Path = Path("out/bench"), quiet: bool = False, *, start: int = 0,
                     qualities: Sequence[int] | None = None,
-                    codec: str = "classical", checkpoint: Path | None = None,
+                    codec: str = "classical", codec_options: dict[str, Any] | None = None,
+                    checkpoint: Path | None = None,
                     x264_crfs: Sequence[int] = (23, 30, 37, 44, 51),
                     x265_crfs: Sequence[int] = (23, 30, 37, 44, 51),
                     av1_crfs: Sequence[int] = (30, 40, 50, 60),
@@ -809,6 +811,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     reference (discover/bench/coco_annotations.py; only its annotated frames are scored);
     ``perceptual``: any of ``fid``, ``kid``, ``lpips``, ``dists`` (discover/bench/perceptual.py), each
     scored only where its weights are in the torch hub cache (skipped with a note otherwise);
+    ``codec_options``: the codec's settings other than ``type`` (``edge.codec`` of a deployment,
+    e.g. ``{"encoder": "av1"}``; ours' rate points set the quality);
     ``ours_settings``: which of ``ours_task``, ``ours_full``, ``ours_bg`` to run (a shorter run
     for the task-stream figure alone); ``bootstrap``: draws for the detection BD-rates' 95 %
     intervals (0: none)."""
@@ -824,9 +828,9 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     prog.update(f"{n} frames {w}x{h} of {src}; tasks {','.join(tasks)}", force=True)
     sc, ann_info = _scorer(src, frames, fps, tasks, max_frames, annotations, ref_score,
                            pred_score, min_refs, cls_max_regions, ms_ssim_every, perceptual, prog)
-    codec_cfg: dict[str, Any] = {"type": codec}
-    if codec == "learned":
-        codec_cfg["checkpoint"] = str(checkpoint) if checkpoint else None
+    codec_cfg: dict[str, Any] = {**(codec_options or {}), "type": codec}
+    if checkpoint:
+        codec_cfg["checkpoint"] = str(checkpoint)
     ours = OursPipeline(src, frames, rest_interval, codec_cfg)
     sc.ours_masks = [region_mask(rs, w, h) for rs in ours.regions]
     qualities = _default_qualities(ours, codec) if qualities is None else qualities
@@ -863,7 +867,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "ours_bg_rest": {"rest_interval": rest_interval,
                          "rest_on_change": ours.agent.cam.rest_on_change,
                          "rests_by_trigger": ours.rest_reasons},
-        "ours_codec": {"type": codec, "checkpoint": ours.agent.codec.checkpoint_hash()},
+        "ours_codec": {**codec_cfg, "checkpoint": ours.agent.codec.checkpoint_hash()},
         "settings": settings, "comparisons": comparisons, **summary,
         "sink_fps": fps_sink,
         "sink_fps_info": {"setting": kept_by, "point": f"q{sink_q}", "frames": n,

@@ -195,6 +195,21 @@ def test_video_codec_through_the_agent_step(tmp_path: Path) -> None:
     assert "bd_rate_det_vs_x265" in r and "bd_rate_det_vs_x264" in r
 
 
+def test_the_codec_options_reach_the_edge(tmp_path: Path) -> None:
+    """``--set edge.codec.*`` (``codec_options``) is what ours runs: a fixed CRF makes every
+    quality step the same stream, and the encoder family is the one asked for."""
+    kw = dict(max_frames=3, quiet=True, codec="video", qualities=(1, 5), x264_crfs=(44,),
+              x265_crfs=(44,), av1_crfs=(), jpeg_qualities=(), webp_qualities=(), min_refs=1,
+              tasks=("det",), ms_ssim_every=3, perceptual=(), sink_composers=("direct",),
+              ours_settings=("ours_task",), bootstrap=0)
+    r = run_bench_tasks(out=tmp_path / "a", codec_options={"crf": 30, "encoder": "h264"}, **kw)
+    assert r["ours_codec"]["encoder"] == "h264"
+    fixed = r["settings"]["ours_task"]["kbps"]
+    assert fixed[0] == fixed[1]  # quality steps ignored: the CRF is set
+    r = run_bench_tasks(out=tmp_path / "b", codec_options={"crf": 30}, **kw)
+    assert r["settings"]["ours_task"]["kbps"][0] != fixed[0]  # hevc, not h264
+
+
 def test_coco_annotations_replace_the_model_reference(tmp_path: Path) -> None:
     """Boxes from a COCO file are the reference: NanoDet's own confident boxes as annotations
     score high on near-lossless frames, the same boxes moved off their objects score low."""

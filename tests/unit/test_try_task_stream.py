@@ -61,7 +61,8 @@ def test_a_b_frame_stream_comes_back_whole_with_its_delay(tool):
     s = tool.parse_setting("bframes=2,lookahead=4")
     size, decoded, _, delay = tool.code_buffered(frames, 30, s)
     assert size > 0 and len(decoded) == len(frames) and delay >= s["lookahead"]
-    errors = [np.abs(d.astype(int) - f.astype(int)).mean() for d, f in zip(decoded, frames)]
+    errors = [np.abs(d.astype(int) - f.astype(int)).mean()
+              for d, f in zip(decoded, frames, strict=True)]
     shifted = np.abs(decoded[5].astype(int) - frames[6].astype(int)).mean()
     assert max(errors) < 6 and shifted > 2 * errors[5]  # display order, not coding order
 
