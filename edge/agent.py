@@ -342,6 +342,7 @@ class CameraAgent:
                 info.wait_for_publish(5.0)
             link.stop()
             self.source.close()
+            self.codec.close()
             s.publisher, s.link, s.rest = pub.counters, link.counters, self.rest.reasons
         return s.summary()
 

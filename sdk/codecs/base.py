@@ -207,6 +207,10 @@ class Codec(Backend):
         """Content hash of the weights, None for codecs without weights."""
         return None
 
+    def close(self) -> None:
+        """The camera stopped: release encoders (a stream codec ends its streams). Codecs that
+        hold nothing have nothing to do."""
+
     @abstractmethod
     def compress(self, frame: np.ndarray, regions: list[Region], send_rest: bool) -> Compressed:
         """Code one BGR uint8 frame."""

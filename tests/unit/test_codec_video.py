@@ -68,6 +68,25 @@ def test_round_trip_decodes_every_frame_close_to_the_original(frames, encoder):
         assert out.region_pixels[1].shape == (96, 88, 3)
 
 
+@pytest.mark.parametrize("encoder", ["hevc", "h264", "av1"])
+def test_closing_ends_every_stream_quietly(frames, encoder, capfd):
+    """A camera that stops closes its codec: each encoder gets its end of stream (SVT-AV1
+    writes an error line to stderr when torn down without one), and closing twice is fine."""
+    import gc
+
+    edge = codec(encoder=encoder, rest_crf=40)
+    for i, f in enumerate(frames[:3]):
+        edge.compress(f, regions(), send_rest=True)
+    encoders = list(edge._enc.values())
+    assert len(encoders) == 2  # task/detection and rest
+    edge.close()
+    edge.close()
+    assert edge._enc == {}
+    del edge, encoders
+    gc.collect()
+    assert "EOS" not in capfd.readouterr().err
+
+
 def test_half_scale_task_stream_is_upscaled_to_the_frame(frames):
     edge, sink = codec(scale=0.5, crf=28), codec(scale=0.5)
     full = codec(crf=28)

@@ -138,6 +138,8 @@ class VideoCodec(Codec):
     def _encoder(self, name: str, w: int, h: int, crf: int, roi: float) -> StreamEncoder:
         enc = self._enc.get(name)
         if enc is None or enc.size != (w, h):
+            if enc is not None:
+                enc.close()
             c = self.config
             enc = self._enc[name] = StreamEncoder(c.encoder, w, h, crf, c.preset, c.gop, roi,
                                                   c.threads or 1, self.fps, c.params,
@@ -181,6 +183,11 @@ class VideoCodec(Codec):
         return Compressed(side=b"", tasks=out, rest=rest,
                           stats=FrameStats(intra=keys == n, modes={"keyframe": keys,
                                                                    "predicted": n - keys}))
+
+    def close(self) -> None:
+        for enc in self._enc.values():
+            enc.close()
+        self._enc.clear()
 
     # -- sink -------------------------------------------------------------------------------
 

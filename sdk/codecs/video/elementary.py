@@ -134,6 +134,17 @@ class StreamEncoder:
         return head + b"".join(bytes(p) for p in packets), is_key
 
 
+    def close(self) -> None:
+        """End the stream: SVT-AV1 logs an error when it is torn down without one, and the
+        packets a flush gives back belong to no frame any sink waits for, so they are dropped."""
+        import contextlib
+
+        import av
+
+        with contextlib.suppress(av.error.FFmpegError, ValueError):  # flushed already
+            self.ctx.encode(None)
+
+
 class StreamDecoder:
     """Decodes one substream's chunks; waits for a keyframe after a gap or an error."""
 
