@@ -166,7 +166,9 @@ def _roi_side_data(frame: av.VideoFrame) -> list[tuple[int, int, int, int, float
     """The frame's AVRegionOfInterest entries as (left, top, right, bottom, qoffset)."""
     import struct
 
-    (sd,) = [d for d in frame.side_data if d.type.name == "REGIONS_OF_INTEREST"]
+    found = frame.side_data  # iterating gives the entries, or from PyAV 18.1.1 their types
+    entries = [d if hasattr(d, "type") else found[d] for d in found]
+    (sd,) = [d for d in entries if d.type.name == "REGIONS_OF_INTEREST"]
     raw = bytes(sd)
     out = []
     for at in range(0, len(raw), 28):
