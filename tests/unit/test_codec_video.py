@@ -75,7 +75,7 @@ def test_closing_ends_every_stream_quietly(frames, encoder, capfd):
     import gc
 
     edge = codec(encoder=encoder, rest_crf=40)
-    for i, f in enumerate(frames[:3]):
+    for f in frames[:3]:
         edge.compress(f, regions(), send_rest=True)
     encoders = list(edge._enc.values())
     assert len(encoders) == 2  # task/detection and rest
