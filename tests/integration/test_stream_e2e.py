@@ -138,10 +138,12 @@ def test_sink_joining_mid_stream_decodes_the_rest_of_it(broker, clip):
     t.start()
     try:
         wait_until(lambda: len(seen) >= 20, 15, "the edge to stream 20 frames")
+        # read before subscribing: frames handed to MQTT while the subscription is set up may
+        # (and on a loaded machine do) reach the sink, and they were not sent before it joined
+        joined_at = len(published)
         # idle: a loaded machine can stall the edge for seconds; the sink must not stop then
         sink = SinkThread(SinkSection(camera="cam0", tasks=["detection"], idle_timeout_s=8.0),
                           cfg).start()
-        joined_at = len(published)
         t.join(180)  # 80 frames: seconds when idle, over a minute on a loaded 2-core machine
         assert not t.is_alive()
         summary = sink.finish(20)
