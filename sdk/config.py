@@ -72,22 +72,15 @@ def _backend_choice(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"type"}
 
 
-def _choose_backend(data: dict[str, Any], path: Sequence[str], kind: str) -> None:
-    """Pick backend ``kind`` for the section at ``path`` before ``--set`` applies, so that
-    ``--codec video --set edge.codec.quality=2`` keeps the quality; the section's options from
-    the file or the environment stay only if they were for the same backend (or named none)."""
+def _drop_other_backend(data: dict[str, Any], path: Sequence[str], kind: str) -> None:
+    """Before ``--set`` applies, drop the section at ``path`` if the file or the environment
+    gave it for another backend than ``kind``, so that ``--codec video --set
+    edge.codec.quality=2`` keeps the quality and no other backend's options are left over."""
     node: Any = data
-    for key in path[:-1]:
-        nxt = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(nxt, dict):
-            set_path(data, path, {"type": kind})
-            return
-        node = nxt
-    section = node.get(path[-1])
-    if isinstance(section, dict) and section.get("type", kind) == kind:
-        section["type"] = kind
-    else:
-        node[path[-1]] = {"type": kind}
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get("type", kind) != kind:
+        set_path(data, path, {})
 
 
 def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
@@ -212,7 +205,7 @@ def load_config(
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in overrides.items():
         if _backend_choice(value):
-            _choose_backend(data, key.split("."), value["type"])
+            _drop_other_backend(data, key.split("."), value["type"])
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -222,8 +215,9 @@ def load_config(
         set_path(data, key.split("."), _parse_for(model, key.split("."), value))
     for key, value in overrides.items():  # named flags win, a backend flag over --set too
         path = key.split(".")
-        set_path(data, path + ["type"] if _backend_choice(value) else path,
-                 value["type"] if _backend_choice(value) else value)
+        if _backend_choice(value):  # only the type: the section's options stay
+            path, value = [*path, "type"], value["type"]
+        set_path(data, path, value)
     try:
         return model.model_validate(data)
     except ValidationError as e:

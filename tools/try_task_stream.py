@@ -111,14 +111,11 @@ def code_buffered(frames: list[np.ndarray], crf: int, s: dict[str, Any]
     ctx = av.CodecContext.create("libx265", "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
     ctx.time_base, ctx.framerate = Fraction(1, 10), Fraction(10, 1)
-    opts = encoder_options(FAMILIES["hevc"], crf, s["preset"], s["gop"], False, 1,
-                           machine=True)
-    x = [kv for kv in opts["x265-params"].split(":")
-         if kv.split("=")[0] not in ("bframes", "rc-lookahead", "ipratio")]
-    opts["x265-params"] = ":".join(x + [f"bframes={s['bframes']}",
-                                        f"rc-lookahead={s['lookahead']}"]
-                                   + ([s["x265"]] if s["x265"] else []))
-    ctx.options = opts
+    # params come after the codec's own x265 options, and the last value of a key wins
+    params = ":".join([f"bframes={s['bframes']}", f"rc-lookahead={s['lookahead']}",
+                       "ipratio=1.4"] + ([s["x265"]] if s["x265"] else []))
+    ctx.options = encoder_options(FAMILIES["hevc"], crf, s["preset"], s["gop"], False, 1,
+                                  params, machine=True)
     ctx.open()
     packets, waited, ms = [], [], []
     for i, img in enumerate(frames + [None]):

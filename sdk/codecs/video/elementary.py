@@ -51,7 +51,7 @@ FAMILIES = {
 
 
 def encoder_options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: bool,
-             threads: int, params: str = "", machine: bool = False) -> dict[str, str]:
+                    threads: int, params: str = "", machine: bool = False) -> dict[str, str]:
     """Low-delay options: no B-frames, no lookahead, one frame thread (one packet out per frame
     in), keyframes every ``gop`` frames (0: only on request) plus on request. x265 gets
     ``ipratio=3``: without lookahead there is no cu-tree to spend more on what later frames
@@ -132,7 +132,6 @@ class StreamEncoder:
         head = bytes([(self.count % SEQ_MOD) << 1 | (KEY if is_key else 0)])
         self.count += 1
         return head + b"".join(bytes(p) for p in packets), is_key
-
 
     def close(self) -> None:
         """End the stream: SVT-AV1 logs an error when it is torn down without one, and the
