@@ -197,7 +197,9 @@ class VideoCodec(Codec):
             dec = self._dec[name] = StreamDecoder(self.config.encoder)
         img, why = dec.decode(chunk)
         if img is not None and img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            # cubic, not bilinear: half-scale streams, development frames: -20 % rate at equal
+            # detection score, -29 % at equal PSNR, for 0.3 ms more a frame (docs/video-codec.md)
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
         return img, why
 
     def decompress(self, coded: CodedFrame | dict) -> Decoded:
