@@ -27,6 +27,11 @@ comma-separated ``key=value`` of:
   coded outside the codec's one-chunk-a-frame ``StreamEncoder`` and the encoder's delay in
   frames is printed (the issue's latency budget: p50 capture -> decoded under 500 ms, 5 frames
   at 10 fps, everything else included);
+- ``size=WxH``: code the frames at this size (``down``: cv2's ``linear``, ``area``, ``cubic``
+  or ``lanczos``, default ``linear``, which is how NanoDet resizes to its 416x416 input) and
+  upscale the decoded frames back (``up``, default ``linear``);
+- ``every=N``: code every Nth frame only; the frames between show the last decoded one (the
+  task stream's frame rate divided by N, as a sink that holds its last frame sees it);
 - ``preset=NAME``: the x265 preset (default medium);
 - ``x265=K=V:K=V``: extra x265 parameters, after the codec's own (the codec's ``params``).
 
@@ -35,6 +40,7 @@ frames, report held-out figures with ``discover bench tasks``)::
 
     python tools/try_task_stream.py --frames 300 plain "gop=100" "cascade=0/3/2/3" "background=2"
     python tools/try_task_stream.py --frames 300 anchor plain
+    python tools/try_task_stream.py --frames 300 anchor size=416x416,up=cubic every=2
 
 Rates count the task stream's bytes only; a sink also receives the ``side`` and two packet
 headers, about 5-6 kbit/s at 10 fps, which ``bench tasks`` adds.
@@ -48,6 +54,7 @@ import sys
 from fractions import Fraction
 from typing import Any
 
+import cv2
 import numpy as np
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -60,22 +67,36 @@ def parse_setting(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {"anchor": text == "anchor", "gop": 0, "cascade": [0.0],
                            "background": 0.0, "grow": 16,
                            "preset": "medium", "x265": "", "bframes": 0,
-                           "lookahead": 0, "freeze": -1}
+                           "lookahead": 0, "freeze": -1, "size": None,
+                           "down": "linear", "up": "linear", "every": 1}
     for part in filter(None, text.split(",")) if text not in ("plain", "anchor") else []:
         key, _, value = part.partition("=")
         if key == "cascade":
             out[key] = [float(v) for v in value.split("/")]
-        elif key in ("gop", "grow", "bframes", "lookahead", "freeze"):
+        elif key in ("gop", "grow", "bframes", "lookahead", "freeze", "every"):
             out[key] = int(value)
         elif key == "background":
             out[key] = float(value)
-        elif key in ("preset", "x265"):
+        elif key == "size":
+            out[key] = tuple(int(v) for v in value.split("x"))
+        elif key in ("preset", "x265", "down", "up"):
             out[key] = value
         else:
             raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
                              "cascade, background, grow, freeze, bframes, lookahead, preset "
                              "or x265")
     return out
+
+
+INTERP = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA,
+          "lanczos": cv2.INTER_LANCZOS4}
+
+
+def _scale_box(b: tuple[int, int, int, int], size: tuple[int, int], full: tuple[int, int]
+               ) -> tuple[int, int, int, int]:
+    """A box of the ``full``-size frame in the pixels of the frame resized to ``size``."""
+    sx, sy = size[0] / full[0], size[1] / full[1]
+    return (int(b[0] * sx), int(b[1] * sy), int(-(-b[2] * sx // 1)), int(-(-b[3] * sy // 1)))
 
 
 def hold_background(img: np.ndarray, boxes: list[tuple[int, int, int, int]],
@@ -146,6 +167,10 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
     from discover.sdk.codecs.video.elementary import StreamDecoder, StreamEncoder
     from discover.sdk.codecs.video.roi import tag_roi
 
+    h0, w0 = frames[0].shape[:2]
+    if s["size"]:
+        frames = [cv2.resize(f, s["size"], interpolation=INTERP[s["down"]]) for f in frames]
+        boxes = [[_scale_box(b, s["size"], (w0, h0)) for b in bx] for bx in boxes]
     h, w = frames[0].shape[:2]
     roi = any(s["cascade"]) or bool(s["background"])
     enc = StreamEncoder("hevc", w, h, crf, s["preset"], s["gop"], 0.0, params=s["x265"],
@@ -153,6 +178,10 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
     dec, size, out, ms = StreamDecoder("hevc"), 0, [], []
     held, last = None, np.zeros((h, w), dtype=bool)
     for i, (img, bx) in enumerate(zip(frames, boxes, strict=True)):
+        if i % s["every"]:  # not coded: the sink holds the last decoded frame
+            out.append(out[-1])
+            continue
+        i //= s["every"]
         t0 = time.perf_counter()
         if s["freeze"] >= 0:
             held, last, img = hold_background(img, bx, held, last, i, s["freeze"])
@@ -168,6 +197,8 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
         img_hat, why = dec.decode(chunk)
         if img_hat is None:
             raise SystemExit(f"try_task_stream: frame {i} did not decode ({why})")
+        if s["size"]:
+            img_hat = cv2.resize(img_hat, (w0, h0), interpolation=INTERP[s["up"]])
         out.append(img_hat)
     return size, out, float(np.median(ms))
 

@@ -70,3 +70,23 @@ def test_a_b_frame_stream_comes_back_whole_with_its_delay(tool):
 def test_the_evaluation_split_is_refused(tool):
     with pytest.raises(SystemExit, match="evaluation split"):
         tool.main(["--start", "400", "--frames", "200", "plain"])
+
+
+def test_a_reduced_size_and_a_frame_step_code_less_and_come_back_at_full_size(tool):
+    s = tool.parse_setting("size=48x32,down=area,up=cubic,every=2")
+    assert (s["size"], s["down"], s["up"], s["every"]) == ((48, 32), "area", "cubic", 2)
+    yy, xx = np.mgrid[0:64, 0:96]
+    base = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    frames = []
+    for i in range(6):
+        f = base.copy()
+        f[20:36, 4 + 5 * i:20 + 5 * i] = 250
+        frames.append(f)
+    boxes = [[(4 + 5 * i, 20, 20 + 5 * i, 36)] for i in range(6)]
+    full, _, _ = tool.code_and_decode(frames, boxes, 20, tool.parse_setting("plain"))
+    small, dec, _ = tool.code_and_decode(frames, boxes, 20, tool.parse_setting("size=48x32"))
+    assert small < full and all(d.shape == (64, 96, 3) for d in dec)
+    stepped, dec, _ = tool.code_and_decode(frames, boxes, 20, tool.parse_setting("every=2"))
+    assert stepped < full and len(dec) == 6
+    assert all((dec[i] == dec[i - 1]).all() for i in (1, 3, 5))  # held, not coded
+    assert not (dec[2] == dec[1]).all()
