@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from fractions import Fraction
 from typing import Any
@@ -83,8 +84,8 @@ def parse_setting(text: str) -> dict[str, Any]:
             out[key] = value
         else:
             raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
-                             "cascade, background, grow, freeze, bframes, lookahead, preset "
-                             "or x265")
+                             "cascade, background, grow, freeze, bframes, lookahead, size, "
+                             "down, up, every, preset or x265")
     return out
 
 
@@ -96,7 +97,7 @@ def _scale_box(b: tuple[int, int, int, int], size: tuple[int, int], full: tuple[
                ) -> tuple[int, int, int, int]:
     """A box of the ``full``-size frame in the pixels of the frame resized to ``size``."""
     sx, sy = size[0] / full[0], size[1] / full[1]
-    return (int(b[0] * sx), int(b[1] * sy), int(-(-b[2] * sx // 1)), int(-(-b[3] * sy // 1)))
+    return (int(b[0] * sx), int(b[1] * sy), math.ceil(b[2] * sx), math.ceil(b[3] * sy))
 
 
 def hold_background(img: np.ndarray, boxes: list[tuple[int, int, int, int]],

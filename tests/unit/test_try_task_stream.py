@@ -1,7 +1,7 @@
 """tools/try_task_stream.py: settings parse as documented, the held background keeps the camera's
 pixels only inside the boxes and where a box left, a B-frame stream comes back whole and in order
-with its encoder delay, and the evaluation split is refused. Real x265 and decoder on small
-synthetic frames."""
+with its encoder delay, a reduced size and a frame step come back whole, and the evaluation
+split is refused. Real x265 and decoder on small synthetic frames."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def walking_square(n: int) -> list[np.ndarray]:
+    """A smooth background and a bright 16 px square walking right 5 px a frame."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    base = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        f[20:36, 4 + 5 * i:20 + 5 * i] = 250
+        frames.append(f)
+    return frames
 
 
 def test_settings_parse_as_documented(tool):
@@ -51,13 +63,7 @@ def test_held_background_takes_the_camera_only_in_boxes_and_where_a_box_left(too
 
 
 def test_a_b_frame_stream_comes_back_whole_with_its_delay(tool):
-    yy, xx = np.mgrid[0:64, 0:96]
-    base = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
-    frames = []
-    for i in range(14):  # a smooth background and a bright square walking right
-        f = base.copy()
-        f[20:36, 4 + 5 * i:20 + 5 * i] = 250
-        frames.append(f)
+    frames = walking_square(14)
     s = tool.parse_setting("bframes=2,lookahead=4")
     size, decoded, _, delay = tool.code_buffered(frames, 30, s)
     assert size > 0 and len(decoded) == len(frames) and delay >= s["lookahead"]
@@ -75,13 +81,7 @@ def test_the_evaluation_split_is_refused(tool):
 def test_a_reduced_size_and_a_frame_step_code_less_and_come_back_at_full_size(tool):
     s = tool.parse_setting("size=48x32,down=area,up=cubic,every=2")
     assert (s["size"], s["down"], s["up"], s["every"]) == ((48, 32), "area", "cubic", 2)
-    yy, xx = np.mgrid[0:64, 0:96]
-    base = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
-    frames = []
-    for i in range(6):
-        f = base.copy()
-        f[20:36, 4 + 5 * i:20 + 5 * i] = 250
-        frames.append(f)
+    frames = walking_square(6)
     boxes = [[(4 + 5 * i, 20, 20 + 5 * i, 36)] for i in range(6)]
     full, _, _ = tool.code_and_decode(frames, boxes, 20, tool.parse_setting("plain"))
     small, dec, _ = tool.code_and_decode(frames, boxes, 20, tool.parse_setting("size=48x32"))

@@ -14,6 +14,7 @@ needs a refresh, and the sink asks the edge on ``control``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -136,8 +137,6 @@ class StreamEncoder:
     def close(self) -> None:
         """End the stream: SVT-AV1 logs an error when it is torn down without one, and the
         packets a flush gives back belong to no frame any sink waits for, so they are dropped."""
-        import contextlib
-
         import av
 
         with contextlib.suppress(av.error.FFmpegError, ValueError):  # flushed already
