@@ -87,6 +87,21 @@ def test_closing_ends_every_stream_quietly(frames, encoder, capfd):
     assert "EOS" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize(("encoder", "params"), [("hevc", "qpmin=51"), ("h264", "qpmin=51"),
+                                               ("av1", "min-qp=60")])
+def test_params_reach_every_encoder_family(frames, encoder, params):
+    """``params`` goes to the family's own parameter string (x265-, x264-, svtav1-params):
+    a floor on the quantiser shrinks the stream for each; before, only x265 got it and an
+    av1 or h264 camera ignored it silently."""
+    sizes = []
+    for extra in ("", params):
+        edge = codec(encoder=encoder, crf=30 if encoder != "av1" else 40, params=extra)
+        sizes.append(sum(len(edge.compress(f, regions(), False).tasks["detection"])
+                         for f in frames[:4]))
+        edge.close()
+    assert sizes[1] < sizes[0] / 4, sizes
+
+
 def test_half_scale_task_stream_is_upscaled_to_the_frame(frames):
     edge, sink = codec(scale=0.5, crf=28), codec(scale=0.5)
     full = codec(crf=28)

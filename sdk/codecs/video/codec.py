@@ -69,7 +69,9 @@ class VideoConfig(CodecConfig):
     preset: str = Field("medium", pattern=r"^[a-z0-9]+$", description="encoder preset")
     gop: int = Field(0, ge=0, description="keyframe every N coded frames per stream (0: only the "
                      "first and on a sink's refresh request)")
-    params: str = Field("", description="extra x265-params (x265 only; e.g. ipratio=2)")
+    params: str = Field("", description="extra encoder parameters, key=value joined by ':', "
+                        "after the codec's own: x265-params, x264-params or svtav1-params "
+                        "(e.g. ipratio=2 for hevc, tune=0 for av1)")
     rest_crf: int | None = Field(None, ge=0, le=63, description="CRF of the human view (rest). "
                                  "Unset: the task streams' CRF, and no rest at all while a "
                                  "task stream is at full scale (it is the whole view at that "

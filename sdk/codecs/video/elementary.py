@@ -74,13 +74,15 @@ def encoder_options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: boo
                 "x265-params": ":".join(x + ([extra] if extra else []) + ([params] if params else []))}
     if spec.encoder == "libx264":
         return {"crf": str(crf), "preset": preset, "tune": "zerolatency", "forced-idr": "1",
-                "x264-params": f"keyint={gop or 100000}:scenecut=0:threads={threads}"}
+                "x264-params": ":".join([f"keyint={gop or 100000}:scenecut=0:threads={threads}"]
+                                        + ([params] if params else []))}
     # SVT-AV1: presets are numbers (0 slowest .. 13 fastest); low-delay prediction structure
     os.environ.setdefault("SVT_LOG", "1")  # errors only, not the config banner
     svt_preset = {"ultrafast": "12", "superfast": "11", "veryfast": "10", "faster": "10",
                   "fast": "9", "medium": "8", "slow": "6"}.get(preset, preset)
     return {"crf": str(crf), "preset": svt_preset, "g": keyint,
-            "svtav1-params": f"pred-struct=1:lp={threads}:scd=0"}
+            "svtav1-params": ":".join([f"pred-struct=1:lp={threads}:scd=0"]
+                                      + ([params] if params else []))}
 
 
 class StreamEncoder:
