@@ -324,7 +324,8 @@ def cmd_bench(a: argparse.Namespace) -> dict[str, Any]:
                                checkpoint=a.checkpoint, start=a.start,
                                tasks=a.tasks.split(","), annotations=a.annotations,
                                perceptual=_perceptual(a.perceptual),
-                               ours_settings=a.ours.split(","), bootstrap=a.bootstrap)
+                               ours_settings=a.ours.split(","), bootstrap=a.bootstrap,
+                               classes=[c for c in (a.classes or "").split(",") if c])
     if a.what == "diffusion":
         from discover.bench.diffusion import run_bench_diffusion
 
@@ -492,6 +493,9 @@ def _add_bench_command(sub: Sub, common: argparse.ArgumentParser) -> None:
     b.add_argument("--ours", default="ours_task,ours_full,ours_bg", help="tasks: which of "
                    "ours to run, comma-separated (ours_task alone: the task-stream figure, "
                    "about a third of the time)")
+    b.add_argument("--classes", metavar="C,C", help="tasks: score detection on these classes "
+                   "only, comma-separated (e.g. person; default: every class with at least 20 "
+                   "reference boxes)")
     b.add_argument("--bootstrap", type=int, default=200, metavar="N", help="tasks: bootstrap "
                    "draws over frames for the detection BD-rates' 95 %% intervals (0: none)")
     b.add_argument("--perceptual", default="fid,kid,lpips,dists", help="tasks: perceptual "

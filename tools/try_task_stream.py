@@ -32,8 +32,15 @@ comma-separated ``key=value`` of:
   upscale the decoded frames back (``up``, default ``linear``);
 - ``every=N``: code every Nth frame only; the frames between show the last decoded one (the
   task stream's frame rate divided by N, as a sink that holds its last frame sees it);
-- ``preset=NAME``: the x265 preset (default medium);
-- ``x265=K=V:K=V``: extra x265 parameters, after the codec's own (the codec's ``params``).
+- ``crfs=40/46/52``: this setting's CRFs instead of ``--crfs`` (SVT-AV1's scale is 0-63);
+- ``encoder=NAME``: the codec's encoder family, ``hevc`` (default), ``h264`` or ``av1``
+  (SVT-AV1's low-delay structure; no ROI, so not with ``cascade`` or ``background``, and no
+  ``bframes``/``lookahead``);
+- ``preset=NAME``: the encoder preset (default medium; SVT-AV1 also takes its numbers, 0-13);
+- ``params=K=V:K=V`` (or ``x265=``): extra encoder parameters, after the codec's own (the
+  codec's ``params``: x265-, x264- or svtav1-params).
+
+``--classes person`` scores detection on the named classes only (``bench tasks --classes``).
 
 Frames 500 on are vtest.avi's evaluation split: this tool refuses them (choose on development
 frames, report held-out figures with ``discover bench tasks``)::
@@ -69,7 +76,8 @@ def parse_setting(text: str) -> dict[str, Any]:
                            "background": 0.0, "grow": 16,
                            "preset": "medium", "x265": "", "bframes": 0,
                            "lookahead": 0, "freeze": -1, "size": None,
-                           "down": "linear", "up": "linear", "every": 1}
+                           "down": "linear", "up": "linear", "every": 1, "encoder": "hevc",
+                           "crfs": None}
     for part in filter(None, text.split(",")) if text not in ("plain", "anchor") else []:
         key, _, value = part.partition("=")
         if key == "cascade":
@@ -80,12 +88,25 @@ def parse_setting(text: str) -> dict[str, Any]:
             out[key] = float(value)
         elif key == "size":
             out[key] = tuple(int(v) for v in value.split("x"))
-        elif key in ("preset", "x265", "down", "up"):
+        elif key in ("preset", "x265", "down", "up", "encoder"):
             out[key] = value
+        elif key == "params":
+            out["x265"] = value
+        elif key == "crfs":
+            out[key] = [int(v) for v in value.split("/")]
         else:
             raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
                              "cascade, background, grow, freeze, bframes, lookahead, size, "
-                             "down, up, every, preset or x265")
+                             "down, up, every, crfs, encoder, preset or params")
+    if out["encoder"] not in ("hevc", "h264", "av1"):
+        raise SystemExit(f"try_task_stream: encoder {out['encoder']!r} in {text!r}; use hevc, "
+                         "h264 or av1")
+    if out["encoder"] == "av1" and (any(out["cascade"]) or out["background"]):
+        raise SystemExit(f"try_task_stream: {text!r}: SVT-AV1 takes no ROI, so no cascade or "
+                         "background; drop them or use encoder=hevc")
+    if out["encoder"] != "hevc" and (out["bframes"] or out["lookahead"]):
+        raise SystemExit(f"try_task_stream: {text!r}: bframes and lookahead are x265 options; "
+                         "use encoder=hevc")
     return out
 
 
@@ -174,9 +195,9 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
         boxes = [[_scale_box(b, s["size"], (w0, h0)) for b in bx] for bx in boxes]
     h, w = frames[0].shape[:2]
     roi = any(s["cascade"]) or bool(s["background"])
-    enc = StreamEncoder("hevc", w, h, crf, s["preset"], s["gop"], 0.0, params=s["x265"],
+    enc = StreamEncoder(s["encoder"], w, h, crf, s["preset"], s["gop"], 0.0, params=s["x265"],
                         machine=True)
-    dec, size, out, ms = StreamDecoder("hevc"), 0, [], []
+    dec, size, out, ms = StreamDecoder(s["encoder"]), 0, [], []
     held, last = None, np.zeros((h, w), dtype=bool)
     for i, (img, bx) in enumerate(zip(frames, boxes, strict=True)):
         if i % s["every"]:  # not coded: the sink holds the last decoded frame
@@ -201,6 +222,7 @@ def code_and_decode(frames: list[np.ndarray], boxes: list[list[tuple[int, int, i
         if s["size"]:
             img_hat = cv2.resize(img_hat, (w0, h0), interpolation=INTERP[s["up"]])
         out.append(img_hat)
+    enc.close()  # its end of stream (SVT-AV1 logs an error without one)
     return size, out, float(np.median(ms))
 
 
@@ -212,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--crfs", default="35,38,41,44")
     ap.add_argument("--json", help="write every point here")
+    ap.add_argument("--classes", default="", help="score detection on these classes only "
+                    "(comma-separated; default: every class with >= 20 reference boxes)")
     a = ap.parse_args(argv)
     if a.source == VTEST and a.start + a.frames > EVALUATION_START:
         raise SystemExit(f"try_task_stream: vtest.avi frames {EVALUATION_START} on are the "
@@ -232,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     # bench tasks' scorer: NanoDet on the originals at 0.3 as the reference, classes with >= 20
     # reference boxes, predictions from 0.05; MS-SSIM on one frame only (not reported here)
     sc = TaskScorer(frames, fps, ("det",), 0.05, len(frames), Progress("try", enabled=False))
-    sc.set_references(sc.detect(frames, 0.3), list(range(len(frames))), 20)
+    sc.set_references(sc.detect(frames, 0.3), list(range(len(frames))), 20,
+                      [c for c in a.classes.split(",") if c])
     sc.ours_masks = [region_mask(rs, w, h) for rs in regions]
     res: dict[str, list[dict[str, Any]]] = {}
     matches: dict[str, dict[str, FrameMatches]] = {}
@@ -241,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         boxes = [[(max(0, r.box[0] - g), max(0, r.box[1] - g), min(w, r.box[2] + g),
                    min(h, r.box[3] + g)) for r in rs] for rs in regions]
         res[name], matches[name] = [], {}
-        for crf in (int(c) for c in a.crfs.split(",")):
+        for crf in s["crfs"] or [int(c) for c in a.crfs.split(",")]:
             delay: int | None = 0
             if s["anchor"]:  # not timed, and its delay is not the question
                 size, dec = code_video(frames, fps, "libx265", crf, ("hevc",))

@@ -4,8 +4,8 @@ The task model (NanoDet, the offline detector) runs on the original frames; its 
 score >= ``ref_score`` are the reference. Every setting codes the same frames at a few rate
 points; NanoDet runs again on each decoded (or composed) frame and is scored against the
 reference with COCO AP (sdk.metrics): ``det_map50`` (mAP@0.5) and ``det_map`` (mAP@[.5:.95]),
-over the classes with at least ``min_refs`` reference boxes (the others are listed with their
-counts, out of the headline). With ``--annotations FILE`` (COCO format) the file's boxes are the
+over the classes with at least ``min_refs`` reference boxes, or those named with ``--classes``
+(the others are listed with their counts, out of the headline). With ``--annotations FILE`` (COCO format) the file's boxes are the
 reference instead, on the frames it annotates (discover/bench/coco_annotations.py).
 
 Settings:
@@ -445,11 +445,20 @@ class TaskScorer:
                         for b, lb, s in zip(d.boxes, d.labels, d.scores, strict=True)])
         return res
 
-    def set_references(self, ref_full: Preds, scored: list[int], min_refs: int) -> None:
-        """The reference boxes; the headline classes are those with >= ``min_refs`` of them."""
+    def set_references(self, ref_full: Preds, scored: list[int], min_refs: int,
+                       classes: Sequence[str] = ()) -> None:
+        """The reference boxes; the headline classes are those with >= ``min_refs`` of them,
+        or ``classes`` where given (the task's own: what a person-counting sink needs is not
+        what the detector flickers on in the background; each must have a reference box)."""
         self.ref_full, self.scored = ref_full, scored
         self.counts = Counter(lb for f in scored for _, lb, _ in ref_full[f])
-        self.headline = sorted(c for c, k in self.counts.items() if k >= min_refs)
+        missing = [c for c in classes if not self.counts.get(c)]
+        if missing:
+            raise DiscoverError(f"bench tasks: no reference box of {', '.join(missing)} on these "
+                                f"frames; choose --classes among "
+                                f"{', '.join(sorted(self.counts)) or '(none found)'}")
+        self.headline = (sorted(set(classes)) if classes
+                         else sorted(c for c, k in self.counts.items() if k >= min_refs))
         self.refs = [[(b, lb) for b, lb, _ in ref_full[f] if lb in self.headline]
                      for f in scored]
         self.prog.update(f"reference: {sum(self.counts.values())} boxes on {len(scored)} "
@@ -772,7 +781,8 @@ def _write(result: dict[str, Any], settings: dict[str, dict[str, Any]], out: Pat
 def _scorer(src: str, frames: list[np.ndarray], fps: float, tasks: tuple[str, ...],
             max_frames: int | None, annotations: Path | None, ref_score: float,
             pred_score: float, min_refs: int, cls_max_regions: int, ms_ssim_every: int,
-            perceptual: Sequence[str], prog: Progress) -> tuple[TaskScorer, dict[str, Any] | None]:
+            perceptual: Sequence[str], prog: Progress, classes: Sequence[str] = ()
+            ) -> tuple[TaskScorer, dict[str, Any] | None]:
     """The scorer with its references (NanoDet on the originals, or ``annotations``), task
     models and perceptual metrics loaded; and the annotations' info (None without)."""
     sc = TaskScorer(frames, fps, tasks, pred_score, ms_ssim_every, prog)
@@ -781,7 +791,7 @@ def _scorer(src: str, frames: list[np.ndarray], fps: float, tasks: tuple[str, ..
         scored, ref_full, ann_info = _annotation_refs(annotations, src, frames, fps, max_frames)
     else:
         scored, ref_full = list(range(len(frames))), sc.detect(frames, ref_score)
-    sc.set_references(ref_full, scored, min_refs)
+    sc.set_references(ref_full, scored, min_refs, classes)
     sc.load_task_models(cls_max_regions)
     sc.load_perceptual(perceptual)
     return sc, ann_info
@@ -805,7 +815,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
                     annotations: Path | None = None,
                     perceptual: Sequence[str] = PERCEPTUAL,
                     ours_settings: Sequence[str] = OURS,
-                    bootstrap: int = 200) -> dict[str, Any]:
+                    bootstrap: int = 200, classes: Sequence[str] = ()) -> dict[str, Any]:
     """Run the benchmark (module docstring); ``tasks``: any of ``det``, ``cls``, ``seg``;
     ``annotations``: a COCO-format file whose boxes replace NanoDet's on the originals as the
     reference (discover/bench/coco_annotations.py; only its annotated frames are scored);
@@ -815,7 +825,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     e.g. ``{"encoder": "av1"}``; ours' rate points set the quality);
     ``ours_settings``: which of ``ours_task``, ``ours_full``, ``ours_bg`` to run (a shorter run
     for the task-stream figure alone); ``bootstrap``: draws for the detection BD-rates' 95 %
-    intervals (0: none)."""
+    intervals (0: none); ``classes``: score detection on these classes only (default: every
+    class with >= ``min_refs`` reference boxes)."""
     from discover.bench.ground import load_frames
 
     tasks = _check_tasks(tasks)
@@ -827,7 +838,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
     n, (h, w), fps, mid = len(frames), frames[0].shape[:2], fps or 10.0, len(frames) // 2
     prog.update(f"{n} frames {w}x{h} of {src}; tasks {','.join(tasks)}", force=True)
     sc, ann_info = _scorer(src, frames, fps, tasks, max_frames, annotations, ref_score,
-                           pred_score, min_refs, cls_max_regions, ms_ssim_every, perceptual, prog)
+                           pred_score, min_refs, cls_max_regions, ms_ssim_every, perceptual, prog,
+                           classes)
     codec_cfg: dict[str, Any] = {**(codec_options or {}), "type": codec}
     if checkpoint:
         codec_cfg["checkpoint"] = str(checkpoint)
@@ -854,7 +866,7 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,
         "tasks": list(tasks), "reference": _reference_info(sc, ann_info, ref_score, pred_score),
         "bd_rate_method": "pchip on each curve's rate-score front (sdk.rd)",
-        "min_refs": min_refs, "headline_classes": {c: sc.counts[c] for c in sc.headline},
+        "min_refs": min_refs, "classes_chosen": list(classes), "headline_classes": {c: sc.counts[c] for c in sc.headline},
         "excluded_classes": {c: k for c, k in sorted(sc.counts.items())
                              if c not in sc.headline},
         "reference_boxes_per_class": dict(sorted(sc.counts.items())),

@@ -133,7 +133,8 @@ def test_no_overlap_gives_none() -> None:
 def test_cli(tmp_path: Path) -> None:
     p = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "2", "--out", str(tmp_path),
                         "--tasks", "det", "--codec", "classical", "--perceptual", "none",
-                        "--ours", "ours_task", "--bootstrap", "0", "--json", "-q"],
+                        "--ours", "ours_task", "--bootstrap", "0", "--classes", "person",
+                        "--json", "-q"],
                        env=cli_env(), capture_output=True, text=True,
                        timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
@@ -143,6 +144,15 @@ def test_cli(tmp_path: Path) -> None:
     assert r["perceptual"] == {**r["perceptual"], "metrics": [], "skipped": {}}
     assert "ours_full" not in r["settings"] and "ours_task" in r["settings"]
     assert not any(k.endswith("_ci95") for k in r)  # --bootstrap 0: no intervals
+    # --classes: the headline is the task's class alone, though the clip has others with refs
+    assert list(r["headline_classes"]) == ["person"] and r["classes_chosen"] == ["person"]
+    assert set(r["reference_boxes_per_class"]) - {"person"}
+    assert all(set(p["per_class_50"]) == {"person"} for p in r["settings"]["x265"]["points"])
+    bad = subprocess.run([*CLI, "bench", "tasks", "--max-frames", "2", "--out", str(tmp_path),
+                          "--tasks", "det", "--classes", "person,unicorn", "-q"], env=cli_env(),
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "unicorn" in bad.stderr and "--classes" in bad.stderr and "person" in bad.stderr
     bad = subprocess.run([*CLI, "bench", "tasks", "--perceptual", "fid,psnr"], env=cli_env(),
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr

@@ -44,6 +44,25 @@ def test_settings_parse_as_documented(tool):
     assert s["cascade"] == [0.0, 3.0, 2.0, 3.0] and s["x265"] == "ref=5"
     with pytest.raises(SystemExit, match="unknown option 'speed'"):
         tool.parse_setting("speed=3")
+    s = tool.parse_setting("encoder=av1,preset=6,params=enable-cdef=0,crfs=40/52")
+    assert (s["encoder"], s["preset"], s["x265"]) == ("av1", "6", "enable-cdef=0")
+    assert s["crfs"] == [40, 52] and plain["crfs"] is None
+    for bad, why in (("encoder=vp8", "use hevc, h264 or av1"), ("encoder=av1,background=2",
+                     "no ROI"), ("encoder=h264,bframes=2", "x265 options")):
+        with pytest.raises(SystemExit, match=why):
+            tool.parse_setting(bad)
+
+
+@pytest.mark.parametrize("encoder", ["h264", "av1"])
+def test_other_encoder_families_come_back_whole(tool, encoder):
+    frames = walking_square(6)
+    s = tool.parse_setting(f"encoder={encoder}")
+    size, decoded, _ = tool.code_and_decode(frames, [[] for _ in frames],
+                                            30 if encoder == "h264" else 40, s)
+    assert size > 0 and len(decoded) == len(frames)
+    errors = [np.abs(d.astype(int) - f.astype(int)).mean()
+              for d, f in zip(decoded, frames, strict=True)]
+    assert max(errors) < 6, errors
 
 
 def test_held_background_takes_the_camera_only_in_boxes_and_where_a_box_left(tool):
