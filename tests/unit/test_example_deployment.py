@@ -1,0 +1,44 @@
+"""configs/example-deployment.yaml is what a new deployment copies: it parses as the file
+``discover edge --config`` reads, names the edge's actual defaults (nanodet, tracking, the
+``video`` codec), and its commented person-task alternative (SVT-AV1) codes a frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import yaml
+from discover.sdk.codecs import CODECS
+from discover.sdk.resources import config_path
+
+from discover.config import Deployment
+
+EXAMPLE = config_path("example-deployment.yaml")
+
+
+def codes_a_frame(section: dict) -> int:
+    codec = CODECS.create(section)
+    codec.start(["detection"], 10.0)
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    coded = codec.compress(frame, [], False)
+    codec.close()
+    return len(coded.tasks["detection"])
+
+
+def test_the_example_parses_and_names_the_defaults():
+    d = Deployment.model_validate(yaml.safe_load(EXAMPLE.read_text()))
+    defaults = Deployment.model_validate({})
+    assert d.edge.grounder.type == defaults.edge.grounder.type == "nanodet"
+    assert d.edge.codec.type == defaults.edge.codec.type == "video"
+    assert d.edge.tracking.every == defaults.edge.tracking.every
+    assert codes_a_frame(d.edge.codec.model_dump()) > 0
+
+
+def test_the_commented_av1_alternative_is_a_valid_codec_section():
+    text = EXAMPLE.read_text()
+    for key in ("encoder: av1", 'preset: "6"', "params: enable-cdef=0"):
+        assert f"# {key}" in text, key
+        text = text.replace(f"    # {key}", f"    {key}")
+    text = text.replace("    encoder: hevc", "    # encoder: hevc").replace(
+        "    preset: medium", "    # preset: medium")
+    c = Deployment.model_validate(yaml.safe_load(text)).edge.codec
+    assert (c.encoder, c.preset, c.params) == ("av1", "6", "enable-cdef=0:enable-restoration=0")
+    assert codes_a_frame(c.model_dump()) > 0
