@@ -276,6 +276,27 @@ def test_machine_view_streams_code_without_psycho_visual_bits(frames):
     assert np.mean(quality[True]) > np.mean(quality[False]) - 0.3, quality
 
 
+def test_av1_machine_streams_code_without_in_loop_filters(frames):
+    """SVT-AV1's task streams go without CDEF and loop restoration (filters for people), the
+    human view keeps them; ``params`` still overrides; ``medium`` is SVT preset 6."""
+    from discover.sdk.codecs.video.elementary import FAMILIES, encoder_options
+
+    spec = FAMILIES["av1"]
+    machine = encoder_options(spec, 40, "medium", 0, False, 1, machine=True)
+    human = encoder_options(spec, 40, "medium", 0, False, 1)
+    assert machine["preset"] == human["preset"] == "6"
+    assert "enable-cdef=0" in machine["svtav1-params"]
+    assert "cdef" not in human["svtav1-params"]
+    back = encoder_options(spec, 40, "medium", 0, False, 1, "enable-cdef=1", machine=True)
+    assert back["svtav1-params"].endswith("enable-cdef=1")  # the last value of a key wins
+    sizes = {}
+    for m in (True, False):
+        enc = StreamEncoder("av1", W, H, 40, "medium", 0, 0.0, machine=m)
+        sizes[m] = [len(enc.encode(f, [], i == 0)[0]) for i, f in enumerate(frames[:4])]
+        enc.close()
+    assert sizes[True] != sizes[False], sizes  # the filters' options reached the encoder
+
+
 def test_rest_is_sent_only_where_it_adds_to_the_machine_view(clip):
     """With rest_crf unset a full-scale task stream is the whole view at the rest's quality:
     the edge sends no rest and a viewer composes from the machine view; a rest_crf (or a
