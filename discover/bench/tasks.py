@@ -5,8 +5,9 @@ score >= ``ref_score`` are the reference. Every setting codes the same frames at
 points; NanoDet runs again on each decoded (or composed) frame and is scored against the
 reference with COCO AP (sdk.metrics): ``det_map50`` (mAP@0.5) and ``det_map`` (mAP@[.5:.95]),
 over the classes with at least ``min_refs`` reference boxes, or those named with ``--classes``
-(the others are listed with their counts, out of the headline). With ``--annotations FILE`` (COCO format) the file's boxes are the
-reference instead, on the frames it annotates (discover/bench/coco_annotations.py).
+(the others are listed with their counts, out of the headline). With ``--annotations FILE``
+(COCO format) the file's boxes are the reference instead, on the frames it annotates
+(discover/bench/coco_annotations.py).
 
 Settings:
 
@@ -866,7 +867,8 @@ def run_bench_tasks(source: str | None = None, max_frames: int | None = None,
         "source": src, "start": start, "frames": n, "width": w, "height": h, "fps": fps,
         "tasks": list(tasks), "reference": _reference_info(sc, ann_info, ref_score, pred_score),
         "bd_rate_method": "pchip on each curve's rate-score front (sdk.rd)",
-        "min_refs": min_refs, "classes_chosen": list(classes), "headline_classes": {c: sc.counts[c] for c in sc.headline},
+        "min_refs": min_refs, "classes_chosen": list(classes),
+        "headline_classes": {c: sc.counts[c] for c in sc.headline},
         "excluded_classes": {c: k for c, k in sorted(sc.counts.items())
                              if c not in sc.headline},
         "reference_boxes_per_class": dict(sorted(sc.counts.items())),

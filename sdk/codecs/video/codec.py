@@ -71,7 +71,7 @@ class VideoConfig(CodecConfig):
                      "first and on a sink's refresh request)")
     params: str = Field("", description="extra encoder parameters, key=value joined by ':', "
                         "after the codec's own: x265-params, x264-params or svtav1-params "
-                        "(e.g. ipratio=2 for hevc, tune=0 for av1)")
+                        "(e.g. ipratio=2 for hevc, enable-cdef=1 for av1)")
     rest_crf: int | None = Field(None, ge=0, le=63, description="CRF of the human view (rest). "
                                  "Unset: the task streams' CRF, and no rest at all while a "
                                  "task stream is at full scale (it is the whole view at that "
