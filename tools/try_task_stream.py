@@ -98,12 +98,15 @@ def parse_setting(text: str) -> dict[str, Any]:
             raise SystemExit(f"try_task_stream: unknown option {key!r} in {text!r}; use gop, "
                              "cascade, background, grow, freeze, bframes, lookahead, size, "
                              "down, up, every, crfs, encoder, preset or params")
-    if out["encoder"] not in ("hevc", "h264", "av1"):
-        raise SystemExit(f"try_task_stream: encoder {out['encoder']!r} in {text!r}; use hevc, "
-                         "h264 or av1")
-    if out["encoder"] == "av1" and (any(out["cascade"]) or out["background"]):
-        raise SystemExit(f"try_task_stream: {text!r}: SVT-AV1 takes no ROI, so no cascade or "
-                         "background; drop them or use encoder=hevc")
+    from discover.sdk.codecs.video.elementary import FAMILIES
+
+    spec, names = FAMILIES.get(out["encoder"]), list(FAMILIES)
+    if spec is None:
+        raise SystemExit(f"try_task_stream: encoder {out['encoder']!r} in {text!r}; use "
+                         f"{', '.join(names[:-1])} or {names[-1]}")
+    if not spec.roi and (any(out["cascade"]) or out["background"]):
+        raise SystemExit(f"try_task_stream: {text!r}: {spec.encoder} takes no ROI, so no "
+                         "cascade or background; drop them or use encoder=hevc")
     if out["encoder"] != "hevc" and (out["bframes"] or out["lookahead"]):
         raise SystemExit(f"try_task_stream: {text!r}: bframes and lookahead are x265 options; "
                          "use encoder=hevc")
@@ -148,15 +151,15 @@ def code_buffered(frames: list[np.ndarray], crf: int, s: dict[str, Any]
     import time
 
     import av
-    from discover.sdk.codecs.video.elementary import FAMILIES, encoder_options
+    from discover.sdk.codecs.video.elementary import FAMILIES, encoder_options, join_params
 
     h, w = frames[0].shape[:2]
     ctx = av.CodecContext.create("libx265", "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
     ctx.time_base, ctx.framerate = Fraction(1, 10), Fraction(10, 1)
     # params come after the codec's own x265 options, and the last value of a key wins
-    params = ":".join([f"bframes={s['bframes']}", f"rc-lookahead={s['lookahead']}",
-                       "ipratio=1.4"] + ([s["x265"]] if s["x265"] else []))
+    params = join_params(f"bframes={s['bframes']}:rc-lookahead={s['lookahead']}",
+                         "ipratio=1.4", s["x265"])
     ctx.options = encoder_options(FAMILIES["hevc"], crf, s["preset"], s["gop"], False, 1,
                                   params, machine=True)
     ctx.open()

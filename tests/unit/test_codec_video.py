@@ -12,7 +12,12 @@ import av
 import numpy as np
 import pytest
 from discover.sdk.codecs import CODECS, CodedFrame, SubstreamError
-from discover.sdk.codecs.video.elementary import StreamDecoder, StreamEncoder
+from discover.sdk.codecs.video.elementary import (
+    FAMILIES,
+    StreamDecoder,
+    StreamEncoder,
+    encoder_options,
+)
 from discover.sdk.framing import codec_input, frame_messages
 from discover.sdk.rd import psnr
 from discover.sdk.reassembly import Reassembler
@@ -279,8 +284,6 @@ def test_machine_view_streams_code_without_psycho_visual_bits(frames):
 def test_av1_machine_streams_code_without_in_loop_filters(frames):
     """SVT-AV1's task streams go without CDEF and loop restoration (filters for people), the
     human view keeps them; ``params`` still overrides; ``medium`` is SVT preset 6."""
-    from discover.sdk.codecs.video.elementary import FAMILIES, encoder_options
-
     spec = FAMILIES["av1"]
     machine = encoder_options(spec, 40, "medium", 0, False, 1, machine=True)
     human = encoder_options(spec, 40, "medium", 0, False, 1)

@@ -51,6 +51,12 @@ FAMILIES = {
 }
 
 
+def join_params(*parts: str) -> str:
+    """``key=value`` groups joined by ':' as x265/x264/SVT-AV1 parameter strings take them,
+    empty parts left out (later parts win where a key repeats)."""
+    return ":".join(p for p in parts if p)
+
+
 def encoder_options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: bool,
                     threads: int, params: str = "", machine: bool = False) -> dict[str, str]:
     """Low-delay options: no B-frames, no lookahead, one frame thread (one packet out per frame
@@ -70,24 +76,23 @@ def encoder_options(spec: EncoderSpec, crf: int, preset: str, gop: int, roi: boo
     +23.7 against +43.6 %, against full-frame x265; 18-20 against 11 ms a frame)."""
     keyint = str(gop) if gop else "-1"
     if spec.encoder == "libx265":
-        x = ["log-level=error", "info=0", "bframes=0", "rc-lookahead=0", "frame-threads=1",
-                  f"pools={threads}", "repeat-headers=1", f"keyint={gop or 100000}",
-                  "scenecut=0", "ipratio=3"] + (["psy-rd=0", "psy-rdoq=0"] if machine else [])
-        extra = encoder_params(spec.encoder, preset, roi)
-        return {"crf": str(crf), "preset": preset, "forced-idr": "1",
-                "x265-params": ":".join(x + ([extra] if extra else []) + ([params] if params else []))}
+        x = join_params("log-level=error:info=0:bframes=0:rc-lookahead=0:frame-threads=1",
+                        f"pools={threads}:repeat-headers=1:keyint={gop or 100000}",
+                        "scenecut=0:ipratio=3", "psy-rd=0:psy-rdoq=0" if machine else "",
+                        encoder_params(spec.encoder, preset, roi), params)
+        return {"crf": str(crf), "preset": preset, "forced-idr": "1", "x265-params": x}
     if spec.encoder == "libx264":
         return {"crf": str(crf), "preset": preset, "tune": "zerolatency", "forced-idr": "1",
-                "x264-params": ":".join([f"keyint={gop or 100000}:scenecut=0:threads={threads}"]
-                                        + ([params] if params else []))}
+                "x264-params": join_params(f"keyint={gop or 100000}:scenecut=0",
+                                           f"threads={threads}", params)}
     # SVT-AV1: presets are numbers (0 slowest .. 13 fastest); low-delay prediction structure
     os.environ.setdefault("SVT_LOG", "1")  # errors only, not the config banner
     svt_preset = {"ultrafast": "12", "superfast": "11", "veryfast": "10", "faster": "9",
                   "fast": "8", "medium": "6", "slow": "4"}.get(preset, preset)
-    svt = [f"pred-struct=1:lp={threads}:scd=0"] + (
-        ["enable-cdef=0:enable-restoration=0"] if machine else [])
     return {"crf": str(crf), "preset": svt_preset, "g": keyint,
-            "svtav1-params": ":".join(svt + ([params] if params else []))}
+            "svtav1-params": join_params(f"pred-struct=1:lp={threads}:scd=0",
+                                         "enable-cdef=0:enable-restoration=0" if machine else "",
+                                         params)}
 
 
 class StreamEncoder:
