@@ -69,13 +69,16 @@ def edge_run(frames: list[np.ndarray], fps: float, source: str,
     sink = CODECS.create(agent.codec.descriptor()["config"])
     h, w = frames[0].shape[:2]
     out, size = EdgeRun(0.0), 0
-    for i, img in enumerate(frames):
-        st = agent.step(img, i, 0)
-        size += sum(len(p) for _, p in st.messages)
-        dec = sink.decompress(CodedFrame.of(st.coded, st.regions, (w, h)))
-        out.decoded.append(dec)
-        out.infos.append({"frame": i, "regions": st.regions, "meta": agent.meta})
-        out.rest.append(bool(dec.has_rest))
+    try:
+        for i, img in enumerate(frames):
+            st = agent.step(img, i, 0)
+            size += sum(len(p) for _, p in st.messages)
+            dec = sink.decompress(CodedFrame.of(st.coded, st.regions, (w, h)))
+            out.decoded.append(dec)
+            out.infos.append({"frame": i, "regions": st.regions, "meta": agent.meta})
+            out.rest.append(bool(dec.has_rest))
+    finally:
+        agent.codec.close()  # end the streams (SVT-AV1 logs an error line otherwise)
     seconds = len(frames) / fps
     out.kbps = size * 8 / 1000 / seconds
     out.kbps_by = {k: round(v * 8 / 1000 / seconds, 2) for k, v in agent.stats.bytes.items()}

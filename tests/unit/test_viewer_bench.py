@@ -3,6 +3,7 @@ of the bundled clip with the real NanoDet, and the whole bench runs on a few fra
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -70,6 +71,18 @@ def test_bench_runs_on_a_few_frames() -> None:
                       codec={"type": "video", "rest_crf": 30})
     assert rest["rests"] >= 1 and rest["kbps_payloads"]["rest"] > 0
     assert rest["kbps"] > sum(v for k, v in rest["kbps_payloads"].items() if k != "rest") > 0
+
+
+def test_bench_ends_its_streams(capfd) -> None:
+    """The bench's edge closes its encoders: SVT-AV1 torn down mid-stream prints an error
+    line ("deinit called without sending EOS") that a user would take for a failure."""
+    gc.collect()
+    capfd.readouterr()
+    res = viewer.run(str(SAMPLE_CLIP), 0, 3, [{"type": "direct"}], crfs=(30, 44),
+                     codec={"type": "video", "encoder": "av1"})
+    assert res["kbps_payloads"]["task"] > 0
+    gc.collect()  # the edge's encoders are gone by now
+    assert "Svt[error]" not in capfd.readouterr().err
 
 
 def test_ghosts_on_a_sink_folder_of_the_originals_counts_nothing(clip, tmp_path) -> None:
