@@ -40,3 +40,7 @@ def test_the_commented_av1_alternative_is_a_valid_codec_section():
     c = Deployment.model_validate(yaml.safe_load(text)).edge.codec
     assert c.encoder == "av1"
     assert codes_a_frame(c.model_dump()) > 0
+    boosted = Deployment.model_validate(yaml.safe_load(text.replace(
+        "    # params: enable-variance-boost=1", "    params: enable-variance-boost=1"))).edge.codec
+    assert boosted.params == "enable-variance-boost=1"
+    assert codes_a_frame(boosted.model_dump()) > 0
