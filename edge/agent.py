@@ -285,6 +285,12 @@ class CameraAgent:
                     "packetize_ms": 1000 * (t3 - t2), "t_submitted": time.time()}
         return FrameStep(index, regions, coded, msgs, ground_s, t2 - t1, t3 - t2)
 
+    def close(self) -> None:
+        """The camera stopped: release its source and end the codec's streams (a stream codec
+        left open, SVT-AV1's, logs an error line); safe to call twice."""
+        self.source.close()
+        self.codec.close()
+
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None,
@@ -341,8 +347,7 @@ class CameraAgent:
                                            self._status("offline"), qos=1, retain=True)
                 info.wait_for_publish(5.0)
             link.stop()
-            self.source.close()
-            self.codec.close()
+            self.close()
             s.publisher, s.link, s.rest = pub.counters, link.counters, self.rest.reasons
         return s.summary()
 

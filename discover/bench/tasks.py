@@ -245,7 +245,7 @@ class OursPipeline:
             out.append(composer.compose(dec, {"frame": i, "regions": st.regions}))
         if keep:
             self.kept = (agent.meta, kept)
-        agent.codec.close()
+        agent.close()
         if mode == "background":
             self.rest_reasons = dict(agent.rest.reasons)
         self.edge_summary = agent.stats.summary()

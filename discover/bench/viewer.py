@@ -78,7 +78,7 @@ def edge_run(frames: list[np.ndarray], fps: float, source: str,
             out.infos.append({"frame": i, "regions": st.regions, "meta": agent.meta})
             out.rest.append(bool(dec.has_rest))
     finally:
-        agent.codec.close()  # end the streams (SVT-AV1 logs an error line otherwise)
+        agent.close()
     seconds = len(frames) / fps
     out.kbps = size * 8 / 1000 / seconds
     out.kbps_by = {k: round(v * 8 / 1000 / seconds, 2) for k, v in agent.stats.bytes.items()}
